@@ -1,0 +1,5 @@
+import sys
+
+from prefetch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,39 @@
+"""Record a reference workload: `prefetch record --workload NAME --steps N --out DIR`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from runtime.recorder import Recorder
+from runtime.trace_writer import check_output_dir
+
+
+def record_workload(name: str, steps: int, out: str | os.PathLike[str], *, seed: int = 0,
+                    progress: bool = True) -> Path:
+    """Build workload `name` with `seed`, run `steps` steps under the recorder; return the trace stem."""
+    from prefetch.workloads import get_workload
+
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    workload = get_workload(name)  # unknown name: a clear error before anything is built
+    check_output_dir(out)
+    job = workload.build(seed)
+    bar = tqdm(total=steps, desc=f"record {name}", unit="step", file=sys.stderr, disable=not progress)
+    rec = Recorder(job.model, job.optimizer, out, workload=name, seed=seed, config=job.config, progress=bar)
+    rec.start()
+    losses: list[float] = []
+    try:
+        for i in range(steps):
+            losses.append(job.step(i))
+    except BaseException as exc:
+        rec.close(error=f"{type(exc).__name__}: {exc}", losses=losses)
+        raise
+    finally:
+        bar.close()
+    rec.close(losses=losses, threads=torch.get_num_threads())
+    return rec.stem

@@ -1,0 +1,267 @@
+"""The trace format: the contract between the recorder and every reader.
+
+    python -m prefetch trace info traces/gpt2/
+
+A trace is three files sharing a stem, one trace per recording process:
+
+    STEM.events.arrow    Arrow IPC *stream* of access events (EVENT_SCHEMA)
+    STEM.tensors.arrow   Arrow IPC stream of the tensor table (TENSOR_SCHEMA)
+    STEM.manifest.json   architecture signature, model class, config, versions, ...
+
+Both Arrow files are streams, not the random-access file format, because a stream is
+readable up to its last complete record batch when the writer dies mid-run; the file
+format needs a footer that a killed process never writes. Tensor rows are written
+before the first event batch that refers to them, so a truncated trace is consistent.
+The schema version lives in each stream's schema metadata (b"prefetch.schema_version").
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+SCHEMA_VERSION = 1
+VERSION_KEY = b"prefetch.schema_version"
+MANIFEST_KEY = b"prefetch.manifest"
+
+EVENTS_SUFFIX = ".events.arrow"
+TENSORS_SUFFIX = ".tensors.arrow"
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+class Phase(enum.IntEnum):
+    """Where in the step an access happens."""
+
+    FORWARD = 0
+    BACKWARD = 1
+    RECOMPUTE = 2
+    OPTIMIZER = 3
+    EVAL = 4  # forward passes without grad (evaluation, generate())
+
+
+class Kind(enum.IntEnum):
+    """What sort of managed tensor is accessed."""
+
+    PARAMETER = 0
+    ACTIVATION = 1
+    GRADIENT = 2
+    OPTIMIZER_STATE = 3
+
+
+class Access(enum.IntEnum):
+    """Whether the access reads an existing value or produces a new one."""
+
+    READ = 0
+    WRITE = 1  # activation packed, gradient produced, optimizer state/parameter updated
+
+
+# One row per access. Small integer types keep a step of a large model in a few MB.
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("step", pa.int32()),  # optimizer step index (0-based)
+        pa.field("micro_step", pa.int16()),  # root forward pass within the step (train or eval)
+        pa.field("seq", pa.int32()),  # sequence number within the step
+        pa.field("phase", pa.int8()),  # Phase
+        pa.field("kind", pa.int8()),  # Kind
+        pa.field("access", pa.int8()),  # Access
+        pa.field("tensor_id", pa.int32()),  # row of the tensor table
+        pa.field("nbytes", pa.int64()),
+        pa.field("time_ns", pa.int64()),  # time.monotonic_ns() at the access
+        pa.field("module_id", pa.int32()),  # index into the manifest's module list, -1 if none
+        pa.field("layer", pa.int16()),  # layer index parsed from the module path, -1 if none
+    ],
+    metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
+# One row per managed tensor, keyed by a string that is stable across steps and runs.
+TENSOR_SCHEMA = pa.schema(
+    [
+        pa.field("tensor_id", pa.int32()),
+        pa.field("key", pa.string()),
+        pa.field("kind", pa.int8()),
+        pa.field("shape", pa.list_(pa.int64())),
+        pa.field("dtype", pa.string()),
+        pa.field("nbytes", pa.int64()),
+        pa.field("module", pa.string()),
+        pa.field("layer", pa.int16()),
+    ],
+    metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
+EVENT_COLUMNS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
+EVENT_DTYPES: dict[str, np.dtype] = {
+    f.name: np.dtype(f.type.to_pandas_dtype()) for f in EVENT_SCHEMA
+}
+
+
+class TraceError(ValueError):
+    """A trace file is missing, malformed or of an unsupported schema version."""
+
+
+def stem_of(path: str | os.PathLike[str]) -> Path:
+    """The shared stem of a trace, given any of its three files or the stem itself."""
+    p = Path(path)
+    for suffix in (EVENTS_SUFFIX, TENSORS_SUFFIX, MANIFEST_SUFFIX):
+        if p.name.endswith(suffix):
+            return p.with_name(p.name[: -len(suffix)])
+    return p
+
+
+def find_traces(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Every trace stem under the given files or directories, sorted, no duplicates."""
+    stems: set[Path] = set()
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            stems.update(stem_of(f) for f in p.rglob("*" + EVENTS_SUFFIX))
+        elif p.exists() or Path(str(stem_of(p)) + EVENTS_SUFFIX).exists():
+            stems.add(stem_of(p))
+        else:
+            raise TraceError(f"{p}: no such trace file or directory")
+    if not stems:
+        raise TraceError(f"no traces (*{EVENTS_SUFFIX}) found under: {', '.join(map(str, paths))}")
+    return sorted(stems)
+
+
+@dataclass
+class Trace:
+    """One recorded process: its events, its tensor table and its manifest.
+
+    `truncated` is true when the events stream ended without its end-of-stream marker
+    (the recorder was killed); the events hold every complete batch before that.
+    """
+
+    stem: Path
+    events: pa.Table
+    tensors: pa.Table
+    manifest: dict[str, Any]
+    truncated: bool = False
+    _columns: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def column(self, name: str) -> np.ndarray:
+        """An event column as a numpy array (cached; zero-copy where Arrow allows)."""
+        if name not in self._columns:
+            self._columns[name] = self.events.column(name).to_numpy()
+        return self._columns[name]
+
+    @property
+    def num_events(self) -> int:
+        return self.events.num_rows
+
+    @property
+    def num_tensors(self) -> int:
+        return self.tensors.num_rows
+
+    @property
+    def architecture(self) -> str:
+        return str(self.manifest.get("architecture", ""))
+
+    @property
+    def keys(self) -> list[str]:
+        return self.tensors.column("key").to_pylist()
+
+    def tensor_nbytes(self) -> np.ndarray:
+        """nbytes per tensor id (tensor ids are dense 0..n-1)."""
+        out = np.zeros(self.num_tensors, dtype=np.int64)
+        out[self.tensors.column("tensor_id").to_numpy()] = self.tensors.column("nbytes").to_numpy()
+        return out
+
+    def tensor_kinds(self) -> np.ndarray:
+        out = np.zeros(self.num_tensors, dtype=np.int8)
+        out[self.tensors.column("tensor_id").to_numpy()] = self.tensors.column("kind").to_numpy()
+        return out
+
+    def steps(self) -> np.ndarray:
+        """The distinct step indices present, sorted."""
+        return np.unique(self.column("step")) if self.num_events else np.zeros(0, np.int32)
+
+
+def _read_stream(path: Path) -> tuple[pa.Table, bool, dict[bytes, bytes]]:
+    """All complete batches of an IPC stream, and whether the stream was cut off."""
+    if not path.exists():
+        raise TraceError(f"{path}: file not found")
+    batches: list[pa.RecordBatch] = []
+    truncated = False
+    try:
+        reader = pa.ipc.open_stream(pa.OSFile(str(path), "rb"))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TraceError(f"{path}: not an Arrow IPC stream ({exc})") from exc
+    schema = reader.schema
+    while True:
+        try:
+            batches.append(reader.read_next_batch())
+        except StopIteration:
+            break
+        except (pa.ArrowInvalid, OSError, EOFError):
+            truncated = True  # a partial batch after the last complete one: a crash
+            break
+    # A stream cut exactly between batches lacks the end-of-stream marker: also truncated.
+    if not truncated:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 8))
+            tail = fh.read()
+        truncated = not tail.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")
+    meta = dict(schema.metadata or {})
+    return pa.Table.from_batches(batches, schema=schema), truncated, meta
+
+
+def _check_version(path: Path, meta: dict[bytes, bytes]) -> None:
+    raw = meta.get(VERSION_KEY)
+    if raw is None:
+        raise TraceError(f"{path}: no {VERSION_KEY.decode()} in schema metadata; not a prefetch trace")
+    if int(raw) != SCHEMA_VERSION:
+        raise TraceError(
+            f"{path}: schema version {int(raw)}, this build reads version {SCHEMA_VERSION}"
+        )
+
+
+def load_trace(path: str | os.PathLike[str]) -> Trace:
+    """Read a trace given its stem or any of its files. Raises TraceError naming the file."""
+    stem = stem_of(path)
+    events_path = Path(str(stem) + EVENTS_SUFFIX)
+    tensors_path = Path(str(stem) + TENSORS_SUFFIX)
+    manifest_path = Path(str(stem) + MANIFEST_SUFFIX)
+    events, truncated, meta = _read_stream(events_path)
+    _check_version(events_path, meta)
+    missing = [n for n in EVENT_SCHEMA.names if n not in events.schema.names]
+    if missing:
+        raise TraceError(f"{events_path}: missing event columns {missing}")
+    tensors, tensors_truncated, tmeta = _read_stream(tensors_path)
+    _check_version(tensors_path, tmeta)
+    manifest: dict[str, Any] = {}
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise TraceError(f"{manifest_path}: invalid JSON ({exc})") from exc
+    elif MANIFEST_KEY in meta:
+        manifest = json.loads(meta[MANIFEST_KEY])
+    else:
+        raise TraceError(f"{manifest_path}: file not found")
+    if events.num_rows and tensors.num_rows:
+        max_id = int(pc.max(events.column("tensor_id")).as_py())
+        if max_id >= tensors.num_rows:
+            # Tensor rows are flushed before events that use them; only a cut tensor file
+            # can get here. Keep the events whose tensors are known.
+            mask = pc.less(events.column("tensor_id"), tensors.num_rows)
+            events = events.filter(mask)
+            truncated = True
+    return Trace(
+        stem=stem,
+        events=events,
+        tensors=tensors,
+        manifest=manifest,
+        truncated=truncated or tensors_truncated,
+    )
+
+
+def load_traces(paths: Iterable[str | os.PathLike[str]]) -> list[Trace]:
+    return [load_trace(s) for s in find_traces(list(paths))]

@@ -1,0 +1,322 @@
+"""Observes every access to the managed tensors of a model and names each one stably.
+
+One mechanism serves both the recorder (which logs accesses) and the prefetching store
+(which must also *act* on them), through a small `AccessSink`:
+
+    parameters         forward pre-hook of the module that owns them (READ); in backward
+                       when autograd unpacks a saved parameter (READ); optimizer step (WRITE)
+    activations        saved_tensors_hooks pack (WRITE, forward) / unpack (READ, backward)
+    gradients          post-accumulate-grad hook (WRITE); optimizer step (READ)
+    optimizer state    optimizer step post-hook (READ, or WRITE when first created)
+
+Keys (stable across steps and runs of one architecture):
+    param:<qualified name>   act:<module path>:<call index>:<pack index>
+    grad:<param name>        opt:<param name>:<state name>
+The call index counts a module's grad-enabled calls within the step, so a variable
+number of no-grad forwards (generate(), evaluation) does not shift activation keys.
+
+Steps: the optimizer's step ends one. Each root forward starts a micro-step; a root
+forward without grad (or in eval mode) is an EVAL pass, not a training micro-step.
+Everything here runs on the training thread; hooks only append to lists (no syncs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+from runtime.architecture import architecture_signature, layer_of
+from runtime.trace_format import Access, Kind, Phase
+
+ROOT_PATH = "<root>"
+
+
+class AccessSink(Protocol):
+    """Receives accesses from the tracker. The recorder logs; the prefetch store acts."""
+
+    def new_tensor(self, row: dict[str, Any]) -> None:
+        """A tensor seen for the first time (a TENSOR_SCHEMA row)."""
+
+    def access(self, step: int, micro_step: int, seq: int, phase: int, kind: int, access: int,
+               tensor_id: int, nbytes: int, time_ns: int, module_id: int, layer: int) -> None:
+        """One access, in program order."""
+
+    def pack(self, kind: int, tensor_id: int, tensor: torch.Tensor) -> Any:
+        """What autograd keeps for a saved managed tensor (the tensor, or a handle)."""
+
+    def unpack(self, kind: int, tensor_id: int, packed: Any) -> torch.Tensor:
+        """The tensor back from what `pack` returned."""
+
+    def step_end(self, step: int) -> None:
+        """Optimizer step `step` finished."""
+
+
+@dataclass(kw_only=True, slots=True)
+class TrackerConfig:
+    """What counts as a managed tensor."""
+
+    min_activation_bytes: int = 1024
+    """Saved tensors smaller than this (masks, scalars, indices) are not managed."""
+    track_optimizer_state: bool = True
+    """Log optimizer state and gradient reads at the optimizer step."""
+
+    def __post_init__(self) -> None:
+        if self.min_activation_bytes < 0:
+            raise ValueError(f"min_activation_bytes must be >= 0, got {self.min_activation_bytes}")
+
+
+@dataclass(slots=True)
+class _StepState:
+    step: int = 0
+    micro_step: int = -1
+    seq: int = 0
+    train_pass: bool = True  # the current root forward computes gradients
+    calls: dict[int, int] = field(default_factory=dict)  # module index -> grad-enabled calls this step
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return -1
+
+
+class AccessTracker:
+    """Installs the hooks on one model (and optionally its optimizer) and feeds a sink."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, sink: AccessSink,
+                 config: TrackerConfig | None = None):
+        self.model = model
+        self.optimizer = optimizer
+        self.sink = sink
+        self.config = config or TrackerConfig()
+        self.architecture = architecture_signature(model)
+        self.module_paths: list[str] = []
+        self._module_index: dict[int, int] = {}
+        for path, mod in model.named_modules(remove_duplicate=True):
+            self._module_index[id(mod)] = len(self.module_paths)
+            self.module_paths.append(path or ROOT_PATH)
+        self._module_layer = [layer_of(p) for p in self.module_paths]
+        self._keys: dict[str, int] = {}
+        self._tensor_nbytes: list[int] = []
+        self._tensor_module: list[int] = []
+        # parameters: identity -> (tensor id, grad id); storage pointer -> tensor id
+        self._param_tid: dict[int, int] = {}
+        self._param_name: dict[int, str] = {}
+        self._param_module: dict[int, int] = {}
+        self._storage_param: dict[int, int] = {}
+        for mod_path, mod in model.named_modules(remove_duplicate=True):
+            for pname, p in mod.named_parameters(recurse=False, remove_duplicate=False):
+                if id(p) in self._param_name:
+                    continue
+                qual = f"{mod_path}.{pname}" if mod_path else pname
+                self._param_name[id(p)] = qual
+                self._param_module[id(p)] = self._module_index[id(mod)]
+        for name, p in model.named_parameters():
+            self._register_param(p)
+        self._state = _StepState()
+        self._stack: list[int] = []
+        self._handles: list[Any] = []
+        self._saved_hooks: torch.autograd.graph.saved_tensors_hooks | None = None
+        self._pack_counts: dict[tuple[int, int], int] = {}
+        self._attached = False
+        self.num_events = 0
+
+    # -- tensor table ------------------------------------------------------------------
+    def _tensor_id(self, key: str, kind: int, t: torch.Tensor | None, module_idx: int,
+                   shape: tuple[int, ...] | None = None, dtype: str | None = None, nbytes: int | None = None) -> int:
+        tid = self._keys.get(key)
+        if tid is not None:
+            return tid
+        tid = len(self._tensor_nbytes)
+        if t is not None:
+            shape, dtype, nbytes = tuple(t.shape), str(t.dtype).removeprefix("torch."), t.numel() * t.element_size()
+        self._keys[key] = tid
+        self._tensor_nbytes.append(int(nbytes or 0))
+        self._tensor_module.append(module_idx)
+        path = self.module_paths[module_idx] if module_idx >= 0 else ""
+        self.sink.new_tensor(dict(tensor_id=tid, key=key, kind=int(kind), shape=list(shape or ()),
+                                  dtype=dtype or "", nbytes=int(nbytes or 0), module=path,
+                                  layer=self._module_layer[module_idx] if module_idx >= 0 else -1))
+        return tid
+
+    def _register_param(self, p: torch.nn.Parameter) -> int:
+        key = id(p)
+        if key in self._param_tid:
+            return self._param_tid[key]
+        name = self._param_name[key]
+        tid = self._tensor_id(f"param:{name}", Kind.PARAMETER, p, self._param_module[key])
+        self._param_tid[key] = tid
+        self._storage_param[_storage_key(p)] = tid
+        return tid
+
+    @property
+    def tensor_keys(self) -> list[str]:
+        return list(self._keys)
+
+    # -- events ------------------------------------------------------------------------
+    def _emit(self, phase: int, kind: int, access: int, tid: int, module_idx: int) -> None:
+        st = self._state
+        self.sink.access(st.step, max(st.micro_step, 0), st.seq, phase, kind, access, tid,
+                         self._tensor_nbytes[tid], time.monotonic_ns(), module_idx,
+                         self._module_layer[module_idx] if module_idx >= 0 else -1)
+        st.seq += 1
+        self.num_events += 1
+
+    def _forward_phase(self) -> int:
+        if torch._C._current_graph_task_id() != -1:  # inside autograd: checkpoint recompute
+            return Phase.RECOMPUTE
+        return Phase.FORWARD if self._state.train_pass else Phase.EVAL
+
+    # -- hooks -------------------------------------------------------------------------
+    def enter_root(self, module: torch.nn.Module, args: Any) -> None:
+        """Run the pre-hooks for a root call already under way (adopted mid-call)."""
+        self._root_pre(module, args)
+        self._pre(module, args)
+
+    def _root_pre(self, module: torch.nn.Module, args: Any) -> None:
+        st = self._state
+        if torch._C._current_graph_task_id() != -1:
+            return  # recompute of the root inside backward: same micro-step
+        st.micro_step += 1
+        st.train_pass = torch.is_grad_enabled() and module.training
+
+    def _pre(self, module: torch.nn.Module, args: Any) -> None:
+        idx = self._module_index.get(id(module), -1)
+        self._stack.append(idx)
+        phase = self._forward_phase()
+        if phase != Phase.EVAL and torch.is_grad_enabled():
+            self._state.calls[idx] = self._state.calls.get(idx, -1) + 1
+        for p in module._parameters.values():  # direct parameters only; children do theirs
+            if p is None:
+                continue
+            tid = self._param_tid.get(id(p))
+            if tid is None:
+                continue
+            self._emit(phase, Kind.PARAMETER, Access.READ, tid, idx)
+
+    def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._stack:
+            self._stack.pop()
+
+    def _pack(self, t: torch.Tensor) -> Any:
+        if not self._attached:
+            return t
+        ptid = self._storage_param.get(_storage_key(t))
+        if ptid is not None:
+            return ("p", ptid, self.sink.pack(Kind.PARAMETER, ptid, t))
+        nbytes = t.numel() * t.element_size()
+        if nbytes < self.config.min_activation_bytes or not t.is_floating_point():
+            return t
+        mod = self._stack[-1] if self._stack else 0
+        call = self._state.calls.get(mod, 0)
+        ck = (mod, call)
+        pack_idx = self._pack_counts.get(ck, 0)
+        self._pack_counts[ck] = pack_idx + 1
+        tid = self._tensor_id(f"act:{self.module_paths[mod]}:{call}:{pack_idx}", Kind.ACTIVATION, t, mod)
+        self._emit(self._forward_phase(), Kind.ACTIVATION, Access.WRITE, tid, mod)
+        return ("a", tid, self.sink.pack(Kind.ACTIVATION, tid, t))
+
+    def _unpack(self, packed: Any) -> torch.Tensor:
+        if not isinstance(packed, tuple):
+            return packed
+        tag, tid, inner = packed
+        kind = Kind.PARAMETER if tag == "p" else Kind.ACTIVATION
+        phase = Phase.BACKWARD if torch._C._current_graph_task_id() != -1 else Phase.RECOMPUTE
+        self._emit(phase, kind, Access.READ, tid, self._tensor_module[tid])
+        return self.sink.unpack(kind, tid, inner)
+
+    def _grad_hook(self, p: torch.Tensor) -> None:
+        tid = self._grad_id(p)
+        self._emit(Phase.BACKWARD, Kind.GRADIENT, Access.WRITE, tid, self._param_module[id(p)])
+
+    def _grad_id(self, p: torch.Tensor) -> int:
+        return self._tensor_id(f"grad:{self._param_name[id(p)]}", Kind.GRADIENT, p, self._param_module[id(p)])
+
+    def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self.config.track_optimizer_state:
+            seen_state = self._opt_state_seen
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if id(p) not in self._param_tid or p.grad is None:
+                        continue
+                    mod = self._param_module[id(p)]
+                    self._emit(Phase.OPTIMIZER, Kind.GRADIENT, Access.READ, self._grad_id(p), mod)
+                    for sname, s in optimizer.state.get(p, {}).items():
+                        if not isinstance(s, torch.Tensor) or s.numel() <= 1:
+                            continue  # step counters
+                        key = f"opt:{self._param_name[id(p)]}:{sname}"
+                        tid = self._tensor_id(key, Kind.OPTIMIZER_STATE, s, mod)
+                        first = tid not in seen_state
+                        seen_state.add(tid)
+                        self._emit(Phase.OPTIMIZER, Kind.OPTIMIZER_STATE, Access.WRITE if first else Access.READ, tid, mod)
+                    self._emit(Phase.OPTIMIZER, Kind.PARAMETER, Access.WRITE, self._param_tid[id(p)], mod)
+        self._end_step()
+
+    def _end_step(self) -> None:
+        st = self._state
+        self.sink.step_end(st.step)
+        st.step += 1
+        st.micro_step = -1
+        st.seq = 0
+        st.calls.clear()
+        self._pack_counts.clear()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def attach(self, *, saved_tensor_hooks: bool = True) -> "AccessTracker":
+        """Install every hook. `saved_tensor_hooks=False` when the caller installs
+        `pack_hook`/`unpack_hook` itself (the global launcher does)."""
+        if self._attached:
+            return self
+        self._opt_state_seen: set[int] = set()
+        self._handles.append(self.model.register_forward_pre_hook(self._root_pre))
+        for mod in self.model.modules():
+            self._handles.append(mod.register_forward_pre_hook(self._pre))
+            self._handles.append(mod.register_forward_hook(self._post, always_call=True))
+        for p in self.model.parameters():
+            if p.requires_grad:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook))
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_post_hook(self._optimizer_post))
+        if saved_tensor_hooks:
+            self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+            self._saved_hooks.__enter__()
+        self._attached = True
+        return self
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Adopt an optimizer found later (the launcher sees it at its first step)."""
+        if self.optimizer is optimizer:
+            return
+        self.optimizer = optimizer
+        self._handles.append(optimizer.register_step_post_hook(self._optimizer_post))
+        self._optimizer_post(optimizer, (), {})  # this step's post-hook already passed
+
+    def optimizer_owns_params(self, optimizer: torch.optim.Optimizer) -> bool:
+        return any(id(p) in self._param_tid for g in optimizer.param_groups for p in g["params"])
+
+    @property
+    def pack_hook(self) -> Callable[[torch.Tensor], Any]:
+        return self._pack
+
+    @property
+    def unpack_hook(self) -> Callable[[Any], torch.Tensor]:
+        return self._unpack
+
+    @property
+    def step(self) -> int:
+        return self._state.step
+
+    def detach(self) -> None:
+        """Remove every hook. Idempotent; safe on a half-attached tracker."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if self._saved_hooks is not None:
+            self._saved_hooks.__exit__(None, None, None)
+            self._saved_hooks = None
+        self._attached = False
+
