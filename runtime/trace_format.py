@@ -135,8 +135,8 @@ def find_traces(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 class Trace:
     """One recorded process: its events, its tensor table and its manifest.
 
-    `truncated` is true when the events stream ended without its end-of-stream marker
-    (the recorder was killed); the events hold every complete batch before that.
+    `truncated` is true when the recorder did not finish (killed: its manifest is not
+    marked complete) or a batch was cut; the events hold every complete batch before that.
     """
 
     stem: Path
@@ -203,12 +203,6 @@ def _read_stream(path: Path) -> tuple[pa.Table, bool, dict[bytes, bytes]]:
         except (pa.ArrowInvalid, OSError, EOFError):
             truncated = True  # a partial batch after the last complete one: a crash
             break
-    # A stream cut exactly between batches lacks the end-of-stream marker: also truncated.
-    if not truncated:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, path.stat().st_size - 8))
-            tail = fh.read()
-        truncated = not tail.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")
     meta = dict(schema.metadata or {})
     return pa.Table.from_batches(batches, schema=schema), truncated, meta
 
@@ -259,7 +253,8 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
         events=events,
         tensors=tensors,
         manifest=manifest,
-        truncated=truncated or tensors_truncated,
+        # a writer that never closed (killed) leaves complete=False in its manifest
+        truncated=truncated or tensors_truncated or not manifest.get("complete", False),
     )
 
 
