@@ -108,6 +108,8 @@ class AccessTracker:
         self._param_name: dict[int, str] = {}
         self._param_module: dict[int, int] = {}
         self._storage_param: dict[int, int] = {}
+        self._param_storage: dict[int, int] = {}
+        self.params_by_tid: dict[int, torch.nn.Parameter] = {}
         for mod_path, mod in model.named_modules(remove_duplicate=True):
             for pname, p in mod.named_parameters(recurse=False, remove_duplicate=False):
                 if id(p) in self._param_name:
@@ -150,18 +152,54 @@ class AccessTracker:
         name = self._param_name[key]
         tid = self._tensor_id(f"param:{name}", Kind.PARAMETER, p, self._param_module[key])
         self._param_tid[key] = tid
+        self.params_by_tid[tid] = p
         self._storage_param[_storage_key(p)] = tid
+        self._param_storage[tid] = _storage_key(p)
         return tid
+
+    def rebind_param(self, tid: int, data: torch.Tensor) -> None:
+        """Point parameter `tid` at `data` (a device or host copy), keeping the
+        storage map that recognises saved parameters in `pack` up to date."""
+        p = self.params_by_tid[tid]
+        p.data = data
+        old = self._param_storage.get(tid)
+        if old is not None and self._storage_param.get(old) == tid:
+            del self._storage_param[old]
+        new = _storage_key(data)
+        self._storage_param[new] = tid
+        self._param_storage[tid] = new
 
     @property
     def tensor_keys(self) -> list[str]:
         return list(self._keys)
 
+    def param_in_use(self, tid: int) -> bool:
+        """True while the module owning parameter `tid` is in its forward."""
+        p = self.params_by_tid.get(tid)
+        return p is not None and self._param_module[id(p)] in self._stack
+
+    def preload_tensors(self, rows: list[dict[str, Any]]) -> None:
+        """Assign ids from a known tensor table (a trace's, an artifact's) before the
+        first step, so live ids equal the ids the policy was trained or recorded with.
+        Must be called before any tensor other than parameters is seen."""
+        for row in sorted(rows, key=lambda r: r["tensor_id"]):
+            key = row["key"]
+            if key in self._keys:
+                if self._keys[key] != row["tensor_id"]:
+                    raise ValueError(f"tensor table mismatch: {key} is id {self._keys[key]} here, "
+                                     f"{row['tensor_id']} in the reference table")
+                continue
+            if row["tensor_id"] != len(self._tensor_nbytes):
+                raise ValueError(f"reference tensor table is not dense at id {row['tensor_id']} ({key})")
+            module = row.get("module") or ""
+            idx = self.module_paths.index(module) if module in self.module_paths else -1
+            self._tensor_id(key, row["kind"], None, idx, tuple(row.get("shape") or ()), row.get("dtype"), row["nbytes"])
+
     # -- events ------------------------------------------------------------------------
-    def _emit(self, phase: int, kind: int, access: int, tid: int, module_idx: int) -> None:
+    def _emit(self, phase: int, kind: int, access: int, tid: int, module_idx: int, nbytes: int = -1) -> None:
         st = self._state
         self.sink.access(st.step, max(st.micro_step, 0), st.seq, phase, kind, access, tid,
-                         self._tensor_nbytes[tid], time.monotonic_ns(), module_idx,
+                         self._tensor_nbytes[tid] if nbytes < 0 else nbytes, time.monotonic_ns(), module_idx,
                          self._module_layer[module_idx] if module_idx >= 0 else -1)
         st.seq += 1
         self.num_events += 1
@@ -217,7 +255,7 @@ class AccessTracker:
         pack_idx = self._pack_counts.get(ck, 0)
         self._pack_counts[ck] = pack_idx + 1
         tid = self._tensor_id(f"act:{self.module_paths[mod]}:{call}:{pack_idx}", Kind.ACTIVATION, t, mod)
-        self._emit(self._forward_phase(), Kind.ACTIVATION, Access.WRITE, tid, mod)
+        self._emit(self._forward_phase(), Kind.ACTIVATION, Access.WRITE, tid, mod, nbytes)
         return ("a", tid, self.sink.pack(Kind.ACTIVATION, tid, t))
 
     def _unpack(self, packed: Any) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""Device backends: where managed tensors go when they are on "the device".
+
+Both backends have one interface, so the store above them does not know which runs:
+
+    copy = dev.copy_in(host)        # start a host-to-device copy (prefetch)
+    copy.done()                     # finished? (no waiting)
+    tensor, waited_ns = dev.wait(copy)   # make it usable on the compute stream
+    copy = dev.copy_out(device_t)   # start a device-to-host write-back
+
+CUDA: pinned host memory, copies on a dedicated stream, an event per copy; the compute
+stream waits on the event (no host sync) and `record_stream` tells the caching
+allocator the tensor is used there.
+
+Simulated (no CUDA): real copies (`clone`) on a copy-engine thread, each *finishing*
+at the time the link model gives: a FIFO engine whose next copy starts when the last
+one ends. A consumer that needs a copy early sleeps until then, so a late prefetch
+really stalls the step and hit rates mean what they mean on a GPU.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from runtime.link import LinkModel
+
+_SPIN_BELOW_NS = 200_000  # time.sleep overshoots by ~60 µs here; spin for short waits
+
+
+def sleep_until(t_ns: int) -> int:
+    """Block until monotonic time t_ns; returns how long it waited."""
+    start = time.monotonic_ns()
+    while True:
+        left = t_ns - time.monotonic_ns()
+        if left <= 0:
+            return time.monotonic_ns() - start
+        if left > _SPIN_BELOW_NS:
+            time.sleep((left - _SPIN_BELOW_NS / 2) / 1e9)
+
+
+class Copy(Protocol):
+    nbytes: int
+
+    def done(self) -> bool: ...
+
+
+class Device(Protocol):
+    name: str
+
+    def host_copy(self, t: torch.Tensor) -> torch.Tensor: ...
+    def copy_in(self, host: torch.Tensor) -> Copy: ...
+    def copy_out(self, dev: torch.Tensor) -> Copy: ...
+    def pending_host(self, copy: Copy) -> object: ...
+    def wait(self, copy: Copy) -> tuple[torch.Tensor, int]: ...
+    def close(self) -> None: ...
+    def describe(self) -> dict: ...
+
+
+# -- simulated ----------------------------------------------------------------------------
+@dataclass(eq=False)
+class SimCopy:
+    src: torch.Tensor
+    nbytes: int
+    done_at_ns: int = 0
+    result: torch.Tensor | None = None
+    copied: threading.Event = field(default_factory=threading.Event)
+
+    def done(self) -> bool:
+        return self.copied.is_set() and time.monotonic_ns() >= self.done_at_ns
+
+
+class SimulatedDevice:
+    """The simulated device: a copy-engine thread and a link model."""
+
+    name = "simulated"
+
+    def __init__(self, link: LinkModel):
+        self.link = link
+        self._free_at_ns = 0  # when the FIFO engine finishes its last queued copy
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[SimCopy | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._engine, name="prefetch-copy-engine", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def set_link(self, link: LinkModel) -> None:
+        self.link = link
+
+    def _submit(self, src: "torch.Tensor | SimCopy") -> SimCopy:
+        nbytes = src.nbytes if isinstance(src, SimCopy) else src.numel() * src.element_size()
+        with self._lock:  # note: the engine's timeline is shared by both directions (one DMA engine)
+            start = max(time.monotonic_ns(), self._free_at_ns)
+            self._free_at_ns = start + self.link.copy_ns(nbytes)
+            c = SimCopy(src=src, nbytes=nbytes, done_at_ns=self._free_at_ns)
+        self._jobs.put(c)
+        return c
+
+    def host_copy(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().clone()
+
+    def copy_in(self, host: torch.Tensor) -> SimCopy:
+        return self._submit(host)
+
+    def copy_out(self, dev: torch.Tensor) -> SimCopy:
+        return self._submit(dev)
+
+    def pending_host(self, copy: SimCopy) -> SimCopy:
+        """What a later copy_in may read while a write-back is still queued."""
+        return copy
+
+    def wait(self, copy: SimCopy) -> tuple[torch.Tensor, int]:
+        t0 = time.monotonic_ns()
+        copy.copied.wait()
+        sleep_until(copy.done_at_ns)
+        assert copy.result is not None
+        return copy.result, time.monotonic_ns() - t0
+
+    def _engine(self) -> None:
+        while True:
+            c = self._jobs.get()
+            if c is None:
+                return
+            src = c.src
+            if isinstance(src, SimCopy):  # fetching back a write-back queued before it (FIFO)
+                src = src.result
+            c.result = src.detach().clone()  # the real copy
+            c.src = None  # type: ignore[assignment]
+            c.copied.set()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._jobs.put(None)
+            self._thread.join(timeout=5)
+
+    def describe(self) -> dict:
+        return {"device": self.name, "link": self.link.describe()}
+
+
+# -- CUDA ---------------------------------------------------------------------------------
+@dataclass(eq=False)
+class CudaCopy:
+    result: torch.Tensor
+    event: "torch.cuda.Event"
+    nbytes: int
+
+    def done(self) -> bool:
+        return self.event.query()
+
+
+class CudaDevice:
+    """Pinned host memory, a side stream for copies, events for completion."""
+
+    def __init__(self, device: torch.device | str | int = 0):
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA device requested but torch.cuda.is_available() is False")
+        self.device = torch.device("cuda", torch.device("cuda", device).index if not isinstance(device, int) else device)
+        self.name = f"cuda:{self.device.index}"
+        self.copy_stream = torch.cuda.Stream(self.device)
+
+    def host_copy(self, t: torch.Tensor) -> torch.Tensor:
+        host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        host.copy_(t)  # note: CPU-GPU sync point when t is on the device (done once, at wrap time)
+        return host
+
+    def copy_in(self, host: torch.Tensor) -> CudaCopy:
+        with torch.cuda.stream(self.copy_stream):
+            dev = host.to(self.device, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(self.copy_stream)
+        return CudaCopy(result=dev, event=ev, nbytes=host.numel() * host.element_size())
+
+    def copy_out(self, dev: torch.Tensor) -> CudaCopy:
+        # the write-back must see everything the compute stream did to `dev`
+        self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.copy_stream):
+            host = torch.empty(dev.shape, dtype=dev.dtype, device="cpu", pin_memory=True)
+            host.copy_(dev, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record(self.copy_stream)
+        dev.record_stream(self.copy_stream)  # keep dev's memory until the copy has read it
+        return CudaCopy(result=host, event=ev, nbytes=dev.numel() * dev.element_size())
+
+    def pending_host(self, copy: CudaCopy) -> torch.Tensor:
+        return copy.result  # stream order makes a later copy_in read it after it is written
+
+    def wait(self, copy: CudaCopy) -> tuple[torch.Tensor, int]:
+        # note: no host sync: the compute stream waits on the copy's event
+        stream = torch.cuda.current_stream(self.device)
+        stream.wait_event(copy.event)
+        if copy.result.is_cuda:
+            copy.result.record_stream(stream)
+        else:
+            copy.event.synchronize()  # a host tensor must be complete before the CPU reads it
+        return copy.result, 0
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"device": self.name, "gpu": torch.cuda.get_device_name(self.device)}

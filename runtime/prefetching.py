@@ -1,0 +1,278 @@
+"""Run a user's training loop with managed tensors offloaded and prefetched.
+
+    import runtime
+    with runtime.prefetching(model, optimizer, policy="replay", budget=0.4) as pf:
+        for batch in data: ...        # unchanged
+    print(pf.report())
+
+Parameters and saved activations live in host memory; a device tier under the budget
+holds what the policy predicts comes next. On CUDA copies run on a side stream; without
+CUDA on the simulated device (a copy-engine thread timed by the link model). The first
+step is warm-up: it fixes the budget (as a fraction of the managed bytes seen) and, for
+the simulated device, the link (from the link ratio and the step's measured time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from predictor.interface import Policy, TensorInfo
+from runtime.device import CudaDevice, Device, SimulatedDevice
+from runtime.link import DEFAULT_LINK_RATIO, LinkModel
+from runtime.store import MANAGED_KINDS, StoreConfig, TensorStore, check_budget
+from runtime.tracker import AccessTracker, TrackerConfig
+
+_WARMUP_LINK = LinkModel(bandwidth_bytes_per_s=1e12, latency_s=0.0)  # until step 0 is timed
+
+
+def parse_budget(budget: float | int | str) -> tuple[int | None, float]:
+    """(absolute bytes or None, fraction). Accepts 0.4, '40%', 2_000_000, '2GiB', '512MB'."""
+    if isinstance(budget, str):
+        s = budget.strip()
+        units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "b": 1}
+        low = s.lower()
+        if low.endswith("%"):
+            return None, _fraction(float(low[:-1]) / 100, budget)
+        for u in sorted(units, key=len, reverse=True):
+            if low.endswith(u):
+                try:
+                    return int(float(low[: -len(u)]) * units[u]), 1.0
+                except ValueError:
+                    break
+        try:
+            budget = float(s)
+        except ValueError:
+            raise ValueError(f"budget {budget!r}: expected a fraction (0.4), a percentage (40%) or a size (2GiB)") from None
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise ValueError(f"budget {budget!r}: expected a number or a size string")
+    if budget <= 1:
+        return None, _fraction(float(budget), budget)
+    return int(budget), 1.0
+
+
+def _fraction(f: float, raw: Any) -> float:
+    if not 0 < f <= 1:
+        raise ValueError(f"budget {raw!r}: a fraction must be in (0, 1]")
+    return f
+
+
+@dataclass(kw_only=True, slots=True)
+class PrefetchConfig:
+    """How `prefetching(...)` runs."""
+
+    policy: str = "replay"
+    """none | replay | markov | learned:MODEL_DIR."""
+    budget: float | int | str = 0.4
+    """Device budget: fraction of managed bytes, or a size (bytes, '2GiB')."""
+    lookahead: int = 64
+    """How many future reads a policy keeps requested."""
+    link_ratio: float = DEFAULT_LINK_RATIO
+    """Simulated device: copy-all-managed-bytes time over step compute time."""
+    link: LinkModel | None = None
+    """Simulated device: an explicit link (overrides link_ratio)."""
+    warmup_steps: int = 1
+    device: str = "auto"
+    """auto (CUDA if available), cuda[:N], or simulated."""
+    daemon: str | None = None
+    """Endpoint of a running daemon for learned policies (default: start one locally)."""
+    baseline_step_time_s: float | None = None
+    """Step time of the same job with everything resident, for `slowdown`."""
+    reference_tensors: list[dict[str, Any]] | None = None
+    """A tensor table (from a trace) fixing tensor ids and the managed bytes up front."""
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+
+    def __post_init__(self) -> None:
+        parse_budget(self.budget)
+        if self.lookahead < 1:
+            raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
+        if not self.link_ratio > 0:
+            raise ValueError(f"link_ratio must be > 0, got {self.link_ratio}")
+        if self.device not in ("auto", "simulated") and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, simulated or cuda[:N], got {self.device!r}")
+
+
+def make_device(spec: str, link: LinkModel) -> Device:
+    if spec == "simulated" or (spec == "auto" and not torch.cuda.is_available()):
+        return SimulatedDevice(link)
+    idx = int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device()
+    return CudaDevice(idx)
+
+
+class Prefetcher:
+    """The live system for one model: tracker -> store (+ policy, device). See module doc."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, config: PrefetchConfig,
+                 policy: Policy | None = None):
+        self.config = config
+        self.model = model
+        self.optimizer = optimizer
+        self._handles: list[Any] = []
+        self._closed = False
+        self.policy_note: str | None = None
+        budget_bytes, fraction = parse_budget(config.budget)
+        self.device = make_device(config.device, config.link or _WARMUP_LINK)
+        self._link_fixed = config.link is not None or self.device.name != "simulated"
+        self.store = TensorStore(self.device, policy or _NullPolicy(), StoreConfig(
+            budget_bytes=budget_bytes, budget_fraction=fraction, warmup_steps=config.warmup_steps))
+        self.tracker = AccessTracker(model, optimizer, self.store, config.tracker)
+        if config.reference_tensors:
+            self.tracker.preload_tensors(config.reference_tensors)
+            if budget_bytes is None:
+                managed = sum(r["nbytes"] for r in config.reference_tensors if r["kind"] in MANAGED_KINDS)
+                self.store.budget_bytes = max(1, int(fraction * managed))
+        self.store.attach(self.tracker)
+        if self.store.budget_bytes is not None:  # refuse an impossible budget before training starts
+            largest = max((n for n, k in zip(self.store._nbytes, self.store._kind) if k in MANAGED_KINDS), default=0)
+            check_budget(self.store.budget_bytes, largest, self.store._largest_key())
+        self.managed_bytes_hint = None
+        if policy is None:
+            self.store.policy = self._make_policy(config.policy)
+        self.store.policy.start(self._tensor_info())
+        if optimizer is not None:  # registered before the tracker's hooks: runs first
+            self._handles.append(optimizer.register_step_pre_hook(lambda *a: self.store.before_optimizer_step()))
+            self._handles.append(optimizer.register_step_post_hook(lambda *a: self.store.after_optimizer_step()))
+        self._step_times: list[float] = []
+        self._t_step = time.perf_counter()
+        self._wrap_step_end()
+        self.tracker.attach()
+
+    # -- setup ---------------------------------------------------------------------------
+    def _make_policy(self, spec: str) -> Policy:
+        from predictor.policies import make_policy
+
+        if spec.startswith("learned:"):
+            from runtime.daemon_policy import DaemonPolicy
+
+            pol = DaemonPolicy(spec, architecture=self.tracker.architecture, endpoint=self.config.daemon,
+                               lookahead=self.config.lookahead, tensors_fn=self._tensor_info)
+            self.policy_note = pol.note
+            return pol
+        return make_policy(spec, lookahead=self.config.lookahead)
+
+    def _tensor_info(self) -> TensorInfo:
+        import numpy as np
+
+        n = len(self.store._kind)
+        keys = self.tracker.tensor_keys
+        paths = self.tracker.module_paths
+        modules = tuple(paths[m] if m >= 0 else "" for m in self.tracker._tensor_module)
+        return TensorInfo(
+            keys=tuple(keys), kinds=np.asarray(self.store._kind[:n], dtype=np.int8),
+            nbytes=np.asarray(self.store._nbytes[:n], dtype=np.int64),
+            layers=np.asarray([self.tracker._module_layer[m] if m >= 0 else -1 for m in self.tracker._tensor_module], dtype=np.int16),
+            modules=modules,
+        )
+
+    def _wrap_step_end(self) -> None:
+        inner = self.store.step_end
+
+        def step_end(step: int) -> None:
+            now = time.perf_counter()
+            self._step_times.append(now - self._t_step)
+            self._t_step = now
+            inner(step)
+            if not self._link_fixed and step + 1 >= 1:
+                managed = sum(n for n, k in zip(self.store._nbytes, self.store._kind) if k in MANAGED_KINDS)
+                step_s = self.config.baseline_step_time_s or self._step_times[0]
+                self.device.set_link(LinkModel.from_ratio(self.config.link_ratio, managed_bytes=managed, step_compute_s=step_s))
+                self._link_fixed = True
+
+        self.store.step_end = step_end  # type: ignore[method-assign]
+
+    # -- results -------------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        st = self.store.measured_stats()
+        warm = self.config.warmup_steps
+        measured_times = self._step_times[warm:]
+        step_time = sum(measured_times) / len(measured_times) if measured_times else None
+        base = self.config.baseline_step_time_s
+        managed = sum(n for n, k in zip(self.store._nbytes, self.store._kind) if k in MANAGED_KINDS)
+        d = {
+            "policy": self.config.policy,
+            "policy_served_by": getattr(self.store.policy, "served_by", self.store.policy.name),
+            "device": self.device.name,
+            "link": self.device.link.describe() if isinstance(self.device, SimulatedDevice) else None,
+            "managed_bytes": managed,
+            "managed_kinds": [k.name.lower() for k in MANAGED_KINDS],
+            "budget_bytes": self.store.budget_bytes,
+            "peak_device_bytes": self.store.peak_device_bytes,
+            "steps": st.steps,
+            "warmup_steps": warm,
+            "accesses": st.accesses,
+            "hits": st.hits,
+            "late": st.late,
+            "misses": st.misses,
+            "hit_rate": st.hit_rate,
+            "stall_s": st.stall_ns / 1e9,
+            "bytes_copied": st.bytes_copied,
+            "bytes_written_back": st.bytes_written_back,
+            "prefetch_issued": st.prefetch_issued,
+            "prefetch_used": st.prefetch_used,
+            "prefetch_refused": self.store.prefetch_refused,
+            "accuracy": st.accuracy,
+            "evictions": st.evictions,
+            "budget_overflows": self.store.budget_overflows,
+            "step_time_s": step_time,
+            "baseline_step_time_s": base,
+            "slowdown": (step_time / base) if (step_time and base) else None,
+            "warmup": (self.store.warmup_stats.as_dict() if self.store.warmup_stats else None),
+        }
+        note = getattr(self.store.policy, "note", None) or self.policy_note
+        if note:
+            d["policy_note"] = note
+        return d
+
+    def close(self) -> None:
+        """Detach, put parameters back on their masters, stop the device. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.tracker.detach()
+        for h in self._handles:
+            h.remove()
+        self.store.close()
+        close = getattr(self.store.policy, "close", None)
+        if close is not None:
+            close()
+        self.device.close()
+
+
+class _NullPolicy:
+    name = "none"
+
+    def start(self, tensors: TensorInfo) -> None:
+        pass
+
+    def observe(self, step, micro_step, phase, access, tensor_id):
+        return ()
+
+    def predicted_next_use(self, tensor_id: int) -> float:
+        return float("inf")
+
+
+@contextlib.contextmanager
+def prefetching(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                policy: str | Policy = "replay", budget: float | int | str = 0.4, **kwargs: Any) -> Iterator[Prefetcher]:
+    """Offload `model`'s parameters and saved activations, prefetch them by `policy`.
+
+    `pf.report()` gives the DESIGN.md report keys (hit rate, late, misses, stall time,
+    bytes copied, accuracy, budget and peak device bytes, step times).
+    """
+    if isinstance(policy, str):
+        cfg = PrefetchConfig(policy=policy, budget=budget, **kwargs)
+        pf = Prefetcher(model, optimizer, cfg)
+    else:
+        cfg = PrefetchConfig(policy=getattr(policy, "name", "custom"), budget=budget, **kwargs)
+        pf = Prefetcher(model, optimizer, cfg, policy=policy)
+    try:
+        yield pf
+    finally:
+        pf.close()
+        if pf.store.budget_overflows:
+            warnings.warn(f"prefetching: {pf.store.budget_overflows} accesses did not fit the device budget", stacklevel=3)

@@ -1,0 +1,349 @@
+"""The tensor store: managed tensors live on the host; a device tier under a byte budget.
+
+The store is the tracker's AccessSink during `runtime.prefetching(...)`:
+
+    parameters   the host copy is the master. A read binds `param.data` to a device copy
+                 (hit: already there; late: its prefetch is in flight, wait; miss: fetch
+                 now). Eviction drops the device copy and rebinds the host one. The
+                 optimizer runs on the host copies (ZeRO-Offload style), so device copies
+                 are never dirty; they are dropped before `optimizer.step()` and fetched
+                 again, updated, for the next step.
+    activations  produced on the device by the forward (a write, no copy). Eviction
+                 writes them back to the host; the backward's read fetches them again
+                 unless a prefetch already did. Read once, they are freed.
+
+Gradients and optimizer state are observed (the policy sees them) but stay where the
+optimizer keeps them. Prefetch requests come from the policy, soonest first; eviction
+drops tensors the policy predicts furthest away, LRU when it has no view. Hot path: no
+device syncs; the only waits are the late and miss waits, which are the stall we count.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from predictor.interface import NO_PREDICTION, Policy
+from runtime.device import Device
+from runtime.stats import AccessStats
+from runtime.trace_format import Access, Kind, Phase
+
+MANAGED_KINDS = (Kind.PARAMETER, Kind.ACTIVATION)
+
+
+class BudgetError(ValueError):
+    """The device budget cannot hold what training needs at once."""
+
+
+@dataclass(kw_only=True, slots=True)
+class StoreConfig:
+    """How the device tier is run."""
+
+    budget_bytes: int | None = None
+    """Device budget. None: fixed after the first step from `budget_fraction`."""
+    budget_fraction: float = 0.4
+    """Share of the managed bytes seen in the first step, when budget_bytes is None."""
+    warmup_steps: int = 1
+    """Steps run before statistics count (reported apart)."""
+
+    def __post_init__(self) -> None:
+        if self.budget_bytes is not None and self.budget_bytes <= 0:
+            raise ValueError(f"budget_bytes must be > 0, got {self.budget_bytes}")
+        if not 0 < self.budget_fraction <= 1:
+            raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+class TensorStore:
+    """Host tier, device tier, copies and counters for one model."""
+
+    def __init__(self, device: Device, policy: Policy, config: StoreConfig):
+        self.device = device
+        self.policy = policy
+        self.config = config
+        self.tracker: Any = None  # set by attach(); the store rebinds parameters through it
+        self.budget_bytes: int | None = config.budget_bytes
+        self.stats = AccessStats()
+        self.warmup_stats: AccessStats | None = None
+        self._kind: list[int] = []
+        self._nbytes: list[int] = []
+        self._host: list[Any] = []  # master copy (parameters) or written-back copy (activations)
+        self._dev: list[torch.Tensor | None] = []
+        self._inflight: list[Any] = []  # a Copy to the device, or None
+        self._prefetched: list[bool] = []
+        self._resident: OrderedDict[int, None] = OrderedDict()  # tids holding device bytes, LRU first
+        self.device_bytes = 0
+        self.peak_device_bytes = 0
+        self.managed_seen_bytes = 0
+        self.budget_overflows = 0  # times a needed tensor did not fit even after evicting all else
+        self.prefetch_refused = 0
+        self.step = 0
+        self._in_optimizer = False
+        self._current = -1
+
+    # -- setup -------------------------------------------------------------------------
+    def attach(self, tracker: Any) -> None:
+        """Move every parameter to its host master copy; the device tier starts empty."""
+        self.tracker = tracker
+        for tid, p in tracker.params_by_tid.items():
+            self._grow(tid)
+            host = self.device.host_copy(p.data) if self.device.name != "simulated" else p.data
+            self._host[tid] = host
+            tracker.rebind_param(tid, host)
+        if self.budget_bytes is not None:
+            largest = max((n for n, k in zip(self._nbytes, self._kind) if k in MANAGED_KINDS), default=0)
+            check_budget(self.budget_bytes, largest, self._largest_key())
+
+    def _largest_key(self) -> str:
+        if not self._nbytes or self.tracker is None:
+            return "?"
+        i = max(range(len(self._nbytes)), key=self._nbytes.__getitem__)
+        keys = self.tracker.tensor_keys
+        return keys[i] if i < len(keys) else "?"
+
+    def _grow(self, tid: int) -> None:
+        while len(self._kind) <= tid:
+            self._kind.append(-1)
+            self._nbytes.append(0)
+            self._host.append(None)
+            self._dev.append(None)
+            self._inflight.append(None)
+            self._prefetched.append(False)
+
+    # -- AccessSink ----------------------------------------------------------------------
+    def new_tensor(self, row: dict[str, Any]) -> None:
+        tid = row["tensor_id"]
+        self._grow(tid)
+        self._kind[tid] = row["kind"]
+        self._nbytes[tid] = row["nbytes"]
+        if row["kind"] in MANAGED_KINDS:
+            self.managed_seen_bytes += row["nbytes"]
+
+    def access(self, step, micro_step, seq, phase, kind, access, tensor_id, nbytes, time_ns, module_id, layer) -> None:
+        if access == Access.READ and kind in MANAGED_KINDS:
+            self._read(tensor_id)
+            self._current = tensor_id  # being handed to compute: not evictable until the next access
+        requests = self.policy.observe(step, micro_step, phase, access, tensor_id)
+        if requests and not self._in_optimizer:
+            self._prefetch(requests)
+
+    def pack(self, kind: int, tensor_id: int, tensor: torch.Tensor) -> Any:
+        if kind == Kind.PARAMETER:
+            # Keep only the view's geometry (autograd may save `weight.t()`), not the
+            # tensor: holding it would pin the device copy until backward.
+            base = self.tracker.params_by_tid[tensor_id].data
+            return (tuple(tensor.shape), tensor.stride(), tensor.storage_offset() - base.storage_offset())
+        tid = tensor_id
+        self._grow(tid)
+        if self._dev[tid] is not None or self._inflight[tid] is not None or self._host[tid] is not None:
+            self._free(tid)  # a previous step's copy that was never read
+        self._dev[tid] = tensor
+        self._nbytes[tid] = tensor.numel() * tensor.element_size()
+        self._account_in(tid)
+        self._make_room(0, protect=tid)
+        return tid
+
+    def unpack(self, kind: int, tensor_id: int, packed: Any) -> torch.Tensor:
+        if kind == Kind.PARAMETER:
+            shape, stride, rel_offset = packed
+            dev = self._dev_or_host(tensor_id)
+            return dev.as_strided(shape, stride, dev.storage_offset() + rel_offset)
+        t = self._dev_or_host(tensor_id)
+        self._free(tensor_id)  # an activation is read once in backward
+        return t
+
+    def step_end(self, step: int) -> None:
+        self.step = step + 1
+        if self.budget_bytes is None and self.step >= 1:
+            self.budget_bytes = max(1, int(self.config.budget_fraction * self.managed_seen_bytes))
+            largest = max((n for n, k in zip(self._nbytes, self._kind) if k in MANAGED_KINDS), default=0)
+            check_budget(self.budget_bytes, largest, self._largest_key())
+            self._make_room(0)
+        if self.step == self.config.warmup_steps:
+            self.warmup_stats = self.stats.snapshot()
+        self.stats.steps += 1
+
+    # -- optimizer ---------------------------------------------------------------------
+    def before_optimizer_step(self) -> None:
+        """The optimizer updates host masters: finish copies that read them, drop device copies."""
+        self._in_optimizer = True
+        for tid, p in list(self.tracker.params_by_tid.items()):
+            if self._inflight[tid] is not None:
+                self.device.wait(self._inflight[tid])  # a copy still reading the host master
+                self._inflight[tid] = None
+                if self._prefetched[tid]:
+                    self._prefetched[tid] = False
+            if self._dev[tid] is not None or tid in self._resident:
+                self._evict(tid)
+            if p.grad is not None and p.grad.device != self._host[tid].device:
+                p.grad = p.grad.to(self._host[tid].device)  # CUDA: the host optimizer needs host grads
+
+    def after_optimizer_step(self) -> None:
+        self._in_optimizer = False
+
+    # -- reads -------------------------------------------------------------------------
+    def _read(self, tid: int) -> None:
+        st = self.stats
+        st.accesses += 1
+        copy = self._inflight[tid]
+        if copy is not None:
+            if copy.done():
+                st.hits += 1
+            else:
+                st.late += 1
+            t, waited = self.device.wait(copy)
+            st.stall_ns += waited
+            self._inflight[tid] = None
+            self._dev[tid] = t
+        elif self._dev[tid] is not None:
+            st.hits += 1
+        else:
+            st.misses += 1
+            src = self._host[tid]
+            if src is None:
+                raise RuntimeError(f"tensor {self._key(tid)} read but never stored")
+            self._make_room(self._nbytes[tid], protect=tid, refuse=False)
+            t, waited = self.device.wait(self.device.copy_in(src))
+            st.stall_ns += waited
+            st.bytes_copied += self._nbytes[tid]
+            self._dev[tid] = t
+            self._account_in(tid)
+        if self._prefetched[tid]:
+            self._prefetched[tid] = False
+            st.prefetch_used += 1
+        self._resident.move_to_end(tid)
+        if self._kind[tid] == Kind.PARAMETER:
+            self.tracker.rebind_param(tid, self._dev[tid])
+
+    def _dev_or_host(self, tid: int) -> torch.Tensor:
+        t = self._dev[tid]
+        if t is None:  # the read event above fetched it; only a budget overflow gets here
+            raise RuntimeError(f"tensor {self._key(tid)} not resident after its read")
+        return t
+
+    # -- prefetch and eviction ------------------------------------------------------------
+    def _prefetch(self, requests) -> None:
+        budget = self.budget_bytes
+        for tid in requests:
+            if tid >= len(self._kind) or self._kind[tid] not in MANAGED_KINDS:
+                continue
+            if self._dev[tid] is not None or self._inflight[tid] is not None:
+                continue
+            src = self._host[tid]
+            if src is None:
+                continue  # an activation not produced yet (or already consumed)
+            n = self._nbytes[tid]
+            if budget is not None and self.device_bytes + n > budget:
+                if not self._make_room(n, protect=tid, refuse=True, for_tid=tid):
+                    self.prefetch_refused += 1
+                    break  # later requests are needed later still: stop here
+            self._inflight[tid] = self.device.copy_in(src)
+            self._prefetched[tid] = True
+            self.stats.prefetch_issued += 1
+            self.stats.bytes_copied += n
+            self._account_in(tid)
+
+    def _account_in(self, tid: int) -> None:
+        if tid not in self._resident:
+            self._resident[tid] = None
+            self.device_bytes += self._nbytes[tid]
+            if self.device_bytes > self.peak_device_bytes:
+                self.peak_device_bytes = self.device_bytes
+
+    def _protected(self, tid: int) -> bool:
+        if self._inflight[tid] is not None or tid == self._current:
+            return True
+        if self._kind[tid] == Kind.PARAMETER:  # its module may still be running
+            return self.tracker.param_in_use(tid)
+        return False
+
+    def _make_room(self, need: int, *, protect: int = -1, refuse: bool = False, for_tid: int = -1) -> bool:
+        """Evict until `need` more bytes fit. With `refuse`, never evict a tensor the
+        policy expects sooner than `for_tid` (ChampSim-style refusal)."""
+        budget = self.budget_bytes
+        if budget is None:
+            return True
+        if self.device_bytes + need <= budget:
+            return True
+        nxt = self.policy.predicted_next_use
+        limit = nxt(for_tid) if refuse else NO_PREDICTION
+        # pass 1 (cheap, the common case): LRU order, tensors outside the policy's horizon
+        for tid in list(self._resident):
+            if self.device_bytes + need <= budget:
+                return True
+            if tid == protect or self._protected(tid):
+                continue
+            if nxt(tid) == NO_PREDICTION:
+                self._evict(tid)
+        # pass 2: furthest predicted use first
+        while self.device_bytes + need > budget:
+            cands = [(nxt(t), t) for t in self._resident if t != protect and not self._protected(t)]
+            if not cands:
+                break
+            far, tid = max(cands)
+            if refuse and far <= limit:
+                return False
+            self._evict(tid)
+        if self.device_bytes + need > budget:
+            if refuse:
+                return False
+            self.budget_overflows += 1
+        return True
+
+    def _evict(self, tid: int) -> None:
+        if tid not in self._resident:
+            return
+        del self._resident[tid]
+        self.device_bytes -= self._nbytes[tid]
+        self.stats.evictions += 1
+        dev = self._dev[tid]
+        self._dev[tid] = None
+        if self._prefetched[tid]:
+            self._prefetched[tid] = False  # issued, never used
+        if self._kind[tid] == Kind.PARAMETER:
+            self.tracker.rebind_param(tid, self._host[tid])
+        elif dev is not None:  # an activation: write it back
+            copy = self.device.copy_out(dev)
+            self._host[tid] = self.device.pending_host(copy)
+            self.stats.bytes_written_back += self._nbytes[tid]
+
+    def _free(self, tid: int) -> None:
+        if tid in self._resident:
+            del self._resident[tid]
+            self.device_bytes -= self._nbytes[tid]
+        self._dev[tid] = None
+        self._inflight[tid] = None
+        self._host[tid] = None
+        self._prefetched[tid] = False
+
+    def _key(self, tid: int) -> str:
+        keys = self.tracker.tensor_keys if self.tracker is not None else []
+        return keys[tid] if tid < len(keys) else f"#{tid}"
+
+    # -- results -----------------------------------------------------------------------
+    def measured_stats(self) -> AccessStats:
+        return self.stats - self.warmup_stats if self.warmup_stats is not None else self.stats
+
+    def close(self) -> None:
+        """Put every parameter back on its master copy (the model stays usable)."""
+        if self.tracker is None:
+            return
+        for tid in list(self.tracker.params_by_tid):
+            if self._inflight[tid] is not None:
+                self.device.wait(self._inflight[tid])
+                self._inflight[tid] = None
+            self.tracker.rebind_param(tid, self._host[tid])
+        self._resident.clear()
+        self.device_bytes = 0
+
+
+def check_budget(budget_bytes: int, largest_bytes: int, largest_key: str = "?") -> None:
+    if budget_bytes < largest_bytes:
+        raise BudgetError(
+            f"device budget {budget_bytes:,} bytes is below the largest managed tensor "
+            f"({largest_key}, {largest_bytes:,} bytes): nothing could run; raise --budget"
+        )
