@@ -15,6 +15,7 @@ the simulated device, the link (from the link ratio and the step's measured time
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -190,7 +191,7 @@ class Prefetcher:
         st = self.store.measured_stats()
         warm = self.config.warmup_steps
         measured_times = self._step_times[warm:]
-        step_time = sum(measured_times) / len(measured_times) if measured_times else None
+        step_time = statistics.median(measured_times) if measured_times else None  # median: robust to noise
         base = self.config.baseline_step_time_s
         managed = sum(n for n, k in zip(self.store._nbytes, self.store._kind) if k in MANAGED_KINDS)
         d = {

@@ -53,6 +53,9 @@ class Recorder:
                  extra_manifest: dict[str, Any] | None = None, progress: Any = None):
         out_dir = check_output_dir(out)
         self._pending_tensors: list[dict[str, Any]] = []
+        # the tracker appends event tuples here directly (its fast path); flushed per step
+        self.event_buffer: list[tuple] = []
+        self.flush_every = (writer_config or TraceWriterConfig()).flush_every
         self.tracker = AccessTracker(model, optimizer, self, tracker_config)
         name = workload or type(model).__name__
         manifest = {
@@ -95,7 +98,14 @@ class Recorder:
             writer.add_tensor(row)
 
     def access(self, step, micro_step, seq, phase, kind, access, tensor_id, nbytes, time_ns, module_id, layer) -> None:
-        self.writer.add_event((step, micro_step, seq, phase, kind, access, tensor_id, nbytes, time_ns, module_id, layer))
+        self.event_buffer.append((step, micro_step, seq, phase, kind, access, tensor_id, nbytes, time_ns, module_id, layer))
+
+    def flush(self) -> None:
+        """Hand buffered events to the writer thread (the buffer object stays the same)."""
+        if self.event_buffer:
+            self.writer.add_events(self.event_buffer)
+            self.event_buffer.clear()
+        self.writer.flush()
 
     def pack(self, kind: int, tensor_id: int, tensor: torch.Tensor) -> Any:
         return tensor
@@ -105,7 +115,7 @@ class Recorder:
 
     def step_end(self, step: int) -> None:
         self.steps_completed = step + 1
-        self.writer.flush()  # note: hands a list to the writer thread; no I/O here
+        self.flush()  # note: hands a list to the writer thread; no I/O here
         if self.progress is not None:
             self.progress.update(1)
 
@@ -120,6 +130,9 @@ class Recorder:
             return
         self._closed = True
         self.tracker.detach()
+        if self.event_buffer:
+            self.writer.add_events(self.event_buffer)
+            self.event_buffer.clear()
         self.writer.close(steps=self.steps_completed, **manifest_updates)
 
 

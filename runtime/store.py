@@ -178,7 +178,7 @@ class TensorStore:
                 if self._prefetched[tid]:
                     self._prefetched[tid] = False
             if self._dev[tid] is not None or tid in self._resident:
-                self._evict(tid)
+                self._evict(tid, invalidate=True)
             if p.grad is not None and p.grad.device != self._host[tid].device:
                 p.grad = p.grad.to(self._host[tid].device)  # CUDA: the host optimizer needs host grads
 
@@ -294,12 +294,13 @@ class TensorStore:
             self.budget_overflows += 1
         return True
 
-    def _evict(self, tid: int) -> None:
+    def _evict(self, tid: int, invalidate: bool = False) -> None:
         if tid not in self._resident:
             return
         del self._resident[tid]
         self.device_bytes -= self._nbytes[tid]
-        self.stats.evictions += 1
+        if not invalidate:  # dropping copies the optimizer makes stale is not an eviction
+            self.stats.evictions += 1
         dev = self._dev[tid]
         self._dev[tid] = None
         if self._prefetched[tid]:

@@ -114,6 +114,12 @@ class TraceWriter:
         if len(self._events) >= self.config.flush_every:
             self.flush()
 
+    def add_events(self, events: list[tuple]) -> None:
+        """Many events at once (the tracker's buffer); handed over as they are."""
+        self._events.extend(events)
+        if len(self._events) >= self.config.flush_every:
+            self.flush()
+
     def flush(self) -> None:
         """Hand the buffered rows to the writer thread (tensor rows first)."""
         if self._error is not None:

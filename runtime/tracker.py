@@ -23,13 +23,19 @@ Everything here runs on the training thread; hooks only append to lists (no sync
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
 
 from runtime.architecture import architecture_signature, layer_of
 from runtime.trace_format import Access, Kind, Phase
+
+monotonic_ns = time.monotonic_ns
+_graph_task_id = torch._C._current_graph_task_id  # -1 outside autograd's backward
+_FORWARD, _BACKWARD, _RECOMPUTE, _OPTIMIZER, _EVAL = (int(p) for p in Phase)
+_PARAMETER, _ACTIVATION, _GRADIENT, _OPTIMIZER_STATE = (int(k) for k in Kind)
+_READ, _WRITE = int(Access.READ), int(Access.WRITE)
 
 ROOT_PATH = "<root>"
 
@@ -68,15 +74,6 @@ class TrackerConfig:
             raise ValueError(f"min_activation_bytes must be >= 0, got {self.min_activation_bytes}")
 
 
-@dataclass(slots=True)
-class _StepState:
-    step: int = 0
-    micro_step: int = -1
-    seq: int = 0
-    train_pass: bool = True  # the current root forward computes gradients
-    calls: dict[int, int] = field(default_factory=dict)  # module index -> grad-enabled calls this step
-
-
 def _storage_key(t: torch.Tensor) -> int:
     try:
         return t.untyped_storage().data_ptr()
@@ -99,7 +96,7 @@ class AccessTracker:
         for path, mod in model.named_modules(remove_duplicate=True):
             self._module_index[id(mod)] = len(self.module_paths)
             self.module_paths.append(path or ROOT_PATH)
-        self._module_layer = [layer_of(p) for p in self.module_paths]
+        self._module_layer = [layer_of(p) for p in self.module_paths] + [-1]  # [-1] -> -1
         self._keys: dict[str, int] = {}
         self._tensor_nbytes: list[int] = []
         self._tensor_module: list[int] = []
@@ -119,13 +116,27 @@ class AccessTracker:
                 self._param_module[id(p)] = self._module_index[id(mod)]
         for name, p in model.named_parameters():
             self._register_param(p)
-        self._state = _StepState()
+        # step state (plain attributes: read on every event)
+        self._step = 0
+        self._micro = -1  # root forwards so far in this step, minus one
+        self._seq = 0
+        self._train_pass = True
+        self._calls: dict[int, int] = {}  # module index -> grad-enabled calls this step
+        self._act_tid: dict[tuple[int, int, int], int] = {}
+        self._min_act_bytes = self.config.min_activation_bytes
+        self._buffer: list | None = getattr(sink, "event_buffer", None)
+        self._flush_every = getattr(sink, "flush_every", 1 << 30)
+        self._direct_params: dict[int, tuple[int, ...]] = {-1: ()}
+        for mod in model.modules():
+            idx = self._module_index[id(mod)]
+            self._direct_params[idx] = tuple(
+                self._param_tid[id(p)] for p in mod._parameters.values() if p is not None and id(p) in self._param_tid
+            )
         self._stack: list[int] = []
         self._handles: list[Any] = []
         self._saved_hooks: torch.autograd.graph.saved_tensors_hooks | None = None
         self._pack_counts: dict[tuple[int, int], int] = {}
         self._attached = False
-        self.num_events = 0
 
     # -- tensor table ------------------------------------------------------------------
     def _tensor_id(self, key: str, kind: int, t: torch.Tensor | None, module_idx: int,
@@ -196,18 +207,25 @@ class AccessTracker:
             self._tensor_id(key, row["kind"], None, idx, tuple(row.get("shape") or ()), row.get("dtype"), row["nbytes"])
 
     # -- events ------------------------------------------------------------------------
+    # The hot path: every hook ends here. Plain ints, local lookups, one tuple per event;
+    # a logging sink (the recorder) takes the tuple straight into its buffer.
     def _emit(self, phase: int, kind: int, access: int, tid: int, module_idx: int, nbytes: int = -1) -> None:
-        st = self._state
-        self.sink.access(st.step, max(st.micro_step, 0), st.seq, phase, kind, access, tid,
-                         self._tensor_nbytes[tid] if nbytes < 0 else nbytes, time.monotonic_ns(), module_idx,
-                         self._module_layer[module_idx] if module_idx >= 0 else -1)
-        st.seq += 1
-        self.num_events += 1
+        ev = (self._step, self._micro if self._micro > 0 else 0, self._seq, phase, kind, access, tid,
+              self._tensor_nbytes[tid] if nbytes < 0 else nbytes, monotonic_ns(), module_idx,
+              self._module_layer[module_idx])  # index -1 hits the trailing -1 sentinel
+        self._seq += 1
+        buf = self._buffer
+        if buf is not None:
+            buf.append(ev)
+            if len(buf) >= self._flush_every:
+                self.sink.flush()
+        else:
+            self.sink.access(*ev)
 
     def _forward_phase(self) -> int:
-        if torch._C._current_graph_task_id() != -1:  # inside autograd: checkpoint recompute
-            return Phase.RECOMPUTE
-        return Phase.FORWARD if self._state.train_pass else Phase.EVAL
+        if _graph_task_id() != -1:  # inside autograd: checkpoint recompute
+            return _RECOMPUTE
+        return _FORWARD if self._train_pass else _EVAL
 
     # -- hooks -------------------------------------------------------------------------
     def enter_root(self, module: torch.nn.Module, args: Any) -> None:
@@ -216,25 +234,20 @@ class AccessTracker:
         self._pre(module, args)
 
     def _root_pre(self, module: torch.nn.Module, args: Any) -> None:
-        st = self._state
-        if torch._C._current_graph_task_id() != -1:
+        if _graph_task_id() != -1:
             return  # recompute of the root inside backward: same micro-step
-        st.micro_step += 1
-        st.train_pass = torch.is_grad_enabled() and module.training
+        self._micro += 1
+        self._train_pass = torch.is_grad_enabled() and module.training
 
     def _pre(self, module: torch.nn.Module, args: Any) -> None:
         idx = self._module_index.get(id(module), -1)
         self._stack.append(idx)
         phase = self._forward_phase()
-        if phase != Phase.EVAL and torch.is_grad_enabled():
-            self._state.calls[idx] = self._state.calls.get(idx, -1) + 1
-        for p in module._parameters.values():  # direct parameters only; children do theirs
-            if p is None:
-                continue
-            tid = self._param_tid.get(id(p))
-            if tid is None:
-                continue
-            self._emit(phase, Kind.PARAMETER, Access.READ, tid, idx)
+        if phase != _EVAL and torch.is_grad_enabled():
+            calls = self._calls
+            calls[idx] = calls.get(idx, -1) + 1
+        for tid in self._direct_params[idx]:  # direct parameters only; children do theirs
+            self._emit(phase, _PARAMETER, _READ, tid, idx)
 
     def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._stack:
@@ -243,28 +256,31 @@ class AccessTracker:
     def _pack(self, t: torch.Tensor) -> Any:
         if not self._attached:
             return t
-        ptid = self._storage_param.get(_storage_key(t))
+        ptid = self._storage_param.get(t.untyped_storage().data_ptr())
         if ptid is not None:
-            return ("p", ptid, self.sink.pack(Kind.PARAMETER, ptid, t))
-        nbytes = t.numel() * t.element_size()
-        if nbytes < self.config.min_activation_bytes or not t.is_floating_point():
+            return ("p", ptid, self.sink.pack(_PARAMETER, ptid, t))
+        nbytes = t.nbytes
+        if nbytes < self._min_act_bytes or not t.is_floating_point():
             return t
         mod = self._stack[-1] if self._stack else 0
-        call = self._state.calls.get(mod, 0)
+        call = self._calls.get(mod, 0)
         ck = (mod, call)
         pack_idx = self._pack_counts.get(ck, 0)
         self._pack_counts[ck] = pack_idx + 1
-        tid = self._tensor_id(f"act:{self.module_paths[mod]}:{call}:{pack_idx}", Kind.ACTIVATION, t, mod)
-        self._emit(self._forward_phase(), Kind.ACTIVATION, Access.WRITE, tid, mod, nbytes)
-        return ("a", tid, self.sink.pack(Kind.ACTIVATION, tid, t))
+        tid = self._act_tid.get((mod, call, pack_idx))
+        if tid is None:
+            tid = self._tensor_id(f"act:{self.module_paths[mod]}:{call}:{pack_idx}", Kind.ACTIVATION, t, mod)
+            self._act_tid[(mod, call, pack_idx)] = tid
+        self._emit(self._forward_phase(), _ACTIVATION, _WRITE, tid, mod, nbytes)
+        return ("a", tid, self.sink.pack(_ACTIVATION, tid, t))
 
     def _unpack(self, packed: Any) -> torch.Tensor:
-        if not isinstance(packed, tuple):
+        if packed.__class__ is not tuple:
             return packed
         tag, tid, inner = packed
-        kind = Kind.PARAMETER if tag == "p" else Kind.ACTIVATION
-        phase = Phase.BACKWARD if torch._C._current_graph_task_id() != -1 else Phase.RECOMPUTE
-        self._emit(phase, kind, Access.READ, tid, self._tensor_module[tid])
+        kind = _PARAMETER if tag == "p" else _ACTIVATION
+        phase = _BACKWARD if _graph_task_id() != -1 else _RECOMPUTE
+        self._emit(phase, kind, _READ, tid, self._tensor_module[tid])
         return self.sink.unpack(kind, tid, inner)
 
     def _grad_hook(self, p: torch.Tensor) -> None:
@@ -295,12 +311,11 @@ class AccessTracker:
         self._end_step()
 
     def _end_step(self) -> None:
-        st = self._state
-        self.sink.step_end(st.step)
-        st.step += 1
-        st.micro_step = -1
-        st.seq = 0
-        st.calls.clear()
+        self.sink.step_end(self._step)
+        self._step += 1
+        self._micro = -1
+        self._seq = 0
+        self._calls.clear()
         self._pack_counts.clear()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -312,6 +327,11 @@ class AccessTracker:
         self._opt_state_seen: set[int] = set()
         self._handles.append(self.model.register_forward_pre_hook(self._root_pre))
         for mod in self.model.modules():
+            # Leaves without parameters (activation functions, dropout, rotary tables) get
+            # no hooks: a hooked module call costs ~5 µs, and what they save is attributed
+            # to their parent, which keeps keys stable and layer-specific.
+            if mod is not self.model and not mod._parameters and not mod._modules:
+                continue
             self._handles.append(mod.register_forward_pre_hook(self._pre))
             self._handles.append(mod.register_forward_hook(self._post, always_call=True))
         for p in self.model.parameters():
@@ -346,7 +366,7 @@ class AccessTracker:
 
     @property
     def step(self) -> int:
-        return self._state.step
+        return self._step
 
     def detach(self) -> None:
         """Remove every hook. Idempotent; safe on a half-attached tracker."""

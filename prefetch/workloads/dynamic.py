@@ -34,8 +34,8 @@ from .lm import (
 
 # --- accum-eval ---------------------------------------------------------------------
 
-ACCUM_SHAPE = dict(vocab_size=512, n_positions=64, n_embd=128, n_layer=3, n_head=4)
-ACCUM_DATA = dict(batch_size=2, seq_len=32, accum_steps=4, eval_every=3, eval_batch_size=4)
+ACCUM_SHAPE = dict(vocab_size=1024, n_positions=128, n_embd=256, n_layer=3, n_head=4)
+ACCUM_DATA = dict(batch_size=4, seq_len=32, accum_steps=4, eval_every=3, eval_batch_size=8)
 
 
 def build_accum_eval(seed: int) -> Job:
@@ -106,12 +106,12 @@ def make_layers_skippable(layers: nn.ModuleList) -> list[nn.Module]:
 
 LAYERDROP_SHAPE = dict(
     vocab_size=512,
-    hidden_size=96,
-    intermediate_size=256,
+    hidden_size=256,
+    intermediate_size=512,
     num_hidden_layers=6,
     num_attention_heads=4,
     num_key_value_heads=2,
-    max_position_embeddings=64,
+    max_position_embeddings=128,
 )
 LAYERDROP_DATA = dict(batch_size=8, seq_len=64, drop_prob=0.3)
 
@@ -173,14 +173,14 @@ class StopHazard:
 
 GEN_SHAPE = dict(
     vocab_size=256,
-    hidden_size=96,
-    intermediate_size=256,
+    hidden_size=256,
+    intermediate_size=512,
     num_hidden_layers=3,
     num_attention_heads=4,
     num_key_value_heads=2,
-    max_position_embeddings=64,
+    max_position_embeddings=128,
 )
-GEN_DATA = dict(batch_size=2, prompt_len=8, max_new_tokens=20, stop_hazard=0.1)
+GEN_DATA = dict(batch_size=4, prompt_len=16, max_new_tokens=20, stop_hazard=0.1)
 
 
 def build_generate_train(seed: int) -> Job:

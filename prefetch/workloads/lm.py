@@ -183,7 +183,7 @@ def llama_model(
 
 # --- workloads ----------------------------------------------------------------------
 
-GPT2_SHAPE = dict(vocab_size=512, n_positions=64, n_embd=128, n_layer=4, n_head=4)
+GPT2_SHAPE = dict(vocab_size=1024, n_positions=128, n_embd=256, n_layer=4, n_head=4)
 GPT2_DATA = dict(batch_size=8, seq_len=64)
 
 
@@ -198,12 +198,12 @@ def build_gpt2(seed: int) -> Job:
 
 LLAMA_SHAPE = dict(
     vocab_size=512,
-    hidden_size=128,
-    intermediate_size=256,
+    hidden_size=256,
+    intermediate_size=688,
     num_hidden_layers=4,
     num_attention_heads=4,
     num_key_value_heads=2,
-    max_position_embeddings=64,
+    max_position_embeddings=128,
 )
 LLAMA_DATA = dict(batch_size=8, seq_len=64)
 

@@ -155,14 +155,14 @@ def split_fused_experts(model: nn.Module) -> int:
 
 MOE_SHAPE = dict(
     vocab_size=512,
-    hidden_size=96,
-    intermediate_size=192,
+    hidden_size=384,
+    intermediate_size=1024,
     num_hidden_layers=4,
     num_attention_heads=4,
     num_key_value_heads=2,
     num_local_experts=8,
     num_experts_per_tok=2,
-    max_position_embeddings=64,
+    max_position_embeddings=128,
 )
 MOE_DATA = dict(batch_size=1, seq_len=8)
 

@@ -1,0 +1,66 @@
+"""How fast the simulator replays traces: events per second, per policy.
+
+    .venv/bin/python benchmarks/simulate_speed.py datasets/samples --json benchmarks/simulate_speed.json
+
+Traces are loaded once; each policy is simulated `--repeat` times on all of them at
+`--budget` and the default link, and the best wall time counts (policy construction,
+the oracle's precomputation and the per-trace setup included, trace loading not).
+Prints a table and writes the figures as JSON. Target: >= 200k events/s for `none`
+and `replay`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from prefetch.simulate import simulate  # noqa: E402
+from runtime.trace_format import load_traces  # noqa: E402
+
+TARGET_EVENTS_PER_S = 200_000
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("traces", nargs="*", default=["datasets/samples"], help="trace files or folders")
+    ap.add_argument("--policies", default="none,replay,markov,oracle", help="comma-separated policy specs")
+    ap.add_argument("--budget", default="0.4", help="device budget (fraction or size)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per policy; the best counts")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args(argv)
+
+    traces = load_traces(args.traces)
+    events = sum(t.num_events for t in traces)
+    rows = []
+    print(f"{len(traces)} trace(s), {events} events, budget {args.budget}")
+    print(f"{'policy':>10} {'events/s':>12} {'best s':>9} {'hit rate':>9}  target")
+    for spec in [p.strip() for p in args.policies.split(",") if p.strip()]:
+        best = float("inf")
+        report = None
+        for _ in range(max(1, args.repeat)):
+            t0 = time.perf_counter()
+            report = simulate(traces, spec, budget=args.budget)
+            best = min(best, time.perf_counter() - t0)
+        rate = events / best
+        meets = "ok" if rate >= TARGET_EVENTS_PER_S else ("below" if spec in ("none", "replay") else "-")
+        rows.append({"policy": spec, "events": events, "seconds": best, "events_per_s": rate,
+                     "hit_rate": report.hit_rate})
+        print(f"{spec:>10} {rate:>12,.0f} {best:>9.3f} {report.hit_rate:>9.2%}  {meets}")
+    if args.json:
+        out = {"traces": [str(t.stem) for t in traces], "events": events, "budget": args.budget,
+               "python": platform.python_version(), "machine": platform.machine(),
+               "target_events_per_s": TARGET_EVENTS_PER_S, "results": rows}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Run a reference workload with prefetching, against the same job all resident.
+
+    prefetch run --workload gpt2 --steps 12 --policy replay --budget 0.4 --json out/run.json
+
+Three passes of the same seeded job, in one process:
+  1. all resident: the baseline step time and losses;
+  2. recorded: the trace (its tensor table fixes tensor ids and managed bytes, and
+     `--trace-out` keeps it; the simulator replays it for the live-vs-simulated check);
+  3. prefetched: managed tensors offloaded, the policy prefetching, the report.
+`losses_identical` compares pass 3 with pass 1 bit for bit.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from runtime.prefetching import PrefetchConfig, Prefetcher
+from runtime.recorder import Recorder
+from runtime.trace_format import load_trace
+
+
+def _plain(workload, seed: int, steps: int, bar) -> tuple[list[float], list[float]]:
+    job = workload.build(seed)
+    losses, times = [], []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        losses.append(job.step(i))
+        times.append(time.perf_counter() - t0)
+        bar.update(1)
+    return losses, times
+
+
+def run_workload(name: str, *, steps: int = 12, policy: str = "replay", budget: float | int | str = 0.4,
+                 seed: int = 0, link_ratio: float = 0.5, lookahead: int = 64, warmup_steps: int = 1,
+                 device: str = "auto", daemon: str | None = None, trace_out: str | Path | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """The JSON report of DESIGN.md for one workload and policy (see module doc)."""
+    from prefetch.workloads import get_workload
+
+    if steps <= warmup_steps:
+        raise ValueError(f"--steps ({steps}) must exceed the warm-up steps ({warmup_steps})")
+    workload = get_workload(name)
+    PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device)  # validate early
+    bar = tqdm(total=3 * steps, desc=f"run {name} {policy}", unit="step", file=sys.stderr, disable=not progress)
+    try:
+        base_losses, base_times = _plain(workload, seed, steps, bar)
+        baseline_step = statistics.median(base_times[warmup_steps:])
+
+        tmp = None
+        if trace_out is None:
+            tmp = tempfile.TemporaryDirectory(prefix="prefetch-run-")
+            trace_out = tmp.name
+        job = workload.build(seed)
+        rec = Recorder(job.model, job.optimizer, trace_out, workload=name, seed=seed, config=job.config).start()
+        try:
+            for i in range(steps):
+                job.step(i)
+                bar.update(1)
+        finally:
+            rec.close()
+        trace = load_trace(rec.stem)
+        reference = trace.tensors.to_pylist()
+
+        job = workload.build(seed)
+        cfg = PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead,
+                             warmup_steps=warmup_steps, device=device, daemon=daemon,
+                             baseline_step_time_s=baseline_step, reference_tensors=reference)
+        pf = Prefetcher(job.model, job.optimizer, cfg)
+        losses = []
+        try:
+            for i in range(steps):
+                losses.append(job.step(i))
+                bar.update(1)
+        finally:
+            pf.close()
+    finally:
+        bar.close()
+    report = pf.report()
+    report.update(
+        workload=name,
+        seed=seed,
+        losses_identical=losses == base_losses,
+        losses=losses,
+        baseline_losses=base_losses,
+        trace=str(rec.stem) if tmp is None else None,
+        threads=torch.get_num_threads(),
+        architecture=trace.architecture,
+    )
+    if tmp is not None:
+        report["_trace_stem"] = None
+        tmp.cleanup()
+    return report
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    slow = f"{r['slowdown']:.3f}x" if r.get("slowdown") else "n/a"
+    return (f"{r['workload']:<15} {r['policy']:<22} hit {r['hit_rate']:7.2%}  late {r['late']:>5}  miss {r['misses']:>5}  "
+            f"stall {r['stall_s']:.3f}s  slowdown {slow}  copied {r['bytes_copied'] / 2**20:8.1f} MiB  "
+            f"losses_identical {r['losses_identical']}  [{r['device']}]")

@@ -1,0 +1,429 @@
+"""The training process's side of the daemon: stream access events, collect prefetch commands.
+
+    client = DaemonClient(DaemonClientConfig(endpoint=ep, architecture=sig, policy="learned"), tensors).start()
+    client.wait_connected(5.0)                        # setup only; the one call that blocks
+    client.record(step, micro_step, phase, access, tensor_id)   # per access: a list append
+    client.flush()                                    # send the buffered events (never blocks)
+    for cmd in client.poll_commands():                # never blocks
+        issue_prefetches(cmd.tensor_ids, cmd.next_use)
+    if not client.connected: ...                      # the daemon is down: use a local policy
+
+The daemon is advisory, so nothing here may stall training. Every socket call is
+non-blocking (zmq.NOBLOCK on a DEALER); a full outbox or too many unanswered batches
+drops the batch and counts it. The Lazy Pirate pattern of the zguide keeps the link
+honest: when events are outstanding and the daemon stays silent for `timeout_ms`, the
+client declares it down (warns once), closes the socket with linger=0, and every
+`reconnect_ms` opens a fresh one and says HELLO again, from inside poll_commands().
+
+The I/O runs on the caller's thread, not on a helper thread: libzmq already does the
+actual socket I/O on its own (GIL-free) thread, so a send here costs a header pack and
+an enqueue into libzmq's pipe; a Python I/O thread would add a wake-up per batch and
+GIL contention on a 2-core box. benchmarks/daemon_latency.py measures both.
+
+Not thread-safe: call it from one thread (the training thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import zmq
+
+from predictor.interface import TensorInfo
+from prefetch import wire
+from prefetch.wire import EVENT_DTYPE, ErrorCode, WireError
+
+log = logging.getLogger("runtime.daemon_client")
+
+_DOWN, _HELLO, _UP = "down", "hello", "up"
+
+
+class DaemonUnavailableWarning(RuntimeWarning):
+    """The prefetch daemon stopped answering; training goes on without it."""
+
+
+@dataclass(kw_only=True, slots=True)
+class DaemonClientConfig:
+    """Where the daemon is, what to ask it for, and how patient to be."""
+
+    endpoint: str
+    """ZeroMQ endpoint of the daemon (ipc://PATH or tcp://127.0.0.1:PORT)."""
+    architecture: str
+    """Architecture signature (runtime.architecture.architecture_signature)."""
+    policy: str = "learned"
+    """Policy spec asked of the daemon; HELLO_OK says which one serves."""
+    lookahead: int = 64
+    """Future reads the daemon's policy keeps requested (0: the daemon's default)."""
+    next_use: bool = True
+    """Ask for per-id predicted next use with every command (for eviction)."""
+    timeout_ms: int = 500
+    """Silence, with events outstanding, after which the daemon is declared down."""
+    hello_timeout_ms: int = 5000
+    """How long a HELLO may take (the daemon may be loading a model)."""
+    reconnect_ms: int = 1000
+    """While down, how often a fresh socket and HELLO are tried."""
+    max_outstanding: int = 256
+    """Unanswered EVENTS batches allowed in flight; beyond it batches are dropped."""
+    batch_events: int = 64
+    """record() sends automatically once this many events are buffered."""
+    sndhwm: int = 1000
+    """libzmq send queue, in messages; a full queue drops (never blocks)."""
+
+    def __post_init__(self) -> None:
+        if not self.endpoint or "://" not in self.endpoint:
+            raise ValueError(f"endpoint {self.endpoint!r}: expected ipc://PATH or tcp://HOST:PORT")
+        if not self.architecture:
+            raise ValueError("architecture must be a non-empty signature")
+        for name in ("timeout_ms", "hello_timeout_ms", "reconnect_ms", "max_outstanding", "batch_events", "sndhwm"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.lookahead <= wire.MAX_LOOKAHEAD:
+            raise ValueError(f"lookahead must be in [0, {wire.MAX_LOOKAHEAD}], got {self.lookahead}")
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """What the client did; `events_dropped_*` are events the daemon never saw."""
+
+    batches_sent: int = 0
+    events_sent: int = 0
+    events_dropped_down: int = 0  # not connected (down or saying HELLO)
+    events_dropped_full: int = 0  # outbox full or max_outstanding reached
+    commands_received: int = 0  # COMMANDS messages
+    ids_received: int = 0  # prefetch requests in them
+    errors_received: int = 0
+    disconnects: int = 0
+    reconnects: int = 0
+    hellos_sent: int = 0
+    bad_messages: int = 0  # replies that failed to decode (ignored)
+    rtt_ns_last: int = 0  # send of the most recently answered batch -> its reply
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
+
+
+class DaemonClient:
+    """A Lazy Pirate DEALER for one training process (one session)."""
+
+    def __init__(self, config: DaemonClientConfig, tensors: TensorInfo, *, context: zmq.Context | None = None):
+        self.config = config
+        self.tensors = tensors
+        self._context = context
+        self._sock: zmq.Socket | None = None
+        self._state = _DOWN
+        self._session = 0
+        self._seq = 0  # EVENTS batches sent (a Python int; the wire carries it mod 2**32)
+        self._acked = 0  # batches answered (replies come in order)
+        self._wait_start = 0.0  # when we began waiting for the oldest unanswered batch
+        self._sent_at: dict[int, int] = {}  # seq -> perf_counter_ns at send (bounded by max_outstanding)
+        self._hello_at = 0.0
+        self._next_attempt = 0.0
+        self._pending: list[tuple[int, int, int, int, int]] = []
+        self._warned = False
+        self._warned_codes: set[str] = set()
+        self._ever_up = False
+        self._closed = False
+        self.hello: wire.HelloOk | None = None
+        """The daemon's last HELLO_OK: `.policy` (what serves), `.fallback_reason`."""
+        self.last_error: str | None = None
+        self.stats = ClientStats()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> "DaemonClient":
+        """Open the socket and send HELLO (does not wait; see wait_connected). Returns self."""
+        if self._sock is None and not self._closed:
+            self._open(time.monotonic())
+        return self
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Block up to timeout_s for HELLO_OK (setup only, never in the training loop)."""
+        deadline = time.monotonic() + timeout_s
+        while self._state != _UP and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self._sock is not None:
+                self._sock.poll(min(50, max(1, int(left * 1000))))  # sleeps; no spinning
+            else:
+                time.sleep(min(0.05, left))
+            self.poll_commands()
+        return self._state == _UP
+
+    def close(self) -> None:
+        """Say BYE (best effort) and close. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.flush()
+        if self._sock is not None and self._state == _UP:
+            try:
+                self._sock.send_multipart(wire.Bye(session=self._session, reason="client closing").encode(), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self._close_socket(linger_ms=100)  # lets the BYE leave; zmq_close itself never blocks
+        else:
+            self._close_socket(linger_ms=0)
+        self._state = _DOWN
+
+    def __enter__(self) -> "DaemonClient":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        """True while a session is open and the daemon answers; else use a local policy."""
+        return self._state == _UP
+
+    @property
+    def served_policy(self) -> str | None:
+        """The policy the daemon serves this session with (None until HELLO_OK)."""
+        return self.hello.policy if self.hello is not None else None
+
+    @property
+    def outstanding(self) -> int:
+        """EVENTS batches sent and not yet answered."""
+        return self._seq - self._acked
+
+    # -- training thread: events out ---------------------------------------------------
+    def record(self, step: int, micro_step: int, phase: int, access: int, tensor_id: int) -> None:
+        """Buffer one access; sends a batch every `batch_events` (never blocks)."""
+        self._pending.append((step, micro_step, phase, access, tensor_id))
+        if len(self._pending) >= self.config.batch_events:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send the buffered events as one batch. False if dropped (or nothing to send)."""
+        if not self._pending:
+            return False
+        rows, self._pending = self._pending, []
+        return self.send_events(rows)
+
+    def send_events(self, batch: np.ndarray | Sequence[tuple[int, int, int, int, int]]) -> bool:
+        """Send a batch of events (EVENT_DTYPE array or (step, micro_step, phase, access,
+        tensor_id) tuples) as one message. Never blocks: False and counted when dropped."""
+        n = len(batch)
+        if not n:
+            return False
+        if self._state != _UP:
+            self.stats.events_dropped_down += n
+            return False
+        if self.outstanding >= self.config.max_outstanding:
+            self.stats.events_dropped_full += n
+            return False
+        events = batch if isinstance(batch, np.ndarray) else wire.pack_events(batch)
+        seq = self._seq + 1
+        frames = wire.Events(session=self._session, seq=seq, events=events).encode()  # header packs seq mod 2**32
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)  # type: ignore[union-attr]
+        except zmq.Again:
+            self.stats.events_dropped_full += n
+            return False
+        if self._seq == self._acked:
+            self._wait_start = time.monotonic()
+        self._seq = seq
+        self._sent_at[seq] = time.perf_counter_ns()
+        self.stats.batches_sent += 1
+        self.stats.events_sent += n
+        return True
+
+    def update_tensors(self, tensors: TensorInfo) -> None:
+        """The table grew (same rows first, new ones appended): tell the daemon before
+        sending events that use the new ids. A later HELLO sends the whole table."""
+        old = self.tensors.num_tensors
+        if tensors.num_tensors < old or tuple(tensors.keys[:old]) != tuple(self.tensors.keys):
+            raise ValueError("update_tensors: the new table must extend the old one (same keys first)")
+        self.tensors = tensors
+        if tensors.num_tensors == old or self._state != _UP:
+            return  # a HELLO in progress or to come carries the full table
+        self.flush()  # events for old ids go first
+        new = TensorInfo(keys=tensors.keys[old:], kinds=tensors.kinds[old:], nbytes=tensors.nbytes[old:],
+                         layers=tensors.layers[old:], modules=tensors.modules[old:])
+        frames = wire.Tensors(session=self._session, first_id=old, tensors=new).encode()
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)  # type: ignore[union-attr]
+        except zmq.Again:  # the daemon cannot keep up: start over with a HELLO carrying everything
+            self._rehello(time.monotonic())
+
+    # -- training thread: commands in --------------------------------------------------
+    def poll_commands(self) -> list[wire.Commands]:
+        """Commands that have arrived, oldest first (never blocks). Also runs the Lazy
+        Pirate bookkeeping: declares the daemon down, reconnects when it is due."""
+        out: list[wire.Commands] = []
+        sock = self._sock
+        if sock is not None:
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._on_message(frames, out)
+                if self._sock is not sock:  # a BYE closed it
+                    break
+        now = time.monotonic()
+        if self._state == _UP:
+            if self._seq != self._acked and (now - self._wait_start) * 1000 > self.config.timeout_ms:
+                self._down(now, f"no reply for {self.config.timeout_ms} ms with {self.outstanding} batches outstanding")
+        elif self._state == _HELLO:
+            if (now - self._hello_at) * 1000 > self.config.hello_timeout_ms:
+                self._down(now, f"no answer to HELLO within {self.config.hello_timeout_ms} ms")
+        elif not self._closed and now >= self._next_attempt:
+            self._open(now)
+        return out
+
+    # -- internals ---------------------------------------------------------------------
+    def _on_message(self, frames: list[bytes], out: list[wire.Commands]) -> None:
+        try:
+            msg = wire.decode(frames, num_tensors=self.tensors.num_tensors)
+        except WireError as exc:
+            self.stats.bad_messages += 1
+            log.debug("daemon client: undecodable reply ignored: %s", exc)
+            return
+        if isinstance(msg, wire.Commands):
+            if self._state != _UP or msg.session != self._session:
+                return  # an answer to an older session
+            self._ack(msg.seq)
+            self.stats.commands_received += 1
+            self.stats.ids_received += len(msg.tensor_ids)
+            out.append(msg)
+        elif isinstance(msg, wire.HelloOk):
+            if self._state != _HELLO:
+                return
+            self._state = _UP
+            self._session = msg.session
+            self._acked = self._seq  # nothing outstanding in a new session
+            self._sent_at.clear()
+            self.hello = msg
+            if self._ever_up:
+                self.stats.reconnects += 1
+                log.warning("prefetch daemon at %s is back (session %d, policy %s)", self.config.endpoint,
+                            msg.session, msg.policy)
+            self._ever_up = True
+            if msg.fallback_reason:
+                log.warning("prefetch daemon serves %r instead of %r: %s", msg.policy, msg.requested,
+                            msg.fallback_reason)
+        elif isinstance(msg, wire.Error):
+            self.stats.errors_received += 1
+            self.last_error = f"{msg.code}: {msg.message}"
+            if self._state == _UP and msg.refused == "EVENTS":
+                self._ack(msg.seq)
+            if msg.refused == "HELLO":
+                if self._state == _HELLO:  # e.g. no predictor and the daemon runs with fallback 'error'
+                    self._down(time.monotonic(), f"HELLO refused: {self.last_error}")
+            elif msg.code == ErrorCode.UNKNOWN_SESSION.value:
+                if self._state == _UP:
+                    self._rehello(time.monotonic())  # the daemon restarted or expired us
+            elif msg.code not in self._warned_codes:
+                self._warned_codes.add(msg.code)
+                log.warning("prefetch daemon refused a message: %s", self.last_error)
+        elif isinstance(msg, wire.Bye):
+            if msg.session == self._session and self._state != _DOWN:
+                self._down(time.monotonic(), f"daemon said bye ({msg.reason})", retry_now=True)
+
+    def _ack(self, wire_seq: int) -> None:
+        # Replies come in order, so an answer to a batch answers every batch before it.
+        behind = (self._seq - wire_seq) & wire.U32_MAX  # batches sent after the answered one
+        if behind >= self.outstanding:
+            return  # not one of ours (stale)
+        self._acked = self._seq - behind
+        sent = self._sent_at.pop(self._acked, None)
+        if sent is not None:
+            self.stats.rtt_ns_last = time.perf_counter_ns() - sent
+        if len(self._sent_at) > self.config.max_outstanding:  # lost replies: keep the map bounded
+            self._sent_at = {s: t for s, t in self._sent_at.items() if s > self._acked}
+        self._wait_start = time.monotonic()
+
+    def _open(self, now: float) -> None:
+        ctx = self._context or zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
+        sock.setsockopt(zmq.RCVHWM, 10 * self.config.max_outstanding + 100)
+        sock.setsockopt(zmq.MAXMSGSIZE, 64 << 20)  # a reply larger than this is not a daemon's
+        sock.connect(self.config.endpoint)
+        self._sock = sock
+        self._rehello(now)
+
+    def _rehello(self, now: float) -> None:
+        self._state = _HELLO
+        self._hello_at = now
+        self._session = 0
+        hello = wire.Hello(architecture=self.config.architecture, policy=self.config.policy, tensors=self.tensors,
+                           lookahead=self.config.lookahead, next_use=self.config.next_use)
+        try:
+            self._sock.send_multipart(hello.encode(), zmq.NOBLOCK, copy=False)  # type: ignore[union-attr]
+            self.stats.hellos_sent += 1
+        except zmq.Again:
+            pass  # counted as silence: hello_timeout_ms later we go down and retry
+
+    def _down(self, now: float, reason: str, *, retry_now: bool = False) -> None:
+        was_up = self._state == _UP
+        self._state = _DOWN
+        self._session = 0
+        self._acked = self._seq
+        self._sent_at.clear()
+        self._close_socket(linger_ms=0)
+        self._next_attempt = now if retry_now else now + self.config.reconnect_ms / 1000
+        self.last_error = reason
+        if was_up:
+            self.stats.disconnects += 1
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"prefetch daemon at {self.config.endpoint} is unavailable ({reason}); training goes on with the "
+                f"local fallback and reconnects every {self.config.reconnect_ms} ms",
+                DaemonUnavailableWarning,
+                stacklevel=3,
+            )
+        elif was_up:
+            log.warning("prefetch daemon at %s is unavailable again: %s", self.config.endpoint, reason)
+        else:
+            log.debug("prefetch daemon at %s: reconnect failed: %s", self.config.endpoint, reason)
+
+    def _close_socket(self, linger_ms: int) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close(linger=linger_ms)
+
+    def __del__(self) -> None:  # a forgotten client must not leave a socket behind
+        try:
+            self._close_socket(linger_ms=0)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+@dataclass(slots=True)
+class CommandBatch:
+    """poll_commands() flattened: every requested id in arrival order, with next use."""
+
+    tensor_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    next_use: np.ndarray | None = None
+
+
+def concat_commands(commands: Sequence[wire.Commands]) -> CommandBatch:
+    """One array of ids (and next-use values, when every message has them) from many."""
+    if not commands:
+        return CommandBatch()
+    ids = np.concatenate([c.tensor_ids for c in commands]) if len(commands) > 1 else commands[0].tensor_ids
+    if all(c.next_use is not None for c in commands):
+        nu = np.concatenate([c.next_use for c in commands]) if len(commands) > 1 else commands[0].next_use
+    else:
+        nu = None
+    return CommandBatch(tensor_ids=ids, next_use=nu)
+
+
+__all__ = [
+    "EVENT_DTYPE",
+    "ClientStats",
+    "CommandBatch",
+    "DaemonClient",
+    "DaemonClientConfig",
+    "DaemonUnavailableWarning",
+    "concat_commands",
+]
