@@ -38,28 +38,36 @@ def _plain(workload, seed: int, steps: int, bar) -> tuple[list[float], list[floa
     return losses, times
 
 
-def run_workload(name: str, *, steps: int = 12, policy: str = "replay", budget: float | int | str = 0.4,
+def run_workload(name: str, *, policy: str = "replay", **kwargs: Any) -> dict[str, Any]:
+    """The JSON report of DESIGN.md for one workload and policy (see module doc)."""
+    return run_policies(name, [policy], **kwargs)[0]
+
+
+def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: float | int | str = 0.4,
                  seed: int = 0, link_ratio: float = 0.5, lookahead: int = 64, warmup_steps: int = 1,
                  device: str = "auto", daemon: str | None = None, trace_out: str | Path | None = None,
-                 progress: bool = True) -> dict[str, Any]:
-    """The JSON report of DESIGN.md for one workload and policy (see module doc)."""
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """One report per policy; the all-resident and recorded passes are shared."""
     from prefetch.workloads import get_workload
 
     if steps <= warmup_steps:
         raise ValueError(f"--steps ({steps}) must exceed the warm-up steps ({warmup_steps})")
     workload = get_workload(name)
-    PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device)  # validate early
-    bar = tqdm(total=3 * steps, desc=f"run {name} {policy}", unit="step", file=sys.stderr, disable=not progress)
+    for policy in policies:  # validate everything before the first step runs
+        PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device)
+    bar = tqdm(total=(2 + len(policies)) * steps, desc=f"run {name}", unit="step", file=sys.stderr,
+               disable=not progress)
+    reports = []
+    tmp = None
     try:
         base_losses, base_times = _plain(workload, seed, steps, bar)
         baseline_step = statistics.median(base_times[warmup_steps:])
 
-        tmp = None
         if trace_out is None:
             tmp = tempfile.TemporaryDirectory(prefix="prefetch-run-")
-            trace_out = tmp.name
         job = workload.build(seed)
-        rec = Recorder(job.model, job.optimizer, trace_out, workload=name, seed=seed, config=job.config).start()
+        rec = Recorder(job.model, job.optimizer, trace_out or tmp.name, workload=name, seed=seed,
+                       config=job.config).start()
         try:
             for i in range(steps):
                 job.step(i)
@@ -69,35 +77,37 @@ def run_workload(name: str, *, steps: int = 12, policy: str = "replay", budget: 
         trace = load_trace(rec.stem)
         reference = trace.tensors.to_pylist()
 
-        job = workload.build(seed)
-        cfg = PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead,
-                             warmup_steps=warmup_steps, device=device, daemon=daemon,
-                             baseline_step_time_s=baseline_step, reference_tensors=reference)
-        pf = Prefetcher(job.model, job.optimizer, cfg)
-        losses = []
-        try:
-            for i in range(steps):
-                losses.append(job.step(i))
-                bar.update(1)
-        finally:
-            pf.close()
+        for policy in policies:
+            bar.set_description(f"run {name} {policy}")
+            job = workload.build(seed)
+            cfg = PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead,
+                                 warmup_steps=warmup_steps, device=device, daemon=daemon,
+                                 baseline_step_time_s=baseline_step, reference_tensors=reference)
+            pf = Prefetcher(job.model, job.optimizer, cfg)
+            losses = []
+            try:
+                for i in range(steps):
+                    losses.append(job.step(i))
+                    bar.update(1)
+            finally:
+                pf.close()
+            report = pf.report()
+            report.update(
+                workload=name,
+                seed=seed,
+                losses_identical=losses == base_losses,
+                losses=losses,
+                baseline_losses=base_losses,
+                trace=str(rec.stem) if tmp is None else None,
+                threads=torch.get_num_threads(),
+                architecture=trace.architecture,
+            )
+            reports.append(report)
     finally:
         bar.close()
-    report = pf.report()
-    report.update(
-        workload=name,
-        seed=seed,
-        losses_identical=losses == base_losses,
-        losses=losses,
-        baseline_losses=base_losses,
-        trace=str(rec.stem) if tmp is None else None,
-        threads=torch.get_num_threads(),
-        architecture=trace.architecture,
-    )
-    if tmp is not None:
-        report["_trace_stem"] = None
-        tmp.cleanup()
-    return report
+        if tmp is not None:
+            tmp.cleanup()
+    return reports
 
 
 def summary_line(r: dict[str, Any]) -> str:

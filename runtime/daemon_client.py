@@ -154,6 +154,14 @@ class DaemonClient:
             self.poll_commands()
         return self._state == _UP
 
+    def wait(self, timeout_ms: int) -> bool:
+        """Block up to timeout_ms until a reply is waiting for poll_commands(). For idle
+        loops, tests and benchmarks; the training path never needs it."""
+        if self._sock is None:
+            time.sleep(timeout_ms / 1000)
+            return False
+        return bool(self._sock.poll(timeout_ms))
+
     def close(self) -> None:
         """Say BYE (best effort) and close. Idempotent."""
         if self._closed:
@@ -323,8 +331,13 @@ class DaemonClient:
                 self._warned_codes.add(msg.code)
                 log.warning("prefetch daemon refused a message: %s", self.last_error)
         elif isinstance(msg, wire.Bye):
-            if msg.session == self._session and self._state != _DOWN:
+            if msg.session != self._session or self._state == _DOWN:
+                return
+            if msg.exiting:  # the daemon is going away: fall back now, not after the timeout
                 self._down(time.monotonic(), f"daemon said bye ({msg.reason})", retry_now=True)
+            else:  # session expired or evicted, daemon alive: a new session at once, no warning
+                log.info("prefetch daemon ended session %d (%s); saying HELLO again", msg.session, msg.reason)
+                self._rehello(time.monotonic())
 
     def _ack(self, wire_seq: int) -> None:
         # Replies come in order, so an answer to a batch answers every batch before it.

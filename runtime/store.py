@@ -20,6 +20,7 @@ device syncs; the only waits are the late and miss waits, which are the stall we
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -76,8 +77,12 @@ class TensorStore:
         self._inflight: list[Any] = []  # a Copy to the device, or None
         self._prefetched: list[bool] = []
         self._resident: OrderedDict[int, None] = OrderedDict()  # tids holding device bytes, LRU first
+        self._pending: list[tuple[float, int]] = []  # heap of (due read index, tid) not yet issued
+        self._queued: dict[int, float] = {}  # tid -> its live entry's due
+        self._reads = 0  # managed reads so far: the clock predictions are relative to
         self.device_bytes = 0
         self.peak_device_bytes = 0
+        self.warmup_peak_device_bytes = 0
         self.managed_seen_bytes = 0
         self.budget_overflows = 0  # times a needed tensor did not fit even after evicting all else
         self.prefetch_refused = 0
@@ -127,9 +132,17 @@ class TensorStore:
         if access == Access.READ and kind in MANAGED_KINDS:
             self._read(tensor_id)
             self._current = tensor_id  # being handed to compute: not evictable until the next access
+            self._queued.pop(tensor_id, None)  # read: a pending request for it is moot
+            self._reads += 1
+        if kind not in MANAGED_KINDS:
+            return  # policies see the managed stream only (as in training and simulation)
         requests = self.policy.observe(step, micro_step, phase, access, tensor_id)
-        if requests and not self._in_optimizer:
+        if self._in_optimizer:
+            return
+        if requests:
             self._prefetch(requests)
+        elif self._pending:
+            self._drain()
 
     def pack(self, kind: int, tensor_id: int, tensor: torch.Tensor) -> Any:
         if kind == Kind.PARAMETER:
@@ -165,25 +178,36 @@ class TensorStore:
             self._make_room(0)
         if self.step == self.config.warmup_steps:
             self.warmup_stats = self.stats.snapshot()
+            self.warmup_peak_device_bytes = self.peak_device_bytes
+            self.peak_device_bytes = self.device_bytes  # the peak reported is over measured steps
         self.stats.steps += 1
 
     # -- optimizer ---------------------------------------------------------------------
     def before_optimizer_step(self) -> None:
-        """The optimizer updates host masters: finish copies that read them, drop device copies."""
+        """The optimizer updates host masters: finish copies that read them and drop the
+        device copies, which it makes stale. Those the policy still expects soon are
+        queued again, soonest first, and fetched (updated) once the step is done."""
         self._in_optimizer = True
+        nxt = self.policy.predicted_next_use
+        refetch = []
         for tid, p in list(self.tracker.params_by_tid.items()):
             if self._inflight[tid] is not None:
                 self.device.wait(self._inflight[tid])  # a copy still reading the host master
                 self._inflight[tid] = None
-                if self._prefetched[tid]:
-                    self._prefetched[tid] = False
-            if self._dev[tid] is not None or tid in self._resident:
+            if tid in self._resident:
+                self._prefetched[tid] = False
                 self._evict(tid, invalidate=True)
+                when = nxt(tid)
+                if when != NO_PREDICTION:
+                    refetch.append((when, tid))  # stale now; wanted again once updated
             if p.grad is not None and p.grad.device != self._host[tid].device:
                 p.grad = p.grad.to(self._host[tid].device)  # CUDA: the host optimizer needs host grads
+        for when, tid in refetch:
+            self._want(tid, self._reads + when)
 
     def after_optimizer_step(self) -> None:
         self._in_optimizer = False
+        self._drain()
 
     # -- reads -------------------------------------------------------------------------
     def _read(self, tid: int) -> None:
@@ -227,24 +251,48 @@ class TensorStore:
 
     # -- prefetch and eviction ------------------------------------------------------------
     def _prefetch(self, requests) -> None:
-        budget = self.budget_bytes
-        for tid in requests:
+        """Queue the policy's new requests by when they are due and issue them in that
+        order while the budget allows. A refused request stays queued until room appears
+        or its tensor is read, so nothing the policy asked for is lost."""
+        nxt = self.policy.predicted_next_use
+        now = self._reads
+        for i, tid in enumerate(requests):
             if tid >= len(self._kind) or self._kind[tid] not in MANAGED_KINDS:
                 continue
-            if self._dev[tid] is not None or self._inflight[tid] is not None:
+            if self._dev[tid] is not None or self._inflight[tid] is not None or self._host[tid] is None:
+                continue  # resident, in flight, or an activation not produced yet
+            when = nxt(tid)
+            self._want(tid, now + (when if when != NO_PREDICTION else i + 1))
+        self._drain()
+
+    def _want(self, tid: int, due: float) -> None:
+        old = self._queued.get(tid)
+        if old is None or due < old:
+            self._queued[tid] = due
+            heapq.heappush(self._pending, (due, tid))
+
+    def _drain(self) -> None:
+        pending, queued = self._pending, self._queued
+        budget = self.budget_bytes
+        while pending:
+            due, tid = pending[0]
+            if queued.get(tid) != due or self._dev[tid] is not None or self._inflight[tid] is not None \
+                    or self._host[tid] is None:
+                heapq.heappop(pending)  # superseded, already served, or not producible yet
+                if queued.get(tid) == due:
+                    del queued[tid]
                 continue
-            src = self._host[tid]
-            if src is None:
-                continue  # an activation not produced yet (or already consumed)
             n = self._nbytes[tid]
             if budget is not None and self.device_bytes + n > budget:
-                if not self._make_room(n, protect=tid, refuse=True, for_tid=tid):
+                if not self._make_room(n, protect=tid, refuse=True, limit=due - self._reads):
                     self.prefetch_refused += 1
-                    break  # later requests are needed later still: stop here
-            self._inflight[tid] = self.device.copy_in(src)
+                    return  # later requests are due later still: wait for the next access
+            heapq.heappop(pending)
+            del queued[tid]
+            self._inflight[tid] = self.device.copy_in(self._host[tid])
             self._prefetched[tid] = True
             self.stats.prefetch_issued += 1
-            self.stats.bytes_copied += n
+            self.stats.bytes_copied += self._nbytes[tid]
             self._account_in(tid)
 
     def _account_in(self, tid: int) -> None:
@@ -261,16 +309,15 @@ class TensorStore:
             return self.tracker.param_in_use(tid)
         return False
 
-    def _make_room(self, need: int, *, protect: int = -1, refuse: bool = False, for_tid: int = -1) -> bool:
+    def _make_room(self, need: int, *, protect: int = -1, refuse: bool = False, limit: float = NO_PREDICTION) -> bool:
         """Evict until `need` more bytes fit. With `refuse`, never evict a tensor the
-        policy expects sooner than `for_tid` (ChampSim-style refusal)."""
+        policy expects sooner than `limit` reads from now (ChampSim-style refusal)."""
         budget = self.budget_bytes
         if budget is None:
             return True
         if self.device_bytes + need <= budget:
             return True
         nxt = self.policy.predicted_next_use
-        limit = nxt(for_tid) if refuse else NO_PREDICTION
         # pass 1 (cheap, the common case): LRU order, tensors outside the policy's horizon
         for tid in list(self._resident):
             if self.device_bytes + need <= budget:
@@ -311,6 +358,10 @@ class TensorStore:
             copy = self.device.copy_out(dev)
             self._host[tid] = self.device.pending_host(copy)
             self.stats.bytes_written_back += self._nbytes[tid]
+        if not invalidate:
+            when = self.policy.predicted_next_use(tid)
+            if when != NO_PREDICTION:  # still expected: fetch it back when room appears
+                self._want(tid, self._reads + when)
 
     def _free(self, tid: int) -> None:
         if tid in self._resident:

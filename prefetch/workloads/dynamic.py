@@ -34,8 +34,8 @@ from .lm import (
 
 # --- accum-eval ---------------------------------------------------------------------
 
-ACCUM_SHAPE = dict(vocab_size=1024, n_positions=128, n_embd=256, n_layer=3, n_head=4)
-ACCUM_DATA = dict(batch_size=4, seq_len=32, accum_steps=4, eval_every=3, eval_batch_size=8)
+ACCUM_SHAPE = dict(vocab_size=1024, n_positions=128, n_embd=384, n_layer=3, n_head=6)
+ACCUM_DATA = dict(batch_size=2, seq_len=32, accum_steps=4, eval_every=3, eval_batch_size=8)
 
 
 def build_accum_eval(seed: int) -> Job:
@@ -106,14 +106,14 @@ def make_layers_skippable(layers: nn.ModuleList) -> list[nn.Module]:
 
 LAYERDROP_SHAPE = dict(
     vocab_size=512,
-    hidden_size=256,
-    intermediate_size=512,
+    hidden_size=384,
+    intermediate_size=1024,
     num_hidden_layers=6,
     num_attention_heads=4,
     num_key_value_heads=2,
     max_position_embeddings=128,
 )
-LAYERDROP_DATA = dict(batch_size=8, seq_len=64, drop_prob=0.3)
+LAYERDROP_DATA = dict(batch_size=4, seq_len=64, drop_prob=0.3)
 
 
 def build_layerdrop(seed: int) -> Job:
@@ -173,8 +173,8 @@ class StopHazard:
 
 GEN_SHAPE = dict(
     vocab_size=256,
-    hidden_size=256,
-    intermediate_size=512,
+    hidden_size=384,
+    intermediate_size=1024,
     num_hidden_layers=3,
     num_attention_heads=4,
     num_key_value_heads=2,

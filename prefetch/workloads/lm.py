@@ -183,8 +183,8 @@ def llama_model(
 
 # --- workloads ----------------------------------------------------------------------
 
-GPT2_SHAPE = dict(vocab_size=1024, n_positions=128, n_embd=256, n_layer=4, n_head=4)
-GPT2_DATA = dict(batch_size=8, seq_len=64)
+GPT2_SHAPE = dict(vocab_size=1024, n_positions=128, n_embd=384, n_layer=4, n_head=6)
+GPT2_DATA = dict(batch_size=4, seq_len=64)
 
 
 def build_gpt2(seed: int) -> Job:
@@ -198,14 +198,14 @@ def build_gpt2(seed: int) -> Job:
 
 LLAMA_SHAPE = dict(
     vocab_size=512,
-    hidden_size=256,
-    intermediate_size=688,
+    hidden_size=384,
+    intermediate_size=1024,
     num_hidden_layers=4,
     num_attention_heads=4,
     num_key_value_heads=2,
     max_position_embeddings=128,
 )
-LLAMA_DATA = dict(batch_size=8, seq_len=64)
+LLAMA_DATA = dict(batch_size=4, seq_len=64)
 
 
 def build_llama(seed: int) -> Job:

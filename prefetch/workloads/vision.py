@@ -15,15 +15,15 @@ from .base import Job, Workload
 from .lm import job_config, loss_value, make_optimizer, require_transformers, step_generator
 
 VIT_SHAPE = dict(
-    image_size=48,
+    image_size=32,
     patch_size=8,
     num_channels=3,
-    hidden_size=256,
+    hidden_size=384,
     num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=512,
+    num_attention_heads=6,
+    intermediate_size=1024,
 )
-VIT_DATA = dict(batch_size=16, num_labels=10, noise=1.0)
+VIT_DATA = dict(batch_size=12, num_labels=10, noise=1.0)
 
 
 def build_vit(seed: int) -> Job:
