@@ -275,24 +275,24 @@ class TensorStore:
         pending, queued = self._pending, self._queued
         budget = self.budget_bytes
         while pending:
-            due, tid = pending[0]
-            if queued.get(tid) != due or self._dev[tid] is not None or self._inflight[tid] is not None \
-                    or self._host[tid] is None:
-                heapq.heappop(pending)  # superseded, already served, or not producible yet
-                if queued.get(tid) == due:
-                    del queued[tid]
+            due, tid = heapq.heappop(pending)
+            if queued.get(tid) != due:
+                continue  # superseded by an earlier due, or already served
+            if self._dev[tid] is not None or self._inflight[tid] is not None or self._host[tid] is None:
+                del queued[tid]
                 continue
             n = self._nbytes[tid]
             if budget is not None and self.device_bytes + n > budget:
+                # note: evictions may queue their victims again (heap pushes): we popped first
                 if not self._make_room(n, protect=tid, refuse=True, limit=due - self._reads):
+                    heapq.heappush(pending, (due, tid))
                     self.prefetch_refused += 1
                     return  # later requests are due later still: wait for the next access
-            heapq.heappop(pending)
             del queued[tid]
             self._inflight[tid] = self.device.copy_in(self._host[tid])
             self._prefetched[tid] = True
             self.stats.prefetch_issued += 1
-            self.stats.bytes_copied += self._nbytes[tid]
+            self.stats.bytes_copied += n
             self._account_in(tid)
 
     def _account_in(self, tid: int) -> None:
@@ -326,15 +326,16 @@ class TensorStore:
                 continue
             if nxt(tid) == NO_PREDICTION:
                 self._evict(tid)
-        # pass 2: furthest predicted use first
-        while self.device_bytes + need > budget:
-            cands = [(nxt(t), t) for t in self._resident if t != protect and not self._protected(t)]
-            if not cands:
-                break
-            far, tid = max(cands)
-            if refuse and far <= limit:
-                return False
-            self._evict(tid)
+        # pass 2: furthest predicted use first (one ranking per call, not per eviction)
+        if self.device_bytes + need > budget:
+            cands = sorted(((nxt(t), t) for t in self._resident if t != protect and not self._protected(t)),
+                           reverse=True)
+            for far, tid in cands:
+                if self.device_bytes + need <= budget:
+                    break
+                if refuse and far <= limit:
+                    return False
+                self._evict(tid)
         if self.device_bytes + need > budget:
             if refuse:
                 return False
