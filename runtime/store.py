@@ -154,10 +154,10 @@ class TensorStore:
         self._grow(tid)
         if self._dev[tid] is not None or self._inflight[tid] is not None or self._host[tid] is not None:
             self._free(tid)  # a previous step's copy that was never read
-        self._dev[tid] = tensor
         self._nbytes[tid] = tensor.numel() * tensor.element_size()
+        self._make_room(self._nbytes[tid], protect=tid)  # room first: the peak never passes the budget
+        self._dev[tid] = tensor
         self._account_in(tid)
-        self._make_room(0, protect=tid)
         return tid
 
     def unpack(self, kind: int, tensor_id: int, packed: Any) -> torch.Tensor:
@@ -176,11 +176,11 @@ class TensorStore:
             largest = max((n for n, k in zip(self._nbytes, self._kind) if k in MANAGED_KINDS), default=0)
             check_budget(self.budget_bytes, largest, self._largest_key())
             self._make_room(0)
+        self.stats.steps += 1
         if self.step == self.config.warmup_steps:
             self.warmup_stats = self.stats.snapshot()
             self.warmup_peak_device_bytes = self.peak_device_bytes
             self.peak_device_bytes = self.device_bytes  # the peak reported is over measured steps
-        self.stats.steps += 1
 
     # -- optimizer ---------------------------------------------------------------------
     def before_optimizer_step(self) -> None:
@@ -339,7 +339,18 @@ class TensorStore:
         if self.device_bytes + need > budget:
             if refuse:
                 return False
-            self.budget_overflows += 1
+            # A demand fetch or a write must fit: wait for copies in flight to land (a
+            # stall), then evict the furthest of them. Only what is in use can overflow.
+            for tid in [t for t in self._resident if self._inflight[t] is not None and t != protect]:
+                if self.device_bytes + need <= budget:
+                    break
+                t, waited = self.device.wait(self._inflight[tid])
+                self.stats.stall_ns += waited
+                self._inflight[tid] = None
+                self._dev[tid] = t
+                self._evict(tid)
+            if self.device_bytes + need > budget:
+                self.budget_overflows += 1
         return True
 
     def _evict(self, tid: int, invalidate: bool = False) -> None:

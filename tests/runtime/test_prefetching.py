@@ -1,0 +1,159 @@
+"""runtime.prefetching: offloading and prefetching never change what training computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runtime.link import LinkModel
+from runtime.prefetching import PrefetchConfig, Prefetcher, parse_budget, prefetching
+from runtime.store import BudgetError
+
+REPORT_KEYS = {
+    "policy", "device", "link", "managed_bytes", "budget_bytes", "peak_device_bytes", "steps", "warmup_steps",
+    "accesses", "hits", "late", "misses", "hit_rate", "stall_s", "bytes_copied", "prefetch_issued",
+    "prefetch_used", "accuracy", "step_time_s", "baseline_step_time_s", "slowdown",
+}
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(32, 96), torch.nn.GELU(), torch.nn.Linear(96, 32)) for _ in range(4)
+        )
+        self.head = torch.nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = x + b(x)
+        return self.head(x)
+
+
+def _train(policy: str | None, steps: int = 6, accum: int = 1, **kwargs) -> tuple[list[float], dict | None, Net]:
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    losses: list[float] = []
+
+    def loop() -> None:
+        for _ in range(steps):
+            opt.zero_grad()
+            for _ in range(accum):
+                loss = model(torch.randn(16, 32, generator=g)).pow(2).mean()
+                loss.backward()
+                losses.append(loss.item())
+            opt.step()
+
+    if policy is None:
+        loop()
+        return losses, None, model
+    kwargs.setdefault("link", LinkModel(bandwidth_bytes_per_s=2e9))
+    with prefetching(model, opt, policy=policy, budget=kwargs.pop("budget", 0.4), device="simulated", **kwargs) as pf:
+        loop()
+    return losses, pf.report(), model
+
+
+@pytest.mark.parametrize("policy", ["none", "replay", "markov"])
+def test_losses_bit_identical(policy):
+    """Every policy gives bit-identical losses and final parameters to the plain run."""
+    base, _, m0 = _train(None)
+    got, report, m1 = _train(policy)
+    assert got == base
+    for (n, a), (_, b) in zip(m0.named_parameters(), m1.named_parameters()):
+        assert torch.equal(a, b), n
+    assert report["accesses"] > 0 and report["hits"] + report["late"] + report["misses"] == report["accesses"]
+
+
+def test_losses_identical_with_accumulation():
+    """Gradient accumulation (several backwards per optimizer step) stays bit-identical."""
+    base, _, _ = _train(None, steps=4, accum=3)
+    got, _, _ = _train("replay", steps=4, accum=3)
+    assert got == base
+
+
+def test_report_keys_and_budget():
+    """The report has the DESIGN.md keys and the device tier stays within its budget."""
+    _, r, _ = _train("replay")
+    assert REPORT_KEYS <= set(r)
+    assert r["device"] == "simulated" and r["link"]["bandwidth_GBps"] == pytest.approx(2.0)
+    assert r["peak_device_bytes"] <= r["budget_bytes"]
+    assert r["steps"] == 5 and r["warmup_steps"] == 1
+    assert 0 <= r["hit_rate"] <= 1 and 0 <= r["accuracy"] <= 1
+
+
+def test_replay_beats_none_on_a_static_loop():
+    """On a static loop replay prefetches what comes next: far more hits than no prefetching."""
+    _, none, _ = _train("none")
+    _, replay, _ = _train("replay")
+    assert replay["hit_rate"] > none["hit_rate"] + 0.3
+    assert replay["prefetch_used"] > 0
+
+
+def test_full_budget_no_misses_after_warmup():
+    """With everything fitting, nothing is fetched on demand once replay has a step to
+    replay (two warm-up steps: the first records, the second's start is still unknown)."""
+    _, r, _ = _train("replay", budget=1.0, warmup_steps=2)
+    assert r["misses"] == 0 and r["accesses"] > 0
+
+
+def test_budget_below_largest_tensor_refused_before_training():
+    """An absolute budget smaller than the largest managed tensor fails at wrap time."""
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(BudgetError, match="largest managed tensor"):
+        Prefetcher(model, opt, PrefetchConfig(policy="none", budget=1000, device="simulated"))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_model_usable_after_close():
+    """After the context closes, parameters are plain tensors again and the model runs."""
+    _, _, model = _train("replay")
+    out = model(torch.randn(2, 32))
+    assert out.shape == (2, 8)
+    assert not any(p.grad_fn for p in model.parameters())
+
+
+@pytest.mark.parametrize("raw,expected", [(0.4, (None, 0.4)), ("40%", (None, 0.4)), ("2MiB", (2 * 2**20, 1.0)),
+                                          ("1.5e6", (1_500_000, 1.0)), (2_000_000, (2_000_000, 1.0))])
+def test_parse_budget(raw, expected):
+    """Budgets parse as fractions, percentages or sizes."""
+    assert parse_budget(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["lots", "0", "-1", "150%", "abcMiB"])
+def test_parse_budget_rejects(raw):
+    """Bad budgets are a ValueError naming the input."""
+    with pytest.raises(ValueError, match="budget"):
+        parse_budget(raw)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_losses_identical():
+    """On CUDA (pinned host, side stream, events) losses match the all-resident run."""
+    def run(pf_on: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = Net().cuda()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        g = torch.Generator().manual_seed(0)
+        losses = []
+        ctx = prefetching(model, opt, policy="replay", budget=0.5, device="cuda") if pf_on else None
+        if ctx:
+            pf = ctx.__enter__()
+        for _ in range(5):
+            opt.zero_grad()
+            x = torch.randn(16, 32, generator=g).cuda()
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        if ctx:
+            ctx.__exit__(None, None, None)
+            assert pf.report()["device"].startswith("cuda")
+        return losses
+
+    assert run(True) == run(False)
