@@ -1,0 +1,45 @@
+"""`prefetch train`: one predictor per architecture found in the traces.
+
+    prefetch train traces/moe/ traces/gpt2/ --out models/
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train the learned predictor (one per architecture) from traces",
+        description="Train one LightGBM predictor per architecture found in the traces; the last "
+                    "--holdout of each trace's steps is held out and scored.",
+        epilog="example:\n  prefetch train traces/moe/ --out models/\n"
+               "  prefetch eval --model models/ traces/moe/ traces/moe-seed1/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("traces", nargs="+", type=Path, metavar="TRACE_DIR", help="trace folders or files")
+    p.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="where the artifacts go (one folder per architecture)")
+    p.add_argument("--lookahead", type=int, default=None, help="D: predict the reads within the next D (default 16)")
+    p.add_argument("--holdout", type=float, default=None, help="share of each trace's last steps held out (default 0.25)")
+    p.add_argument("--trees", type=int, default=None, help="boosting rounds (default 30)")
+    p.add_argument("--threads", type=int, default=None, help="LightGBM training threads (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed for subsampling and LightGBM (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from predictor.train import TrainConfig, train
+
+    overrides = {
+        "lookahead": args.lookahead,
+        "holdout_fraction": args.holdout,
+        "num_trees": args.trees,
+        "num_threads": args.threads,
+    }
+    if args.lookahead is not None:  # keep candidates per context >= the horizon
+        overrides["max_candidates"] = max(TrainConfig().max_candidates, 2 * args.lookahead)
+    config = TrainConfig(seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
+    train(args.traces, args.out, config, progress=not args.no_progress)
+    return 0
