@@ -1,0 +1,156 @@
+"""`prefetch simulate TRACE_DIR... --policy P [--budget B] [--json F] [--sweep]`: offline hit rates.
+
+    prefetch simulate datasets/samples/gpt2 --policy replay --budget 0.4 --json out.json
+    prefetch simulate datasets/samples/moe --sweep --sweep-policies none,replay,markov,oracle --plot moe.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_SWEEP_BUDGETS = "0.2,0.3,0.4,0.5,0.6,0.8,1.0"
+DEFAULT_SWEEP_POLICIES = "none,replay,markov,oracle"
+DEFAULT_PLOT = "simulate-sweep.png"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="replay traces through a simulated device: hit rate, stalls, slowdown per policy and budget",
+        description=(
+            "Replay recorded traces through a simulated device tier (a byte budget) and copy engine "
+            "(a link model), with a prefetch policy deciding what to copy ahead. Reports hit rate, "
+            "late and missed accesses, stall time and the slowdown against everything resident. "
+            "The model is described in prefetch/simulate.py."
+        ),
+    )
+    p.add_argument("traces", nargs="+", metavar="TRACE_DIR", help="trace files or folders of traces")
+    p.add_argument("--policy", default=None,
+                   help="none, replay, markov, oracle or learned:MODEL_DIR (required unless --sweep)")
+    p.add_argument("--budget", default="0.4",
+                   help="device budget: a fraction of the managed bytes (0.4, 40%%) or a size (2GiB, 1.5e9); "
+                        "default 0.4")
+    link = p.add_mutually_exclusive_group()
+    link.add_argument("--link-ratio", type=float, default=None,
+                      help="link speed as the time to copy every managed byte once over the mean step compute "
+                           "time (default 0.5)")
+    link.add_argument("--bandwidth", type=float, default=None, metavar="GBPS",
+                      help="explicit link bandwidth in GB/s (1e9 bytes/s), instead of a ratio")
+    p.add_argument("--latency-us", type=float, default=None, help="per-copy latency in microseconds (default 5)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="steps of each trace left out (default 1)")
+    p.add_argument("--demand-fetch", choices=("fifo", "priority"), default="fifo",
+                   help="a miss's copy waits for the queued prefetches (fifo, default) or jumps them (priority)")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the report (or the sweep) as JSON")
+    p.add_argument("--sweep", action="store_true", help="simulate every policy x budget, print a table, plot it")
+    p.add_argument("--sweep-budgets", default=DEFAULT_SWEEP_BUDGETS, help=f"default {DEFAULT_SWEEP_BUDGETS}")
+    p.add_argument("--sweep-policies", default=DEFAULT_SWEEP_POLICIES, help=f"default {DEFAULT_SWEEP_POLICIES}")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help=f"where --sweep writes its plot (default {DEFAULT_PLOT})")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    p.set_defaults(func=run)
+
+
+def _link(args: argparse.Namespace):
+    from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
+
+    latency_s = DEFAULT_LATENCY_S if args.latency_us is None else args.latency_us * 1e-6
+    if args.bandwidth is not None:
+        return LinkModel(bandwidth_bytes_per_s=args.bandwidth * 1e9, latency_s=latency_s), DEFAULT_LINK_RATIO, latency_s
+    ratio = DEFAULT_LINK_RATIO if args.link_ratio is None else args.link_ratio
+    if not ratio > 0:
+        raise ValueError(f"--link-ratio must be > 0, got {ratio}")
+    return None, ratio, latency_s
+
+
+def _split(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ValueError(f"{what} is empty")
+    return items
+
+
+def run(args: argparse.Namespace) -> int:
+    from prefetch.budget import parse_budget
+    from prefetch.simulate import format_table, simulate
+    from runtime.trace_format import load_traces
+
+    link, ratio, latency_s = _link(args)
+    if not args.sweep and args.policy is None:
+        raise ValueError("--policy is required (none, replay, markov, oracle, learned:MODEL_DIR), or use --sweep")
+    if args.plot is not None and not args.sweep:
+        raise ValueError("--plot goes with --sweep")
+    traces = load_traces(args.traces)
+    common = dict(link=link, link_ratio=ratio, latency_s=latency_s, warmup_steps=args.warmup,
+                  demand_fetch=args.demand_fetch)
+
+    if not args.sweep:
+        report = simulate(traces, args.policy, budget=args.budget, **common)
+        for sub in report.traces:
+            print(sub.summary())
+        print(report.summary())
+        if args.json:
+            _write_json(args.json, report.as_dict())
+        return 0
+
+    budgets = [parse_budget(b) for b in _split(args.sweep_budgets, "--sweep-budgets")]
+    policies = _split(args.sweep_policies, "--sweep-policies")
+    if args.policy is not None and args.policy not in policies:
+        policies.append(args.policy)
+    reports = []
+    for policy in policies:
+        for budget in budgets:
+            reports.append(simulate(traces, policy, budget=budget, **common))
+    print(f"{len(traces)} trace(s); link {_describe_link(reports[0].link)}; warm-up {args.warmup} step(s)")
+    print(format_table(reports))
+    plot = args.plot or Path(DEFAULT_PLOT)
+    plot_sweep(reports, plot, title=", ".join(sorted({t.stem.name for t in traces}))[:90])
+    print(f"plot: {plot}")
+    if args.json:
+        _write_json(args.json, {"sweep": [r.as_dict() for r in reports]})
+    return 0
+
+
+def _describe_link(link: dict) -> str:
+    bw = link.get("bandwidth_GBps")
+    parts = [f"ratio {link['ratio']:g}" if link.get("ratio") is not None else None,
+             f"{bw:.3g} GB/s" if bw is not None else "bandwidth per trace",
+             f"latency {link.get('latency_us', 0):g} us"]
+    return ", ".join(p for p in parts if p)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def plot_sweep(reports, path: Path, *, title: str = "") -> None:
+    """Hit rate and slowdown over the budget, one line per policy, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_policy: dict[str, list] = {}
+    for r in reports:
+        by_policy.setdefault(r.policy, []).append(r)
+    fig, (ax_hit, ax_slow) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, rs in by_policy.items():
+        rs = sorted(rs, key=lambda r: r.budget_bytes / max(r.managed_bytes, 1))
+        x = [100 * r.budget_bytes / max(r.managed_bytes, 1) for r in rs]
+        ax_hit.plot(x, [100 * r.hit_rate for r in rs], marker="o", label=name)
+        ax_slow.plot(x, [r.slowdown if r.slowdown is not None else float("nan") for r in rs], marker="o", label=name)
+    ax_hit.set(xlabel="device budget (% of managed bytes)", ylabel="hit rate (%)", ylim=(0, 101), title="hit rate")
+    ax_slow.set(xlabel="device budget (% of managed bytes)", ylabel="step time / all resident", title="slowdown")
+    ax_slow.axhline(1.0, color="grey", lw=0.8, ls="--")
+    for ax in (ax_hit, ax_slow):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
