@@ -30,9 +30,7 @@ import torch
 from predictor.interface import NO_PREDICTION, Policy
 from runtime.device import Device
 from runtime.stats import AccessStats
-from runtime.trace_format import Access, Kind, Phase
-
-MANAGED_KINDS = (Kind.PARAMETER, Kind.ACTIVATION)
+from runtime.trace_format import MANAGED_KINDS, Access, Kind, Phase
 
 
 class BudgetError(ValueError):

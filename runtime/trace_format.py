@@ -56,6 +56,12 @@ class Kind(enum.IntEnum):
     OPTIMIZER_STATE = 3
 
 
+# What the device tier manages: parameters and saved activations. Gradients and optimizer
+# state stay where the optimizer runs (on the host, ZeRO-Offload style); they are recorded
+# for analysis, but policies, the simulator and the live store see the managed stream only.
+MANAGED_KINDS: tuple[int, ...] = (0, 1)  # Kind.PARAMETER, Kind.ACTIVATION
+
+
 class Access(enum.IntEnum):
     """Whether the access reads an existing value or produces a new one."""
 
