@@ -88,6 +88,7 @@ class Replay:
         if self.pos_ >= len(self.trace_) or self.trace_[self.pos_] != tensor_id:
             self.valid_ = False  # "Invalidate trace cache": no prefetching until next step
             self.invalidations_ += 1
+            self.pending_.clear()
             return ()
         self.pos_ += 1
         window = self.upcoming(self.lookahead)
@@ -100,10 +101,10 @@ class Replay:
         return [self.trace_[(self.pos_ + i) % n] for i in range(min(k, self.lookahead))]
 
     def predicted_next_use(self, tensor_id: int) -> float:
-        for i, tid in enumerate(self.upcoming(self.lookahead)):
-            if tid == tensor_id:
-                return float(i + 1)
-        return NO_PREDICTION
+        # O(1): the window's due times are kept by `pending_` (eviction asks this a lot)
+        if not self.valid_:
+            return NO_PREDICTION
+        return self.pending_.next_use(tensor_id, self.now_)
 
 
 class Markov:

@@ -27,6 +27,7 @@ from predictor.interface import Policy, TensorInfo
 from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.store import MANAGED_KINDS, StoreConfig, TensorStore, check_budget
+from runtime.trace_format import Kind
 from runtime.tracker import AccessTracker, TrackerConfig
 
 _WARMUP_LINK = LinkModel(bandwidth_bytes_per_s=1e12, latency_s=0.0)  # until step 0 is timed
@@ -200,7 +201,7 @@ class Prefetcher:
             "device": self.device.name,
             "link": self.device.link.describe() if isinstance(self.device, SimulatedDevice) else None,
             "managed_bytes": managed,
-            "managed_kinds": [k.name.lower() for k in MANAGED_KINDS],
+            "managed_kinds": [Kind(k).name.lower() for k in MANAGED_KINDS],
             "budget_bytes": self.store.budget_bytes,
             "peak_device_bytes": self.store.peak_device_bytes,
             "steps": st.steps,
