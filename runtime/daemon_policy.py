@@ -1,0 +1,112 @@
+"""A learned policy served by the prefetch daemon, seen by the store as a local Policy.
+
+    policy="learned:models/"   ->  DaemonPolicy: starts `prefetch daemon` on a private ipc
+                                   endpoint (stopped at close) unless `endpoint` is given
+
+Every observed access goes to the daemon in small batches (never blocking); commands
+that have come back are handed to the store as prefetch requests, with the daemon's
+predicted next use kept for eviction. A local `replay` sees the same stream all along,
+so when the daemon is slow, dead or refuses the architecture, the store keeps a warm
+policy: training never waits on the daemon, and the report says what served.
+"""
+
+from __future__ import annotations
+
+import atexit
+import warnings
+from typing import Callable, Sequence
+
+from predictor.interface import NO_PREDICTION, TensorInfo
+from predictor.policies import make_policy
+from runtime.daemon_client import DaemonClient, DaemonClientConfig
+
+_READ = 0
+
+
+class DaemonPolicy:
+    """Policy protocol over a DaemonClient, with a local replay fallback."""
+
+    name = "learned"
+
+    def __init__(self, spec: str, *, architecture: str, endpoint: str | None, lookahead: int,
+                 tensors_fn: Callable[[], TensorInfo], batch_events: int = 8, fallback: str = "replay",
+                 connect_timeout_s: float = 20.0):
+        self.spec = spec
+        self.lookahead = lookahead
+        self._tensors_fn = tensors_fn
+        self._daemon = None
+        models_dir = spec.partition(":")[2] or None
+        if endpoint is None:
+            from prefetch.daemon import start_local_daemon
+
+            endpoint, self._daemon = start_local_daemon(models_dir, policy_fallback=fallback)
+            atexit.register(self._daemon.stop)  # never leave a daemon behind
+        self.endpoint = endpoint
+        self.fallback = make_policy(fallback, lookahead=lookahead)
+        self._num_tensors = 0
+        self.client = DaemonClient(
+            DaemonClientConfig(endpoint=endpoint, architecture=architecture, policy="learned",
+                               lookahead=lookahead, batch_events=batch_events),
+            tensors_fn(),
+        ).start()
+        connected = self.client.wait_connected(connect_timeout_s)  # setup only: the one blocking wait
+        self.served_by = self.client.served_policy if connected else f"{fallback} (local: daemon unavailable)"
+        self.note = (f"daemon {endpoint}: " + (
+            f"serves {self.client.served_policy}" + (f" ({self.client.hello.fallback_reason})"
+                                                     if self.client.hello and self.client.hello.fallback_reason else "")
+            if connected else f"did not answer; local {fallback} serves"))
+        self._due: dict[int, int] = {}
+        self._reads = 0
+        self._was_down = not connected
+
+    def start(self, tensors: TensorInfo) -> None:
+        self.fallback.start(tensors)
+        self._num_tensors = tensors.num_tensors
+
+    def observe(self, step: int, micro_step: int, phase: int, access: int, tensor_id: int) -> Sequence[int]:
+        if access == _READ:
+            self._reads += 1
+            self._due.pop(tensor_id, None)
+        local = self.fallback.observe(step, micro_step, phase, access, tensor_id)
+        client = self.client
+        if tensor_id >= self._num_tensors:  # the live table grew: tell the daemon first
+            info = self._tensors_fn()
+            self._num_tensors = info.num_tensors
+            client.update_tensors(info)
+        client.record(step, micro_step, phase, access, tensor_id)
+        commands = client.poll_commands()
+        if not client.connected:
+            if not self._was_down:
+                self._was_down = True
+                self.served_by = f"{self.served_by}; local replay while the daemon was down"
+            return local
+        if self._was_down and client.connected:
+            self._was_down = False
+        if not commands:
+            return ()
+        out: list[int] = []
+        for cmd in commands:
+            ids = cmd.tensor_ids.tolist()
+            if cmd.next_use is not None:
+                for tid, nu in zip(ids, cmd.next_use.tolist()):
+                    if nu != NO_PREDICTION:
+                        self._due[tid] = self._reads + int(nu)
+            out.extend(ids)
+        return out
+
+    def predicted_next_use(self, tensor_id: int) -> float:
+        if not self.client.connected:
+            return self.fallback.predicted_next_use(tensor_id)
+        due = self._due.get(tensor_id)
+        if due is None:
+            return NO_PREDICTION
+        return float(max(1, due - self._reads))
+
+    def close(self) -> None:
+        """Say BYE, close the socket, stop a daemon we started. Idempotent."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.client.close()
+        if self._daemon is not None:
+            self._daemon.stop()
+            self._daemon = None
