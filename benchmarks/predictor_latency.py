@@ -97,7 +97,7 @@ def main() -> int:
 
             args.model = Path(tmp.name) / "models"
             train([Path(tmp.name) / "train"], args.model, progress=False, log=lambda *_: None)
-    traces = load_traces(paths)
+    traces = load_traces(paths, managed_only=True)
     specs = ["none", "replay", "markov"] + ([f"learned:{args.model}"] if args.model else [])
     threads = thread_counts()
     print("threads: " + "  ".join(f"{k}={v}" for k, v in threads.items()))

@@ -105,8 +105,8 @@ def main() -> None:
     args = ap.parse_args()
     results: dict[str, Any] = {}
     for w in args.workloads:
-        (train,) = load_traces([args.traces / w / "train"])
-        (run,) = load_traces([args.traces / w / "heldout"])
+        (train,) = load_traces([args.traces / w / "train"], managed_only=True)
+        (run,) = load_traces([args.traces / w / "heldout"], managed_only=True)
         res: dict[str, Any] = {}
         for name, drop in VARIANTS.items():
             config = TrainConfig(lookahead=args.lookahead, drop_features=drop)

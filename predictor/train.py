@@ -273,7 +273,7 @@ def train(
 ) -> list[Path]:
     """Train one artifact per architecture found under `paths`; return their folders."""
     config = config or TrainConfig()
-    traces = load_traces(paths)
+    traces = load_traces(paths, managed_only=True)  # policies see the managed stream
     written = []
     for arch, group in group_by_architecture(traces).items():
         artifact = train_architecture(group, config, progress=progress)

@@ -185,6 +185,15 @@ class Trace:
         out[self.tensors.column("tensor_id").to_numpy()] = self.tensors.column("kind").to_numpy()
         return out
 
+    def managed(self) -> "Trace":
+        """The same trace with only the events of MANAGED_KINDS: the stream policies see
+        in training, evaluation, simulation and live runs. Tensor ids are unchanged."""
+        mask = np.isin(self.column("kind"), np.asarray(MANAGED_KINDS, dtype=np.int8))
+        if mask.all():
+            return self
+        return Trace(stem=self.stem, events=self.events.filter(pa.array(mask)), tensors=self.tensors,
+                     manifest=self.manifest, truncated=self.truncated)
+
     def steps(self) -> np.ndarray:
         """The distinct step indices present, sorted."""
         return np.unique(self.column("step")) if self.num_events else np.zeros(0, np.int32)
@@ -264,5 +273,7 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
     )
 
 
-def load_traces(paths: Iterable[str | os.PathLike[str]]) -> list[Trace]:
-    return [load_trace(s) for s in find_traces(list(paths))]
+def load_traces(paths: Iterable[str | os.PathLike[str]], *, managed_only: bool = False) -> list[Trace]:
+    """Every trace under `paths`; with `managed_only`, each reduced to Trace.managed()."""
+    traces = [load_trace(s) for s in find_traces(list(paths))]
+    return [t.managed() for t in traces] if managed_only else traces

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.lookahead < 1 or args.topk < 1:
         raise ValueError("--lookahead and --topk must be >= 1")
-    report = evaluate(str(args.model), load_traces(args.traces), lookahead=args.lookahead, topk=args.topk,
+    report = evaluate(str(args.model), load_traces(args.traces, managed_only=True), lookahead=args.lookahead, topk=args.topk,
                       progress=not args.no_progress)  # fmt: skip
     print(format_report(report))
     if args.json:

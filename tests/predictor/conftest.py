@@ -31,14 +31,14 @@ def model_dir(traces, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def moe_run(traces):
-    return load_trace(next((traces / "moe-run").glob("*.events.arrow")))
+    return load_trace(next((traces / "moe-run").glob("*.events.arrow"))).managed()  # the stream policies see
 
 
 @pytest.fixture(scope="session")
 def moe_train(traces):
-    return load_trace(next((traces / "moe-train").glob("*.events.arrow")))
+    return load_trace(next((traces / "moe-train").glob("*.events.arrow"))).managed()  # the stream policies see
 
 
 @pytest.fixture(scope="session")
 def static_train(traces):
-    return load_trace(next((traces / "static-train").glob("*.events.arrow")))
+    return load_trace(next((traces / "static-train").glob("*.events.arrow"))).managed()  # the stream policies see

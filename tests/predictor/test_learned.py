@@ -17,7 +17,7 @@ def test_learned_beats_replay_and_markov_on_a_dynamic_run(model_dir, moe_run):
     assert m["learned"]["recall"] > m["replay"]["recall"] + 0.2
     assert m["learned"]["recall"] > m["markov"]["recall"] + 0.1
     assert m["learned"]["top1"] > max(m["replay"]["top1"], m["markov"]["top1"])
-    assert set(m["learned"]["by_phase"]) == {"forward", "backward", "optimizer"}
+    assert set(m["learned"]["by_phase"]) == {"forward", "backward"}  # optimizer reads are not managed
 
 
 def test_learned_is_exact_on_static_held_out_steps(model_dir, static_train):
