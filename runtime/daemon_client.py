@@ -170,7 +170,8 @@ class DaemonClient:
         self.flush()
         if self._sock is not None and self._state == _UP:
             try:
-                self._sock.send_multipart(wire.Bye(session=self._session, reason="client closing").encode(), zmq.NOBLOCK)
+                bye = wire.Bye(session=self._session, reason="client closing")
+                self._sock.send_multipart(bye.encode(), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             self._close_socket(linger_ms=100)  # lets the BYE leave; zmq_close itself never blocks

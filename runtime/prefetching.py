@@ -123,10 +123,12 @@ class Prefetcher:
         self.store = TensorStore(self.device, policy or _NullPolicy(), StoreConfig(
             budget_bytes=budget_bytes, budget_fraction=fraction, warmup_steps=config.warmup_steps))
         self.tracker = AccessTracker(model, optimizer, self.store, config.tracker)
+        if not config.reference_tensors and config.policy.startswith("learned:") and policy is None:
+            config.reference_tensors = _artifact_rows(config.policy, self.tracker.architecture)
         if config.reference_tensors:
             self.tracker.preload_tensors(config.reference_tensors)
-            if budget_bytes is None:
-                managed = sum(r["nbytes"] for r in config.reference_tensors if r["kind"] in MANAGED_KINDS)
+            managed = sum(r["nbytes"] for r in config.reference_tensors if r["kind"] in MANAGED_KINDS)
+            if budget_bytes is None and managed:  # sizes known up front: the budget is too
                 self.store.budget_bytes = max(1, int(fraction * managed))
         self.store.attach(self.tracker)
         if self.store.budget_bytes is not None:  # refuse an impossible budget before training starts
@@ -243,6 +245,22 @@ class Prefetcher:
         if close is not None:
             close()
         self.device.close()
+
+
+def _artifact_rows(spec: str, architecture: str) -> list[dict[str, Any]] | None:
+    """The tensor table a learned artifact was trained with (keys and kinds; sizes are
+    learned live), so live ids match its vocabulary. None when the folder has no
+    predictor for this architecture: the daemon then falls back and says so."""
+    from predictor.artifact import load_artifact
+    from predictor.interface import PolicyError
+
+    try:
+        art = load_artifact(spec.partition(":")[2], architecture)
+    except PolicyError:
+        return None
+    info = art.keyinfo
+    return [dict(tensor_id=i, key=k, kind=int(info.kind[i]), nbytes=0, module="", shape=[], dtype="")
+            for i, k in enumerate(info.keys)]
 
 
 class _NullPolicy:

@@ -170,7 +170,8 @@ class TensorStore:
     def step_end(self, step: int) -> None:
         self.step = step + 1
         if self.budget_bytes is None and self.step >= 1:
-            self.budget_bytes = max(1, int(self.config.budget_fraction * self.managed_seen_bytes))
+            managed = sum(n for n, k in zip(self._nbytes, self._kind) if k in MANAGED_KINDS)
+            self.budget_bytes = max(1, int(self.config.budget_fraction * managed))
             largest = max((n for n, k in zip(self._nbytes, self._kind) if k in MANAGED_KINDS), default=0)
             check_budget(self.budget_bytes, largest, self._largest_key())
             self._make_room(0)

@@ -1,0 +1,662 @@
+"""The prefetch daemon: one ZeroMQ ROUTER, one session (and one Policy) per client.
+
+    prefetch daemon --bind ipc:///tmp/prefetch.sock --models models/
+
+A client (runtime/daemon_client.py, a DEALER) says HELLO with its architecture signature
+and tensor table; the daemon makes the policy it asked for (or the fallback, saying
+why), then answers every EVENTS batch with one COMMANDS message: the ids the policy
+requested while observing that batch, in order. prefetch/wire.py has the format.
+
+One thread serves every session in turn: a policy's observe() holds the GIL anyway, so
+more threads would only add switching. It sleeps in zmq poll (timeout `poll_ms`, to
+notice stop requests and expire idle sessions) and never spins. A malformed message
+gets an ERROR reply and the loop goes on; nothing from the wire is unpickled.
+
+State is bounded: at most `max_sessions` sessions (the least recently active is
+evicted), each dropped after `session_idle_s` without a message, and the socket refuses
+messages over `max_message_bytes`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+
+from predictor.interface import Policy, PolicyError, TensorInfo
+from prefetch import wire
+from prefetch.wire import ErrorCode, MsgType, WireError
+
+log = logging.getLogger("prefetch.daemon")
+
+DEFAULT_FALLBACK = "replay"
+FALLBACK_CHOICES = ("replay", "markov", "none", "error")  # "error": refuse instead of falling back
+DEFAULT_LOOKAHEAD = 64  # when a HELLO says lookahead 0 ("daemon's choice")
+IPC_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+
+
+def default_endpoint() -> str:
+    """A per-user ipc endpoint in the temp folder (loopback by construction)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return f"ipc://{tempfile.gettempdir()}/prefetch-daemon-{uid}.sock"
+
+
+def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> None:
+    """Raise ValueError unless `endpoint` is ipc://, inproc:// or a loopback tcp:// address
+    (any tcp address with allow_remote). The daemon takes no credentials: keep it local."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or not rest:
+        raise ValueError(f"endpoint {endpoint!r}: expected ipc://PATH, inproc://NAME or tcp://HOST:PORT")
+    if scheme == "ipc" and len(rest.encode()) > IPC_PATH_MAX:
+        raise ValueError(f"endpoint {endpoint!r}: ipc paths are limited to {IPC_PATH_MAX} bytes; use a shorter "
+                         "folder (e.g. TMPDIR=/tmp)")
+    if scheme in ("ipc", "inproc"):
+        return
+    if scheme != "tcp":
+        raise ValueError(f"endpoint {endpoint!r}: transport {scheme!r} not supported (use ipc, tcp or inproc)")
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not port:
+        raise ValueError(f"endpoint {endpoint!r}: expected tcp://HOST:PORT")
+    if allow_remote:
+        return
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False  # '*', an interface name or a host name
+    if not loopback:
+        raise ValueError(
+            f"endpoint {endpoint!r} is not loopback: the daemon has no authentication, so it binds only to "
+            "127.0.0.1, [::1], localhost or ipc:// unless you pass --allow-remote"
+        )
+
+
+# -- policies ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChoice:
+    """What a policy factory made for a HELLO: a *started* policy, what it is, and why."""
+
+    policy: Policy
+    served: str
+    """The spec that actually serves ("learned:/abs/models", "replay", ...)."""
+    fallback_reason: str | None = None
+    """Why `served` is not what the client asked for; None when it is."""
+
+
+class PolicyFactory(Protocol):
+    def __call__(self, spec: str, *, architecture: str, tensors: TensorInfo, lookahead: int) -> PolicyChoice:
+        """A started policy for a client's HELLO; raise PolicyError to refuse it."""
+        ...
+
+
+def make_policy_factory(models_dir: str | os.PathLike[str] | None, fallback: str = DEFAULT_FALLBACK) -> PolicyFactory:
+    """The daemon's default factory, over predictor.policies.make_policy.
+
+    `learned` and `learned:ANYTHING` are served from the daemon's own `models_dir` (a
+    client's path means nothing on the daemon's side); when it has no artifact for the
+    client's architecture (or none at all), `fallback` serves instead and HELLO_OK says
+    why; fallback "error" refuses the HELLO. Baseline specs are served as asked."""
+    from predictor.policies import make_policy
+
+    if fallback not in FALLBACK_CHOICES:
+        raise ValueError(f"policy fallback {fallback!r}: choose from {', '.join(FALLBACK_CHOICES)}")
+    folder = str(Path(models_dir).resolve()) if models_dir is not None else None
+
+    def factory(spec: str, *, architecture: str, tensors: TensorInfo, lookahead: int) -> PolicyChoice:
+        name = spec.partition(":")[0]
+        if name != "learned":
+            return PolicyChoice(make_policy(spec, lookahead=lookahead, tensors=tensors), served=spec)
+        if folder is None:
+            reason = "the daemon was started without --models"
+        else:
+            served = f"learned:{folder}"
+            try:
+                policy = make_policy(served, lookahead=lookahead, tensors=tensors, architecture=architecture)
+                return PolicyChoice(policy, served=served)
+            except PolicyError as exc:  # no artifact, another architecture, corrupt files
+                reason = str(exc)
+        if fallback == "error":
+            raise PolicyError(f"{reason} (the daemon runs with --policy-fallback error)")
+        policy = make_policy(fallback, lookahead=lookahead, tensors=tensors)
+        return PolicyChoice(policy, served=fallback, fallback_reason=reason)
+
+    return factory
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True, slots=True)
+class DaemonConfig:
+    """Where and how the daemon serves."""
+
+    bind: str = field(default_factory=default_endpoint)
+    """ZeroMQ endpoint: ipc://PATH, tcp://127.0.0.1:PORT (PORT * picks a free one), inproc://NAME."""
+    models_dir: str | None = None
+    """MODEL_DIR of `prefetch train`, for `learned` policies."""
+    policy_fallback: str = DEFAULT_FALLBACK
+    """Served when a learned predictor is missing for a client's architecture; "error" refuses."""
+    allow_remote: bool = False
+    """Allow a non-loopback tcp bind (there is no authentication)."""
+    session_idle_s: float = 600.0
+    """A session with no message for this long is dropped (the client re-HELLOs)."""
+    max_sessions: int = 256
+    """More sessions evict the least recently active one."""
+    max_message_bytes: int = 256 << 20
+    """Larger messages are refused by the socket (zmq MAXMSGSIZE)."""
+    poll_ms: int = 100
+    """Longest sleep in poll: bounds how late a stop request or an idle sweep is noticed."""
+
+    def __post_init__(self) -> None:
+        check_endpoint(self.bind, allow_remote=self.allow_remote)
+        if self.policy_fallback not in FALLBACK_CHOICES:
+            raise ValueError(f"policy_fallback {self.policy_fallback!r}: choose from {', '.join(FALLBACK_CHOICES)}")
+        if not self.session_idle_s > 0:
+            raise ValueError(f"session_idle_s must be > 0, got {self.session_idle_s}")
+        if self.max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if not 1 <= self.poll_ms <= 10_000:
+            raise ValueError(f"poll_ms must be in [1, 10000], got {self.poll_ms}")
+
+
+@dataclass(slots=True)
+class Session:
+    """One client: its policy and what it has sent."""
+
+    session_id: int
+    identity: bytes
+    architecture: str
+    policy: Policy
+    served: str
+    num_tensors: int
+    next_use: bool
+    last_seen: float
+    batches: int = 0
+    events: int = 0
+    commands: int = 0
+    bad_ids: int = 0  # ids a policy returned outside the table (dropped)
+
+
+@dataclass(slots=True)
+class DaemonStats:
+    messages: int = 0
+    events: int = 0
+    commands: int = 0
+    errors: int = 0
+    sessions_opened: int = 0
+    sessions_closed: int = 0
+    sessions_expired: int = 0
+    sessions_evicted: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
+
+
+class Daemon:
+    """`start()` binds, `serve()` runs until `stop()` (any thread) or a signal, `close()` ends."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        policy_factory: PolicyFactory | None = None,
+        context: zmq.Context | None = None,
+    ):
+        self.config = config
+        self._factory = policy_factory
+        self._context = context
+        self._socket: zmq.Socket | None = None
+        self._stop = threading.Event()
+        self._sessions: OrderedDict[bytes, Session] = OrderedDict()  # least recently active first
+        self._next_session = secrets.randbelow(1 << 30) + 1
+        self._closed = False
+        self.endpoint: str | None = None
+        self.stats = DaemonStats()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> "Daemon":
+        """Bind (raises ValueError/OSError with the reason if it cannot). Returns self."""
+        if self._socket is not None:
+            return self
+        if self.config.models_dir is not None and not Path(self.config.models_dir).is_dir():
+            raise ValueError(f"--models {self.config.models_dir}: no such folder")
+        if self._factory is None:
+            self._factory = make_policy_factory(self.config.models_dir, self.config.policy_fallback)
+        bind = self.config.bind
+        if bind.startswith("ipc://") and _ipc_answers(bind):
+            raise OSError(f"{bind}: another daemon already answers there")
+        ctx = self._context or zmq.Context.instance()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.RCVHWM, 10_000)
+        try:
+            sock.bind(bind)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise OSError(f"cannot bind {bind}: {exc}") from None
+        self._socket = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("prefetch daemon: serving on %s (models %s, fallback %s)", self.endpoint,
+                 self.config.models_dir, self.config.policy_fallback)
+        return self
+
+    def stop(self) -> None:
+        """Ask `serve()` to return (thread-safe; noticed within poll_ms)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Say BYE to every session and close the socket. Idempotent, safe half-built."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._socket is None:
+            return
+        for sess in list(self._sessions.values()):
+            bye = wire.Bye(session=sess.session_id, reason="daemon shutting down", exiting=True)
+            self._send(sess.identity, bye.encode())
+        self._sessions.clear()
+        sock, self._socket = self._socket, None
+        sock.close(linger=100)  # ms: enough for the BYEs to leave over loopback
+        if self.endpoint and self.endpoint.startswith("ipc://") and not self.endpoint.startswith("ipc://@"):
+            try:  # libzmq leaves the socket file behind; it was ours (start() refuses a live one)
+                os.unlink(self.endpoint[len("ipc://"):])
+            except OSError:
+                pass
+
+    def __enter__(self) -> "Daemon":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- serving -----------------------------------------------------------------------
+    def serve(self) -> None:
+        """Serve until stop(). One message at a time, in arrival order."""
+        self.start()
+        sock = self._socket
+        assert sock is not None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        sweep_s = min(1.0, self.config.session_idle_s / 2)
+        next_sweep = time.monotonic() + sweep_s
+        while not self._stop.is_set():
+            if poller.poll(self.config.poll_ms):
+                for _ in range(1000):  # drain what is queued, then look at the clock again
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.handle(frames)
+            now = time.monotonic()
+            if now >= next_sweep:
+                self.expire_idle(now)
+                next_sweep = now + sweep_s
+
+    def serve_until_signal(self) -> None:
+        """serve() with SIGINT/SIGTERM turned into stop() (main thread only); close() after."""
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, lambda signum, frame: self.stop())
+        try:
+            self.serve()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+            self.close()
+
+    def handle(self, frames: list[bytes]) -> None:
+        """One message from the ROUTER: [identity, header, payload...]. Never raises."""
+        self.stats.messages += 1
+        identity = frames[0]
+        seq = session = 0
+        kind: MsgType | None = None
+        try:
+            if len(frames) < 2:
+                raise WireError(ErrorCode.BAD_FRAMES, "message without a header frame")
+            kind, _, session, seq, _ = wire.decode_header(frames[1])
+            sess = self._sessions.get(identity)
+            if kind is MsgType.EVENTS:
+                if sess is None or session != sess.session_id:
+                    raise WireError(ErrorCode.UNKNOWN_SESSION, f"no session {session} for this client; send HELLO")
+                msg = wire.decode(frames[1:], num_tensors=sess.num_tensors)
+                self._on_events(sess, msg)  # type: ignore[arg-type]
+                return
+            msg = wire.decode(frames[1:])
+            if kind is MsgType.HELLO:
+                self._on_hello(identity, msg)  # type: ignore[arg-type]
+            elif kind is MsgType.TENSORS:
+                if sess is None or session != sess.session_id:
+                    raise WireError(ErrorCode.UNKNOWN_SESSION, f"no session {session} for this client; send HELLO")
+                self._on_tensors(sess, msg)  # type: ignore[arg-type]
+            elif kind is MsgType.PING:
+                self._send(identity, wire.Pong(seq=seq, info=self.info()).encode())
+            elif kind is MsgType.BYE:
+                if sess is not None and session == sess.session_id:
+                    del self._sessions[identity]
+                    self.stats.sessions_closed += 1
+            else:
+                raise WireError(ErrorCode.UNEXPECTED, f"the daemon does not accept {kind.name} messages")
+        except WireError as exc:
+            self._error(identity, exc.code, exc.detail, kind, session, seq)
+        except PolicyError as exc:
+            self._error(identity, ErrorCode.POLICY, str(exc), kind, session, seq)
+        except Exception as exc:  # noqa: BLE001 - a policy bug must not take the daemon down
+            log.exception("prefetch daemon: internal error on a %d-frame message", len(frames))
+            self._error(identity, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", kind, session, seq)
+
+    # -- message handlers --------------------------------------------------------------
+    def _on_hello(self, identity: bytes, msg: wire.Hello) -> None:
+        assert self._factory is not None
+        old = self._sessions.pop(identity, None)
+        if old is not None:
+            self.stats.sessions_closed += 1
+        while len(self._sessions) >= self.config.max_sessions:
+            victim = self._sessions.popitem(last=False)[1]
+            self.stats.sessions_evicted += 1
+            bye = wire.Bye(session=victim.session_id, reason="evicted: too many sessions")
+            self._send(victim.identity, bye.encode())
+        lookahead = msg.lookahead or DEFAULT_LOOKAHEAD
+        choice = self._factory(msg.policy, architecture=msg.architecture, tensors=msg.tensors, lookahead=lookahead)
+        sid = self._next_session
+        self._next_session = self._next_session % 0xFFFFFFFF + 1  # u32, never 0
+        self._sessions[identity] = Session(
+            session_id=sid,
+            identity=identity,
+            architecture=msg.architecture,
+            policy=choice.policy,
+            served=choice.served,
+            num_tensors=msg.tensors.num_tensors,
+            next_use=msg.next_use,
+            last_seen=time.monotonic(),
+        )
+        self.stats.sessions_opened += 1
+        if choice.fallback_reason:
+            log.warning("prefetch daemon: %s asked for %s, serving %s: %s", msg.architecture, msg.policy,
+                        choice.served, choice.fallback_reason)
+        reply = wire.HelloOk(session=sid, policy=choice.served, requested=msg.policy,
+                             fallback_reason=choice.fallback_reason, num_tensors=msg.tensors.num_tensors)
+        self._send(identity, reply.encode())
+
+    def _on_tensors(self, sess: Session, msg: wire.Tensors) -> None:
+        if msg.first_id != sess.num_tensors:
+            raise WireError(ErrorCode.BAD_RANGE,
+                            f"TENSORS starts at id {msg.first_id}; the session's table has {sess.num_tensors} rows")
+        sess.num_tensors += msg.tensors.num_tensors
+        sess.last_seen = time.monotonic()
+        self._sessions.move_to_end(sess.identity)
+        extend = getattr(sess.policy, "extend", None)  # optional hook: policies that index the table
+        if extend is not None:
+            extend(msg.tensors, msg.first_id)
+
+    def _on_events(self, sess: Session, msg: wire.Events) -> None:
+        sess.last_seen = time.monotonic()
+        self._sessions.move_to_end(sess.identity)
+        observe = sess.policy.observe
+        out: list[int] = []
+        for step, micro, phase, access, tid in msg.events.tolist():
+            requested = observe(step, micro, phase, access, tid)
+            if len(requested):
+                out.extend(requested)
+        n = len(msg.events)
+        sess.batches += 1
+        sess.events += n
+        self.stats.events += n
+        ids = np.asarray(out, dtype=np.int64) if out else np.zeros(0, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= sess.num_tensors):
+            keep = (ids >= 0) & (ids < sess.num_tensors)
+            if not sess.bad_ids:
+                log.warning("prefetch daemon: policy %s returned ids outside the table of %d; dropping them",
+                            sess.served, sess.num_tensors)
+            sess.bad_ids += int((~keep).sum())
+            ids = ids[keep]
+        next_use = None
+        if sess.next_use:
+            pnu = sess.policy.predicted_next_use
+            next_use = np.array([pnu(i) for i in ids.tolist()], dtype=np.float32)
+            if len(next_use) and not bool(np.all(next_use >= 0)):  # NaN or negative: a policy bug
+                next_use[~(next_use >= 0)] = np.inf
+        sess.commands += len(ids)
+        self.stats.commands += len(ids)
+        reply = wire.Commands(session=sess.session_id, seq=msg.seq, tensor_ids=ids.astype(np.int32), next_use=next_use)
+        self._send(sess.identity, reply.encode())
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """Drop sessions idle for session_idle_s; returns how many."""
+        now = time.monotonic() if now is None else now
+        limit = now - self.config.session_idle_s
+        expired = [ident for ident, s in self._sessions.items() if s.last_seen < limit]
+        for ident in expired:
+            sess = self._sessions.pop(ident)
+            self.stats.sessions_expired += 1
+            self._send(ident, wire.Bye(session=sess.session_id, reason="idle timeout").encode())
+        return len(expired)
+
+    # -- helpers -----------------------------------------------------------------------
+    def _error(self, identity: bytes, code: ErrorCode, message: str, kind: MsgType | None, session: int,
+               seq: int) -> None:
+        self.stats.errors += 1
+        self.stats.errors_by_code[code.value] = self.stats.errors_by_code.get(code.value, 0) + 1
+        log.debug("prefetch daemon: ERROR %s to client %s: %s", code.value, identity.hex(), message)
+        refused = kind.name if kind is not None else ""
+        self._send(identity, wire.Error(code=code.value, message=message, refused=refused, session=session,
+                                        seq=seq).encode())
+
+    def _send(self, identity: bytes, frames: list) -> None:
+        if self._socket is None:
+            return
+        try:  # a ROUTER drops (never blocks) when the client's queue is full or it is gone
+            self._socket.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:  # pragma: no cover - advisory: a lost reply is a miss, not a failure
+            log.debug("prefetch daemon: reply dropped: %s", exc)
+
+    @property
+    def sessions(self) -> dict[bytes, Session]:
+        return dict(self._sessions)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "endpoint": self.endpoint,
+            "models_dir": self.config.models_dir,
+            "policy_fallback": self.config.policy_fallback,
+            "sessions": len(self._sessions),
+            "wire_version": wire.WIRE_VERSION,
+        }
+
+
+# -- helpers for tests and for the runtime ------------------------------------------------
+
+
+def ping(endpoint: str, *, timeout_ms: int = 500, context: zmq.Context | None = None) -> dict[str, Any] | None:
+    """The daemon's PONG info, or None if nothing answers within timeout_ms."""
+    ctx = context or zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(wire.Ping(seq=1).encode())
+        deadline = time.monotonic() + timeout_ms / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(max(1, int(left * 1000))):
+                return None
+            try:
+                msg = wire.decode(sock.recv_multipart(zmq.NOBLOCK))
+            except WireError:
+                continue
+            if isinstance(msg, wire.Pong):
+                return msg.info
+        return None
+    finally:
+        sock.close(linger=0)
+
+
+def _ipc_answers(endpoint: str) -> bool:
+    path = endpoint[len("ipc://"):]
+    if not path or path.startswith("@") or not os.path.exists(path):  # "@": Linux abstract namespace
+        return False
+    return ping(endpoint, timeout_ms=100) is not None
+
+
+class DaemonThread:
+    """A daemon serving on a background thread (tests, in-process use). Stop with stop()."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="prefetch-daemon", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.daemon.start()
+        except BaseException as exc:  # noqa: BLE001 - surfaced in start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self.daemon.serve()
+        finally:
+            self.daemon.close()
+
+    def start(self, timeout_s: float = 10.0) -> "DaemonThread":
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError("daemon thread did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        assert self.daemon.endpoint is not None
+        return self.daemon.endpoint
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop serving and close (BYE to every session). Idempotent."""
+        self.daemon.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def __enter__(self) -> "DaemonThread":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_daemon_in_thread(
+    config: DaemonConfig,
+    *,
+    policy_factory: PolicyFactory | None = None,
+    context: zmq.Context | None = None,
+) -> DaemonThread:
+    """A started DaemonThread (bound and serving when this returns)."""
+    return DaemonThread(Daemon(config, policy_factory=policy_factory, context=context)).start()
+
+
+class LocalDaemon:
+    """A daemon subprocess (`python -m prefetch daemon ...`) started by start_local_daemon."""
+
+    def __init__(self, process: subprocess.Popen, endpoint: str):
+        self.process = process
+        self.endpoint = endpoint
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = 5.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL if needed. Idempotent; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout_s)
+        if self.endpoint.startswith("ipc://"):
+            try:
+                os.unlink(self.endpoint[len("ipc://"):])
+            except OSError:
+                pass
+        return self.process.returncode
+
+    def __enter__(self) -> "LocalDaemon":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def local_ipc_endpoint() -> str:
+    """A fresh ipc endpoint in the temp folder, unique to this process and call."""
+    return f"ipc://{tempfile.gettempdir()}/prefetch-{os.getpid()}-{secrets.token_hex(4)}.sock"
+
+
+def start_local_daemon(
+    models_dir: str | os.PathLike[str] | None,
+    *,
+    endpoint: str | None = None,
+    policy_fallback: str = DEFAULT_FALLBACK,
+    timeout_s: float = 20.0,
+    extra_args: tuple[str, ...] = (),
+) -> tuple[str, LocalDaemon]:
+    """Spawn `python -m prefetch daemon --bind ENDPOINT --models DIR` and wait until it
+    answers PING. Returns (endpoint, handle); `handle.stop()` ends it (call it at exit)."""
+    endpoint = endpoint or local_ipc_endpoint()
+    check_endpoint(endpoint)
+    cmd = [sys.executable, "-m", "prefetch", "daemon", "--bind", endpoint, "--policy-fallback", policy_fallback]
+    if models_dir is not None:
+        cmd += ["--models", str(Path(models_dir).resolve())]
+    cmd += list(extra_args)
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)  # the project root: `prefetch` importable as-is
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    handle = LocalDaemon(proc, endpoint)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            raise RuntimeError(f"prefetch daemon exited with code {proc.returncode} before answering: {err[-2000:]}")
+        if ping(endpoint, timeout_ms=200) is not None:
+            _drain_stderr(proc)
+            return endpoint, handle
+    handle.stop()
+    raise TimeoutError(f"prefetch daemon on {endpoint} did not answer within {timeout_s:g} s")
+
+
+def _drain_stderr(proc: subprocess.Popen) -> None:
+    """Forward the daemon's stderr to ours on a daemon thread, so a full pipe never blocks it."""
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write("[prefetch daemon] " + line.decode(errors="replace"))
+
+    threading.Thread(target=pump, name="prefetch-daemon-stderr", daemon=True).start()
