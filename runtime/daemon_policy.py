@@ -98,8 +98,8 @@ class DaemonPolicy:
         if not self.client.connected:
             return self.fallback.predicted_next_use(tensor_id)
         due = self._due.get(tensor_id)
-        if due is None:
-            return NO_PREDICTION
+        if due is None or due < self._reads - self.lookahead:
+            return NO_PREDICTION  # never asked for, or long overdue: a wrong prediction (as Outstanding)
         return float(max(1, due - self._reads))
 
     def close(self) -> None:

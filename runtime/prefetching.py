@@ -83,6 +83,8 @@ class PrefetchConfig:
     """auto (CUDA if available), cuda[:N], or simulated."""
     daemon: str | None = None
     """Endpoint of a running daemon for learned policies (default: start one locally)."""
+    daemon_batch_events: int = 2
+    """Events per message to the daemon: fewer means fresher commands, more CPU per event."""
     baseline_step_time_s: float | None = None
     """Step time of the same job with everything resident, for `slowdown`."""
     reference_tensors: list[dict[str, Any]] | None = None
@@ -154,7 +156,8 @@ class Prefetcher:
             from runtime.daemon_policy import DaemonPolicy
 
             pol = DaemonPolicy(spec, architecture=self.tracker.architecture, endpoint=self.config.daemon,
-                               lookahead=self.config.lookahead, tensors_fn=self._tensor_info)
+                               lookahead=self.config.lookahead, tensors_fn=self._tensor_info,
+                               batch_events=self.config.daemon_batch_events)
             self.policy_note = pol.note
             return pol
         return make_policy(spec, lookahead=self.config.lookahead)
