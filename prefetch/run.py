@@ -12,6 +12,7 @@ Three passes of the same seeded job, in one process:
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import tempfile
@@ -46,7 +47,7 @@ def run_workload(name: str, *, policy: str = "replay", **kwargs: Any) -> dict[st
 def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: float | int | str = 0.4,
                  seed: int = 0, link_ratio: float = 0.5, lookahead: int = 64, warmup_steps: int = 1,
                  device: str = "auto", daemon: str | None = None, trace_out: str | Path | None = None,
-                 progress: bool = True) -> list[dict[str, Any]]:
+                 timeline_dir: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """One report per policy; the all-resident and recorded passes are shared."""
     from prefetch.workloads import get_workload
 
@@ -82,7 +83,8 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             job = workload.build(seed)
             cfg = PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead,
                                  warmup_steps=warmup_steps, device=device, daemon=daemon,
-                                 baseline_step_time_s=baseline_step, reference_tensors=reference)
+                                 baseline_step_time_s=baseline_step, reference_tensors=reference,
+                                 timeline=timeline_dir is not None)
             pf = Prefetcher(job.model, job.optimizer, cfg)
             losses = []
             try:
@@ -92,6 +94,11 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             finally:
                 pf.close()
             report = pf.report()
+            if timeline_dir is not None:
+                path = Path(timeline_dir) / f"{name}-{policy.partition(':')[0]}.trace.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(pf.chrome_trace()))
+                report["timeline"] = str(path)
             report.update(
                 workload=name,
                 seed=seed,

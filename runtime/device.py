@@ -87,16 +87,20 @@ class SimulatedDevice:
         self._thread = threading.Thread(target=self._engine, name="prefetch-copy-engine", daemon=True)
         self._thread.start()
         self._closed = False
+        self.timeline: list[tuple[int, int, int, str]] | None = None
+        """When a list: (start_ns, end_ns, nbytes, direction) of every copy, for timelines."""
 
     def set_link(self, link: LinkModel) -> None:
         self.link = link
 
-    def _submit(self, src: "torch.Tensor | SimCopy") -> SimCopy:
+    def _submit(self, src: "torch.Tensor | SimCopy", direction: str) -> SimCopy:
         nbytes = src.nbytes if isinstance(src, SimCopy) else src.numel() * src.element_size()
         with self._lock:  # note: the engine's timeline is shared by both directions (one DMA engine)
             start = max(time.monotonic_ns(), self._free_at_ns)
             self._free_at_ns = start + self.link.copy_ns(nbytes)
             c = SimCopy(src=src, nbytes=nbytes, done_at_ns=self._free_at_ns)
+        if self.timeline is not None:
+            self.timeline.append((start, self._free_at_ns, nbytes, direction))
         self._jobs.put(c)
         return c
 
@@ -104,10 +108,10 @@ class SimulatedDevice:
         return t.detach().clone()
 
     def copy_in(self, host: torch.Tensor) -> SimCopy:
-        return self._submit(host)
+        return self._submit(host, "H2D")
 
     def copy_out(self, dev: torch.Tensor) -> SimCopy:
-        return self._submit(dev)
+        return self._submit(dev, "D2H")
 
     def pending_host(self, copy: SimCopy) -> SimCopy:
         """What a later copy_in may read while a write-back is still queued."""

@@ -89,6 +89,8 @@ class PrefetchConfig:
     """Step time of the same job with everything resident, for `slowdown`."""
     reference_tensors: list[dict[str, Any]] | None = None
     """A tensor table (from a trace) fixing tensor ids and the managed bytes up front."""
+    timeline: bool = False
+    """Keep every copy, stall and step end for `chrome_trace()` (Perfetto, chrome://tracing)."""
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
     def __post_init__(self) -> None:
@@ -143,6 +145,11 @@ class Prefetcher:
         if optimizer is not None:  # registered before the tracker's hooks: runs first
             self._handles.append(optimizer.register_step_pre_hook(lambda *a: self.store.before_optimizer_step()))
             self._handles.append(optimizer.register_step_post_hook(lambda *a: self.store.after_optimizer_step()))
+        if config.timeline:
+            self.store.timeline = []
+            if isinstance(self.device, SimulatedDevice):
+                self.device.timeline = []
+        self._t0_ns = time.monotonic_ns()
         self._step_times: list[float] = []
         self._t_step = time.perf_counter()
         self._wrap_step_end()
@@ -234,6 +241,34 @@ class Prefetcher:
         if note:
             d["policy_note"] = note
         return d
+
+    def chrome_trace(self) -> dict[str, Any]:
+        """The run as Chrome trace-event JSON (open in Perfetto or chrome://tracing): a
+        compute track with steps and stalls (late waits, demand fetches), a copy track
+        with every host<->device copy. Needs PrefetchConfig(timeline=True)."""
+        if self.store.timeline is None:
+            raise ValueError("no timeline recorded: run with PrefetchConfig(timeline=True) / --timeline")
+        t0 = self._t0_ns
+        keys = self.tracker.tensor_keys
+        us = lambda ns: (ns - t0) / 1e3  # noqa: E731
+        ev: list[dict[str, Any]] = [
+            {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": f"prefetch {self.config.policy} [{self.device.name}]"}},
+            {"ph": "M", "pid": 1, "tid": 1, "name": "thread_name", "args": {"name": "compute"}},
+            {"ph": "M", "pid": 1, "tid": 2, "name": "thread_name", "args": {"name": "copy engine"}},
+        ]
+        last = t0
+        for what, t, dur, ref in self.store.timeline:
+            if what == "step":
+                ev.append({"ph": "X", "pid": 1, "tid": 1, "name": f"step {ref}", "cat": "step", "ts": us(last), "dur": (t - last) / 1e3})
+                last = t
+            else:
+                ev.append({"ph": "X", "pid": 1, "tid": 1, "name": f"stall ({what}) {keys[ref] if ref < len(keys) else ref}",
+                           "cat": "stall", "ts": us(t), "dur": dur / 1e3, "cname": "terrible" if what == "miss" else "bad"})
+        for start, end, nbytes, direction in getattr(self.device, "timeline", None) or ():
+            ev.append({"ph": "X", "pid": 1, "tid": 2, "name": direction, "cat": "copy", "ts": us(start),
+                       "dur": (end - start) / 1e3, "args": {"bytes": nbytes}})
+        return {"traceEvents": ev, "displayTimeUnit": "ms",
+                "otherData": {"policy": self.config.policy, "device": self.device.name}}
 
     def close(self) -> None:
         """Detach, put parameters back on their masters, stop the device. Idempotent."""

@@ -21,6 +21,7 @@ device syncs; the only waits are the late and miss waits, which are the stall we
 from __future__ import annotations
 
 import heapq
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,8 @@ class TensorStore:
         self.budget_overflows = 0  # times a needed tensor did not fit even after evicting all else
         self.prefetch_refused = 0
         self.step = 0
+        self.timeline: list[tuple[str, int, int, int]] | None = None
+        """When a list: ("late"|"miss", start_ns, wait_ns, tid) stalls and ("step", t_ns, 0, step) ends."""
         self._in_optimizer = False
         self._current = -1
 
@@ -169,6 +172,8 @@ class TensorStore:
 
     def step_end(self, step: int) -> None:
         self.step = step + 1
+        if self.timeline is not None:
+            self.timeline.append(("step", time.monotonic_ns(), 0, step))
         if self.budget_bytes is None and self.step >= 1:
             managed = sum(n for n, k in zip(self._nbytes, self._kind) if k in MANAGED_KINDS)
             self.budget_bytes = max(1, int(self.config.budget_fraction * managed))
@@ -214,12 +219,15 @@ class TensorStore:
         st.accesses += 1
         copy = self._inflight[tid]
         if copy is not None:
-            if copy.done():
-                st.hits += 1
-            else:
+            late = not copy.done()
+            if late:
                 st.late += 1
+            else:
+                st.hits += 1
             t, waited = self.device.wait(copy)
             st.stall_ns += waited
+            if late and self.timeline is not None:
+                self.timeline.append(("late", time.monotonic_ns() - waited, waited, tid))
             self._inflight[tid] = None
             self._dev[tid] = t
         elif self._dev[tid] is not None:
@@ -232,6 +240,8 @@ class TensorStore:
             self._make_room(self._nbytes[tid], protect=tid, refuse=False)
             t, waited = self.device.wait(self.device.copy_in(src))
             st.stall_ns += waited
+            if self.timeline is not None:
+                self.timeline.append(("miss", time.monotonic_ns() - waited, waited, tid))
             st.bytes_copied += self._nbytes[tid]
             self._dev[tid] = t
             self._account_in(tid)

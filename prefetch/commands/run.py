@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--trace-out", type=Path, default=None, help="also keep the run's trace here")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--timeline", type=Path, default=None, metavar="DIR",
+                   help="write a Perfetto/chrome://tracing timeline of the prefetched run into DIR")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_workload(args.workload, steps=args.steps, policy=args.policy, budget=budget, seed=args.seed,
                           link_ratio=args.link_ratio, lookahead=args.lookahead, warmup_steps=args.warmup,
                           device=args.device, daemon=args.daemon, trace_out=args.trace_out,
-                          progress=not args.no_progress)
+                          timeline_dir=args.timeline, progress=not args.no_progress)
     text = json.dumps(report, indent=2)
     print(text)
     print(summary_line(report))
