@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 # verb module names under prefetch.commands, in --help order
-COMMANDS = ("workloads", "record", "trace", "train", "eval", "simulate", "run", "daemon", "report")
+COMMANDS = ("workloads", "record", "trace", "train", "eval", "simulate", "run", "daemon", "report", "demo")
 
 
 class CommandError(Exception):

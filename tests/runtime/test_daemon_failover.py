@@ -1,0 +1,99 @@
+"""A learned run survives its daemon: killed mid-run, training goes on; back, it reconnects."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import pytest
+import torch
+
+import runtime
+from predictor.train import TrainConfig, train
+from prefetch.daemon import start_local_daemon
+from runtime.daemon_client import DaemonUnavailableWarning
+from runtime.link import LinkModel
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(32, 96), torch.nn.GELU(), torch.nn.Linear(96, 32)) for _ in range(3)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = x + b(x)
+        return x
+
+
+def _job(seed: int = 0):
+    torch.manual_seed(seed)
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+
+    def step() -> float:
+        opt.zero_grad()
+        loss = model(torch.randn(16, 32, generator=g)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return model, opt, step
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A predictor trained on a short recording of this model."""
+    root = tmp_path_factory.mktemp("failover")
+    model, opt, step = _job(1)
+    with runtime.record(model, opt, out=root / "traces"):
+        for _ in range(6):
+            step()
+    train([root / "traces"], root / "models", TrainConfig(num_threads=1), progress=False, log=lambda *a: None)
+    return root / "models"
+
+
+def test_daemon_killed_mid_run_then_back(models, tmp_path):
+    """Kill the daemon mid-run: losses stay bit-identical, one warning, local fallback; it reconnects."""
+    _, _, plain = _job()
+    baseline = [plain() for _ in range(12)]
+
+    endpoint = f"ipc://{tmp_path}/d.sock"
+    endpoint, daemon = start_local_daemon(models, endpoint=endpoint)
+    model, opt, step = _job()
+    losses: list[float] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with runtime.prefetching(model, opt, policy=f"learned:{models}", daemon=endpoint, budget=0.5,
+                                     device="simulated", link=LinkModel(bandwidth_bytes_per_s=5e9)) as pf:
+                client = pf.store.policy.client
+                for _ in range(3):
+                    losses.append(step())
+                assert client.connected and client.served_policy.startswith("learned")
+                daemon.process.kill()  # no BYE: the client must notice the silence
+                daemon.process.wait(10)
+                deadline = time.monotonic() + 10
+                while client.connected and time.monotonic() < deadline:
+                    losses.append(step())
+                    time.sleep(0.1)
+                assert not client.connected
+                losses.append(step())  # training goes on, on the local fallback
+                _, daemon = start_local_daemon(models, endpoint=endpoint)
+                deadline = time.monotonic() + 15
+                while not client.connected and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    losses.append(step())
+                assert client.connected, "did not reconnect to the restarted daemon"
+                assert client.stats.reconnects >= 1
+                while len(losses) < 12:
+                    losses.append(step())
+        assert len([w for w in caught if issubclass(w.category, DaemonUnavailableWarning)]) == 1
+    finally:
+        daemon.stop()
+    assert losses[:12] == baseline
+    report = pf.report()
+    assert "local replay" in report["policy_served_by"]
