@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from runtime.prefetching import PrefetchConfig, Prefetcher
+from runtime.prefetcher import PrefetchConfig, Prefetcher
 from runtime.recorder import Recorder
 from runtime.trace_format import load_trace
 

@@ -20,7 +20,7 @@ __all__ = ["record", "Recorder", "prefetching"]
 def __getattr__(name: str) -> Any:
     # prefetching pulls in the predictor and zmq; recording should not pay for that.
     if name == "prefetching":
-        from runtime.prefetching import prefetching
+        from runtime.prefetcher import prefetching
 
         return prefetching
     raise AttributeError(f"module 'runtime' has no attribute {name!r}")

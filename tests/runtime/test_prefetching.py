@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from runtime.link import LinkModel
-from runtime.prefetching import PrefetchConfig, Prefetcher, parse_budget, prefetching
+from runtime.prefetcher import PrefetchConfig, Prefetcher, parse_budget, prefetching
 from runtime.store import BudgetError
 
 REPORT_KEYS = {
