@@ -39,7 +39,11 @@ class Outstanding:
         new: list[int] = []
         due = self.due
         stale_before = now - self.lookahead
+        seen: set[int] = set()
         for tid, when in zip(ids, dues):
+            if tid in seen:
+                continue  # a window longer than a step lists a tensor twice: the sooner counts
+            seen.add(tid)
             old = due.get(tid)
             if old is None or old < stale_before:
                 new.append(tid)

@@ -84,7 +84,7 @@ class _Emitter:
     def tid(self, key: str, kind: Kind, module: str, layer: int) -> int:
         if key not in self.ids:
             self.ids[key] = len(self.ids)
-            nbytes = int(4096 * (1 + len(key) % 7))
+            nbytes = int(65536 * (1 + len(key) % 7))  # all >= MIN_MANAGED_BYTES: every tensor is managed
             self.w.add_tensor(dict(tensor_id=self.ids[key], key=key, kind=int(kind), shape=[nbytes // 4],
                                    dtype="float32", nbytes=nbytes, module=module, layer=layer))  # fmt: skip
         return self.ids[key]

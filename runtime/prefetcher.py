@@ -26,7 +26,8 @@ import torch
 from predictor.interface import Policy, TensorInfo
 from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
-from runtime.store import MANAGED_KINDS, StoreConfig, TensorStore, check_budget
+from runtime.store import StoreConfig, TensorStore, check_budget
+from runtime.trace_format import MANAGED_KINDS, MIN_MANAGED_BYTES, is_managed
 from runtime.trace_format import Kind
 from runtime.tracker import AccessTracker, TrackerConfig
 
@@ -131,13 +132,12 @@ class Prefetcher:
             config.reference_tensors = _artifact_rows(config.policy, self.tracker.architecture)
         if config.reference_tensors:
             self.tracker.preload_tensors(config.reference_tensors)
-            managed = sum(r["nbytes"] for r in config.reference_tensors if r["kind"] in MANAGED_KINDS)
+            managed = sum(r["nbytes"] for r in config.reference_tensors if is_managed(r["kind"], r["nbytes"]))
             if budget_bytes is None and managed:  # sizes known up front: the budget is too
                 self.store.budget_bytes = max(1, int(fraction * managed))
         self.store.attach(self.tracker)
         if self.store.budget_bytes is not None:  # refuse an impossible budget before training starts
-            largest = max((n for n, k in zip(self.store._nbytes, self.store._kind) if k in MANAGED_KINDS), default=0)
-            check_budget(self.store.budget_bytes, largest, self.store._largest_key())
+            check_budget(self.store.budget_bytes, self.store.largest_managed_bytes(), self.store._largest_key())
         self.managed_bytes_hint = None
         if policy is None:
             self.store.policy = self._make_policy(config.policy)
@@ -192,7 +192,7 @@ class Prefetcher:
             self._t_step = now
             inner(step)
             if not self._link_fixed and step + 1 >= 1:
-                managed = sum(n for n, k in zip(self.store._nbytes, self.store._kind) if k in MANAGED_KINDS)
+                managed = self.store.managed_bytes()
                 step_s = self.config.baseline_step_time_s or self._step_times[0]
                 self.device.set_link(LinkModel.from_ratio(self.config.link_ratio, managed_bytes=managed, step_compute_s=step_s))
                 self._link_fixed = True
@@ -206,7 +206,7 @@ class Prefetcher:
         measured_times = self._step_times[warm:]
         step_time = statistics.median(measured_times) if measured_times else None  # median: robust to noise
         base = self.config.baseline_step_time_s
-        managed = sum(n for n, k in zip(self.store._nbytes, self.store._kind) if k in MANAGED_KINDS)
+        managed = self.store.managed_bytes()
         d = {
             "policy": self.config.policy,
             "policy_served_by": getattr(self.store.policy, "served_by", self.store.policy.name),
@@ -214,6 +214,8 @@ class Prefetcher:
             "link": self.device.link.describe() if isinstance(self.device, SimulatedDevice) else None,
             "managed_bytes": managed,
             "managed_kinds": [Kind(k).name.lower() for k in MANAGED_KINDS],
+            "min_managed_bytes": MIN_MANAGED_BYTES,
+            "persistent_bytes": self.store.persistent_bytes,
             "budget_bytes": self.store.budget_bytes,
             "peak_device_bytes": self.store.peak_device_bytes,
             "steps": st.steps,

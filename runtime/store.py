@@ -31,7 +31,7 @@ import torch
 from predictor.interface import NO_PREDICTION, Policy
 from runtime.device import Device
 from runtime.stats import AccessStats
-from runtime.trace_format import MANAGED_KINDS, Access, Kind, Phase
+from runtime.trace_format import Access, Kind, Phase, is_managed
 
 
 class BudgetError(ValueError):
@@ -70,6 +70,7 @@ class TensorStore:
         self.stats = AccessStats()
         self.warmup_stats: AccessStats | None = None
         self._kind: list[int] = []
+        self._managed: list[bool | None] = []
         self._nbytes: list[int] = []
         self._host: list[Any] = []  # master copy (parameters) or written-back copy (activations)
         self._dev: list[torch.Tensor | None] = []
@@ -79,10 +80,13 @@ class TensorStore:
         self._pending: list[tuple[float, int]] = []  # heap of (due read index, tid) not yet issued
         self._queued: dict[int, float] = {}  # tid -> its live entry's due
         self._reads = 0  # managed reads so far: the clock predictions are relative to
+        self._step_start_reads = 0  # _reads when the current optimizer step began
+        self._step_reads_prev = 0  # managed reads in the previous optimizer step
+        self._deferred: dict[int, float] = {}  # parameter requests held until the optimizer ran
         self.device_bytes = 0
         self.peak_device_bytes = 0
         self.warmup_peak_device_bytes = 0
-        self.managed_seen_bytes = 0
+        self.persistent_bytes = 0  # small parameters kept resident (not managed)
         self.budget_overflows = 0  # times a needed tensor did not fit even after evicting all else
         self.prefetch_refused = 0
         self.step = 0
@@ -97,22 +101,35 @@ class TensorStore:
         self.tracker = tracker
         for tid, p in tracker.params_by_tid.items():
             self._grow(tid)
+            self._nbytes[tid] = p.numel() * p.element_size()
+            self._managed[tid] = is_managed(Kind.PARAMETER, self._nbytes[tid])
+            if not self._managed[tid]:
+                self.persistent_bytes += self._nbytes[tid]  # stays where it is, outside the budget
+                continue
             host = self.device.host_copy(p.data) if self.device.name != "simulated" else p.data
             self._host[tid] = host
             tracker.rebind_param(tid, host)
         if self.budget_bytes is not None:
-            largest = max((n for n, k in zip(self._nbytes, self._kind) if k in MANAGED_KINDS), default=0)
-            check_budget(self.budget_bytes, largest, self._largest_key())
+            check_budget(self.budget_bytes, self.largest_managed_bytes(), self._largest_key())
+
+    def managed_bytes(self) -> int:
+        """Bytes of the managed tensors known so far (the base of a fractional budget)."""
+        return sum(n for n, m in zip(self._nbytes, self._managed) if m)
+
+    def largest_managed_bytes(self) -> int:
+        return max((n for n, m in zip(self._nbytes, self._managed) if m), default=0)
 
     def _largest_key(self) -> str:
-        if not self._nbytes or self.tracker is None:
+        cands = [i for i, m in enumerate(self._managed) if m]
+        if not cands or self.tracker is None:
             return "?"
-        i = max(range(len(self._nbytes)), key=self._nbytes.__getitem__)
+        i = max(cands, key=self._nbytes.__getitem__)
         keys = self.tracker.tensor_keys
         return keys[i] if i < len(keys) else "?"
 
     def _grow(self, tid: int) -> None:
         while len(self._kind) <= tid:
+            self._managed.append(None)  # decided at the first known size: is_managed
             self._kind.append(-1)
             self._nbytes.append(0)
             self._host.append(None)
@@ -126,17 +143,21 @@ class TensorStore:
         self._grow(tid)
         self._kind[tid] = row["kind"]
         self._nbytes[tid] = row["nbytes"]
-        if row["kind"] in MANAGED_KINDS:
-            self.managed_seen_bytes += row["nbytes"]
+        if row["nbytes"] > 0:  # a preloaded artifact row has no size yet: decided when seen
+            self._managed[tid] = is_managed(row["kind"], row["nbytes"])
 
     def access(self, step, micro_step, seq, phase, kind, access, tensor_id, nbytes, time_ns, module_id, layer) -> None:
-        if access == Access.READ and kind in MANAGED_KINDS:
+        managed = self._managed[tensor_id]
+        if managed is None:  # first sight of a preloaded row: its size is known now
+            managed = self._managed[tensor_id] = is_managed(kind, nbytes)
+            self._nbytes[tensor_id] = nbytes
+        if not managed:
+            return  # persistent (small) or not a managed kind: not an access, not in the policy's stream
+        if access == Access.READ:
             self._read(tensor_id)
             self._current = tensor_id  # being handed to compute: not evictable until the next access
             self._queued.pop(tensor_id, None)  # read: a pending request for it is moot
             self._reads += 1
-        if kind not in MANAGED_KINDS:
-            return  # policies see the managed stream only (as in training and simulation)
         requests = self.policy.observe(step, micro_step, phase, access, tensor_id)
         if self._in_optimizer:
             return
@@ -146,6 +167,8 @@ class TensorStore:
             self._drain()
 
     def pack(self, kind: int, tensor_id: int, tensor: torch.Tensor) -> Any:
+        if not self._managed[tensor_id]:
+            return tensor  # persistent: autograd keeps it where it is
         if kind == Kind.PARAMETER:
             # Keep only the view's geometry (autograd may save `weight.t()`), not the
             # tensor: holding it would pin the device copy until backward.
@@ -162,6 +185,8 @@ class TensorStore:
         return tid
 
     def unpack(self, kind: int, tensor_id: int, packed: Any) -> torch.Tensor:
+        if not self._managed[tensor_id]:
+            return packed
         if kind == Kind.PARAMETER:
             shape, stride, rel_offset = packed
             dev = self._dev_or_host(tensor_id)
@@ -175,10 +200,8 @@ class TensorStore:
         if self.timeline is not None:
             self.timeline.append(("step", time.monotonic_ns(), 0, step))
         if self.budget_bytes is None and self.step >= 1:
-            managed = sum(n for n, k in zip(self._nbytes, self._kind) if k in MANAGED_KINDS)
-            self.budget_bytes = max(1, int(self.config.budget_fraction * managed))
-            largest = max((n for n, k in zip(self._nbytes, self._kind) if k in MANAGED_KINDS), default=0)
-            check_budget(self.budget_bytes, largest, self._largest_key())
+            self.budget_bytes = max(1, int(self.config.budget_fraction * self.managed_bytes()))
+            check_budget(self.budget_bytes, self.largest_managed_bytes(), self._largest_key())
             self._make_room(0)
         self.stats.steps += 1
         if self.step == self.config.warmup_steps:
@@ -195,6 +218,8 @@ class TensorStore:
         nxt = self.policy.predicted_next_use
         refetch = []
         for tid, p in list(self.tracker.params_by_tid.items()):
+            if not self._managed[tid]:
+                continue
             if self._inflight[tid] is not None:
                 self.device.wait(self._inflight[tid])  # a copy still reading the host master
                 self._inflight[tid] = None
@@ -211,6 +236,11 @@ class TensorStore:
 
     def after_optimizer_step(self) -> None:
         self._in_optimizer = False
+        deferred, self._deferred = self._deferred, {}
+        self._step_reads_prev = self._reads - self._step_start_reads
+        self._step_start_reads = self._reads  # requests from here on belong to the next step
+        for tid, due in deferred.items():
+            self._want(tid, due)
         self._drain()
 
     # -- reads -------------------------------------------------------------------------
@@ -266,7 +296,7 @@ class TensorStore:
         nxt = self.policy.predicted_next_use
         now = self._reads
         for i, tid in enumerate(requests):
-            if tid >= len(self._kind) or self._kind[tid] not in MANAGED_KINDS:
+            if tid >= len(self._kind) or not self._managed[tid]:
                 continue
             if self._dev[tid] is not None or self._inflight[tid] is not None or self._host[tid] is None:
                 continue  # resident, in flight, or an activation not produced yet
@@ -275,6 +305,13 @@ class TensorStore:
         self._drain()
 
     def _want(self, tid: int, due: float) -> None:
+        if self._kind[tid] == Kind.PARAMETER and self._step_reads_prev and \
+                due >= self._step_start_reads + self._step_reads_prev and not self._in_optimizer:
+            # Expected in the next step: the optimizer will rewrite its host master first, so a
+            # copy now would be thrown away. Hold the request until the step is done.
+            if self._deferred.get(tid, float("inf")) > due:
+                self._deferred[tid] = due
+            return
         old = self._queued.get(tid)
         if old is None or due < old:
             self._queued[tid] = due
@@ -406,6 +443,8 @@ class TensorStore:
         if self.tracker is None:
             return
         for tid in list(self.tracker.params_by_tid):
+            if not self._managed[tid]:
+                continue
             if self._inflight[tid] is not None:
                 self.device.wait(self._inflight[tid])
                 self._inflight[tid] = None

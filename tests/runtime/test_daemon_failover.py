@@ -19,7 +19,7 @@ class Net(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.blocks = torch.nn.ModuleList(
-            torch.nn.Sequential(torch.nn.Linear(32, 96), torch.nn.GELU(), torch.nn.Linear(96, 32)) for _ in range(3)
+            torch.nn.Sequential(torch.nn.Linear(128, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)) for _ in range(3)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def _job(seed: int = 0):
 
     def step() -> float:
         opt.zero_grad()
-        loss = model(torch.randn(16, 32, generator=g)).pow(2).mean()
+        loss = model(torch.randn(64, 128, generator=g)).pow(2).mean()
         loss.backward()
         opt.step()
         return loss.item()

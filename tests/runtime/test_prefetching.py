@@ -20,9 +20,9 @@ class Net(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.blocks = torch.nn.ModuleList(
-            torch.nn.Sequential(torch.nn.Linear(32, 96), torch.nn.GELU(), torch.nn.Linear(96, 32)) for _ in range(4)
+            torch.nn.Sequential(torch.nn.Linear(128, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)) for _ in range(4)
         )
-        self.head = torch.nn.Linear(32, 8)
+        self.head = torch.nn.Linear(128, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for b in self.blocks:
@@ -41,7 +41,7 @@ def _train(policy: str | None, steps: int = 6, accum: int = 1, **kwargs) -> tupl
         for _ in range(steps):
             opt.zero_grad()
             for _ in range(accum):
-                loss = model(torch.randn(16, 32, generator=g)).pow(2).mean()
+                loss = model(torch.randn(64, 128, generator=g)).pow(2).mean()
                 loss.backward()
                 losses.append(loss.item())
             opt.step()
@@ -112,7 +112,7 @@ def test_budget_below_largest_tensor_refused_before_training():
 def test_model_usable_after_close():
     """After the context closes, parameters are plain tensors again and the model runs."""
     _, _, model = _train("replay")
-    out = model(torch.randn(2, 32))
+    out = model(torch.randn(2, 128))
     assert out.shape == (2, 8)
     assert not any(p.grad_fn for p in model.parameters())
 
@@ -146,7 +146,7 @@ def test_cuda_losses_identical():
             pf = ctx.__enter__()
         for _ in range(5):
             opt.zero_grad()
-            x = torch.randn(16, 32, generator=g).cuda()
+            x = torch.randn(64, 128, generator=g).cuda()
             loss = model(x).pow(2).mean()
             loss.backward()
             opt.step()
