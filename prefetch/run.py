@@ -56,7 +56,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
     workload = get_workload(name)
     for policy in policies:  # validate everything before the first step runs
         PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device)
-    bar = tqdm(total=(2 + len(policies)) * steps, desc=f"run {name}", unit="step", file=sys.stderr,
+    bar = tqdm(total=(2 + 2 * len(policies)) * steps, desc=f"run {name}", unit="step", file=sys.stderr,
                disable=not progress)
     reports = []
     tmp = None
@@ -86,14 +86,36 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                                  baseline_step_time_s=baseline_step, reference_tensors=reference,
                                  timeline=timeline_dir is not None)
             pf = Prefetcher(job.model, job.optimizer, cfg)
-            losses = []
+            # The slowdown is measured against a twin all-resident job stepped alternately
+            # (resident i, prefetched i, resident i+1, ...): both do identical work at step i,
+            # so machine drift between passes cannot pass for a slowdown.
+            twin = workload.build(seed)
+            losses, t_twin, t_pf = [], [], []
             try:
                 for i in range(steps):
-                    losses.append(job.step(i))
-                    bar.update(1)
+                    first, second = (twin, job) if i % 2 == 0 else (job, twin)  # ABBA: neither always goes first
+                    t0 = time.perf_counter()
+                    out_first = first.step(i)
+                    t1 = time.perf_counter()
+                    out_second = second.step(i)
+                    t2 = time.perf_counter()
+                    if first is twin:
+                        t_twin.append(t1 - t0), t_pf.append(t2 - t1), losses.append(out_second)
+                    else:
+                        t_pf.append(t1 - t0), t_twin.append(t2 - t1), losses.append(out_first)
+                    bar.update(2)
             finally:
                 pf.close()
+            del twin
             report = pf.report()
+            measured = slice(warmup_steps, None)
+            report.update(
+                step_time_s=statistics.median(t_pf[measured]),
+                baseline_step_time_s=statistics.median(t_twin[measured]),
+                slowdown=statistics.median([p / b for p, b in zip(t_pf[measured], t_twin[measured])]),
+                slowdown_note="median over measured steps of (prefetched step / all-resident twin step), "
+                              "stepped alternately",
+            )
             if timeline_dir is not None:
                 path = Path(timeline_dir) / f"{name}-{policy.partition(':')[0]}.trace.json"
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -262,7 +262,11 @@ class AccessTracker:
         nbytes = t.nbytes
         if nbytes < self._min_act_bytes or not t.is_floating_point():
             return t
-        mod = self._stack[-1] if self._stack else 0
+        if not self._stack:
+            # Saved-tensor hooks are global to the thread: this is another model's (or a
+            # loss outside the forward's) tensor. Not ours to name or move.
+            return t
+        mod = self._stack[-1]
         call = self._calls.get(mod, 0)
         ck = (mod, call)
         pack_idx = self._pack_counts.get(ck, 0)
