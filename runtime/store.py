@@ -306,7 +306,7 @@ class TensorStore:
 
     def _want(self, tid: int, due: float) -> None:
         if self._kind[tid] == Kind.PARAMETER and self._step_reads_prev and \
-                due >= self._step_start_reads + self._step_reads_prev and not self._in_optimizer:
+                due > self._step_start_reads + self._step_reads_prev and not self._in_optimizer:
             # Expected in the next step: the optimizer will rewrite its host master first, so a
             # copy now would be thrown away. Hold the request until the step is done.
             if self._deferred.get(tid, float("inf")) > due:
@@ -387,7 +387,9 @@ class TensorStore:
                 return False
             # A demand fetch or a write must fit: wait for copies in flight to land (a
             # stall), then evict the furthest of them. Only what is in use can overflow.
-            for tid in [t for t in self._resident if self._inflight[t] is not None and t != protect]:
+            inflight = sorted(((nxt(t), t) for t in self._resident if self._inflight[t] is not None and t != protect),
+                              reverse=True)  # the copy needed last goes first (Belady), not the oldest
+            for _, tid in inflight:
                 if self.device_bytes + need <= budget:
                     break
                 t, waited = self.device.wait(self._inflight[tid])
