@@ -120,7 +120,9 @@ def run_demo(out: str | Path, *, workloads: Sequence[str] = ALL_WORKLOADS, steps
     (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
 
     _say("5/5 writing the report")
-    written = write_report([out / "results.json"], out / "report", title="prefetch demo")
+    learned_runs = [r for r in runs if r["policy"].startswith("learned")]
+    timeline_run = f"{learned_runs[0]['workload']}/learned" if learned_runs else None
+    written = write_report([out / "results.json"], out / "report", title="prefetch demo", timeline_run=timeline_run)
     doc["report"] = {k: str(v) for k, v in written.items()}
     _say(f"done in {time.monotonic() - t_start:.0f} s: {out / 'report' / 'report.md'}")
     return doc
