@@ -3,84 +3,105 @@
     prefetch simulate datasets/samples/gpt2 --policy replay --budget 0.4 --json out.json
     prefetch simulate datasets/samples --sweep --sweep-policies none,replay,oracle --plot sweep.png
 
-    from prefetch.simulate import simulate
+    from prefetch.simulate import simulate, simulate_like_run
     report = simulate(["datasets/samples/gpt2"], "replay", budget=0.4)
     print(report.summary()); report.as_dict()
+    simulate_like_run(run_report)   # a `prefetch run` report: its trace, policy, budget, link
 
-Our ChampSim: a recorded trace is replayed, event by event, through a model of a device
-tier and a copy engine, with a policy deciding what to prefetch. Each trace is simulated
-on its own device (its own clock, budget and link); the report sums them and keeps a
-per-trace breakdown.
+Our ChampSim: a recorded trace is replayed, event by event, through a model of the live
+tensor store (runtime.store.TensorStore) and its copy engine (runtime.device's simulated
+device), with a policy deciding what to prefetch. The model is the live store's, rule for
+rule, so a live run and the simulation of its own trace agree on the hit rate (within a
+couple of points: the live run's compute is slower by the store's own overhead, so its
+copies have more time). Each trace is simulated on its own device (its own clock, budget
+and link); the report sums them and keeps a per-trace breakdown.
 
 The model
 ---------
-Managed tensors are all the tensors of the trace's tensor table; the device starts
-empty (everything on the host). Time is simulated: nothing here reads a clock, so the
-same inputs give the same report.
+Managed tensors are those trace_format.is_managed accepts: parameters and saved
+activations (MANAGED_KINDS) of at least MIN_MANAGED_BYTES (64 KiB) by the tensor table.
+Events of other tensors (gradients, optimizer state, biases, norms, small saved values:
+those stay where they are) are dropped before the simulation: policies never see them,
+they are not accesses and take no budget; `managed_bytes` and a fractional budget are
+over the managed tensors only. The device starts empty (parameters on their host
+masters). Time is simulated: nothing here reads a clock, so the same inputs give the
+same report.
 
-* Compute time. Between two events of the same step the compute clock advances by
-  the trace's `time_ns` delta (negative deltas count as 0); the first event of a step
-  advances it by 0, so a step's compute time is its first-to-last access span. The
-  baseline (everything resident) is that compute time alone.
+* Compute time. The clock advances between two managed events by the trace's compute
+  time between them: the sum of the full trace's `time_ns` deltas (negative ones count
+  as 0), so dropped events keep their time; the time between one step's last event and
+  the next one's first (the loop's own work: data, loss, zero_grad) counts too, as it
+  does in a live run, where copies go on meanwhile. The baseline (everything resident)
+  is that compute alone; a measured step's time runs from the end of the step before.
 * Reads (access == READ) are the accesses counted for the hit rate:
     HIT   the tensor is resident and its copy complete;
-    LATE  its copy is in flight: the compute waits until it completes (stall);
-    MISS  it is absent: a demand fetch copies it, and the compute waits (stall).
-* Writes (activation packed, gradient produced, parameter or optimizer state updated)
-  are not accesses. A write makes the tensor resident and *dirty* without a copy: it
-  is an allocation and needs budget space. If space lacks, tensors are evicted first;
-  evicting a dirty tensor costs a device-to-host write-back, and the compute waits for
-  those write-backs before it can use the memory (stall, also reported as
-  `write_stall_s`). A write to a tensor whose prefetch is still in flight supersedes it.
-* Overcommit. When a demand fetch or a write cannot get its space even after evicting
-  every evictable tensor (the rest are in flight or in use), it goes through anyway
-  over budget and is counted in `overcommits`; `peak_device_bytes` then shows it.
-* Dead values. An activation whose next access is not a read (the next step's write,
-  or the end of the trace) is dropped right after its access, for free: autograd has
-  released it. So is a gradient right after a read (the optimizer's) that no other read
-  follows before its next write: zero_grad releases it. A gradient written twice
-  (accumulation) is kept. Parameters and optimizer state are never dropped; evicting
-  them when dirty costs a write-back.
-* Copy engine: one link for both directions (LinkModel: latency + bytes / bandwidth per
-  copy) and one FIFO queue. Prefetches, and the write-backs their evictions need, are
-  queued. Demand operations (a miss's fetch, and the write-backs that make room for it
-  or for a write) are synchronous: by default (`demand_fetch="fifo"`) they join the
-  queue and the compute waits until they are done, behind every copy queued before
-  them; this is what the simulated runtime device does. `demand_fetch="priority"` lets
-  them jump the queue instead (they start when the copy in progress ends and the queued
-  prefetches shift later), closer to a runtime with a separate demand stream. Either
-  way hit rate is not monotone in prefetch quality once the link is the bottleneck: a
-  stall lets queued copies finish, so the accesses after it hit (see prefetch.oracle
-  for what that means for the bound).
+    LATE  its prefetch is in flight: the compute waits until it completes (stall);
+    MISS  it is absent: a demand fetch joins the copy engine's FIFO queue, behind every
+          copy queued before it, and the compute waits for it (stall).
+* Copy engine: one FIFO timeline for both directions (runtime.device.SimulatedDevice),
+  each copy taking LinkModel.copy_ns(nbytes) = latency + bytes / bandwidth.
+* Parameters: the host copy is the master and the optimizer runs on the host
+  (ZeRO-Offload style), so device copies are never dirty: evicting one is free. At the
+  optimizer step (before a step's first OPTIMIZER-phase event, at the time of the event
+  before it: the live store's optimizer pre-hook) every parameter with device bytes is
+  dropped; one still in flight is first waited for (step time, `optimizer_wait_ns`, not
+  stall). Drops are not evictions. Those with a finite predicted_next_use are queued
+  again and drained after the optimizer's compute (at the time of that first OPTIMIZER
+  event: its post-hook). A parameter WRITE (the optimizer's update) allocates nothing.
+* Activations: a WRITE (pack) first frees the key's previous value if any, then makes
+  room for the event's nbytes (never refused; see "Room" below) and the activation is
+  resident. Evicting an activation queues a device-to-host write-back on the copy
+  engine (the compute does not wait for it; a later fetch of it queues behind it, FIFO).
+  The live store writes an evicted activation back even when it was fetched from the
+  host and is unchanged, and so does this model. An activation is freed, at no cost,
+  right after its READ (autograd releases it).
+* Room, for a prefetch, a demand fetch or a write (TensorStore._make_room): candidates
+  are the tensors with device bytes except the one being placed, the tensor read last
+  (handed to compute), the parameters of modules still running (in a forward pass: the
+  event's module and its ancestors by path, as the tracker's module stack holds them)
+  and prefetches not read yet (the live store's copy in flight: not evictable, even
+  once complete). Pass 1 evicts, in LRU order, those with predicted_next_use ==
+  NO_PREDICTION; pass 2 the rest, furthest predicted use first (ties: the larger
+  tensor id), until the need fits. A prefetch is refused as soon as pass 2 would evict
+  a tensor predicted at or before the request's due read (evictions already made stay
+  made). A demand fetch or a write that still lacks room waits for unread prefetches to
+  land, the one predicted last first (NO_PREDICTION before any; stall), and evicts
+  them; if even that is not enough it goes over budget and counts an overcommit
+  (`budget_overflows` live). An evicted tensor with a finite prediction is queued
+  again (see below).
+* Peak device bytes never exceed the budget except through counted overcommits;
+  `peak_device_bytes` is over the measured steps.
 * Link default: `LinkModel.from_ratio(link_ratio)` per trace: copying all managed bytes
-  once takes `link_ratio` x the mean measured step compute time.
+  once takes `link_ratio` x the mean measured step compute time. `simulate_like_run`
+  takes a run's own link instead.
 
-The policy, called exactly as the daemon calls it
--------------------------------------------------
-`policy.start(TensorInfo)` once per trace, then for every event in order, after the
-access has been served: `policy.observe(step, micro_step, phase, access, tensor_id)`.
-The returned ids (soonest first) join a queue of pending requests; ids already
-resident, in flight or pending are skipped. After each event the queue is drained in
-order while the budget allows:
+The policy, called exactly as the live store calls it
+-----------------------------------------------------
+`policy.start(TensorInfo)` once per trace, then for every managed event in order, after
+it has been served: `requests = policy.observe(step, micro_step, phase, access, id)`.
+`reads` counts the managed reads so far (this one included). Each requested id is
+skipped if it has device bytes (resident or in flight) or cannot be produced (an
+activation with no value: not written yet in this step, or already read); otherwise it
+is queued, due at `reads + policy.predicted_next_use(id)` (`reads + position + 1` for
+NO_PREDICTION). The queue is a heap by due; a tensor has one live entry (an earlier due
+replaces a later one); a read of a tensor removes its entry. A parameter due after this
+optimizer step's share of reads (`due > reads at the last optimizer step + reads in the
+step before it`; from the second step on) is held instead, the soonest due kept, until
+the optimizer step is done: the update would make its copy stale. Queuing again after an
+eviction follows the same rule; the optimizer's own refetches (see Parameters) do not.
+After each event (after the read and before an activation is freed; before an
+activation's write is placed) the queue is drained, soonest due first: a request is
+issued (a prefetch: FIFO copy) if it fits or room can be made; a refused one stays at
+the head of the queue and draining stops until the next event (ChampSim's
+`prefetch_line` returning false).
 
-* a request that fits in free space is issued (a prefetch: FIFO copy);
-* otherwise victims are chosen among resident tensors whose copy is complete and that
-  are not the tensor just accessed: largest `policy.predicted_next_use(id)` first, ties
-  (and NO_PREDICTION, +inf, for all) in least-recently-used order, so a policy without
-  predictions gets LRU;
-* refusal (ChampSim's `prefetch_line` returning false): if making room would evict a
-  tensor predicted to be used sooner than the requested one, or no room can be made
-  (everything else in flight), nothing is evicted, the request stays at the head of the
-  queue and draining stops until the next event; requests behind it are expected later
-  still. A request leaves the queue, unissued, when its tensor is accessed.
-* Demand fetches and writes evict by the same ranking but are never refused.
-* Optional hooks, used by the oracle, ignored when absent (a daemon policy needs none):
-  `evicted(tensor_id)` on every eviction (to ask again for a tensor still needed);
-  `admit_prefetch(tensor_id, end_ns, now_ns) -> bool`, the last word before a request is
-  issued, knowing when its copy would complete (False drops the request);
-  `next_read_key(tensor_id) -> int`, an absolute next-use key that changes only when the
-  tensor itself is observed: residents are then kept in a heap and the victims (the same
-  as the scan's) are found in O(log n) instead of asking every resident.
+Optional hooks, used by the oracle, ignored when absent (a daemon policy needs none):
+`admit_prefetch(id, end_ns, now_ns, compute_ns) -> bool`, the last word before a request
+is issued, knowing when its copy would complete (False drops the request);
+`next_read_key(id) -> int`, the read count at the tensor's next read (reads +
+predicted_next_use; INF_POS for NO_PREDICTION), changing only when the tensor itself is
+observed or is listed by the optional `rekeyed() -> list[int]` after an event: residents
+are then kept in a heap and the victims (the same as the scan's) are found in O(log n).
 
 The oracle
 ----------
@@ -88,18 +109,18 @@ The oracle
 a few offline strategies; each is simulated and the one with the best hit rate (then
 the shortest time) is kept per trace and named in the report (`oracle_variant`).
 
-`prefetch_used` counts prefetched tensors read (on time or late) before being evicted or
-overwritten. Warm-up steps (the first `warmup_steps` steps of each trace) are excluded by
-snapshot difference (AccessStats) and reported apart; a prefetch is credited as used to
-the period that issued it, so accuracy stays <= 1 in both (a warm-up prefetch read after
-warm-up still makes that read a hit).
+`prefetch_used` counts prefetched tensors read (on time or late) before being evicted,
+dropped or freed. Warm-up steps (the first `warmup_steps` steps of each trace) are
+excluded by snapshot difference (AccessStats) and reported apart; a prefetch is credited
+as used to the period that issued it, so accuracy stays <= 1 in both (a warm-up prefetch
+read after warm-up still makes that read a hit).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from itertools import islice
@@ -109,15 +130,17 @@ import numpy as np
 
 from predictor.interface import NO_PREDICTION, Policy, PolicyError, TensorInfo
 from prefetch.budget import Budget, format_bytes, parse_budget
+from prefetch.oracle import INF_POS as _INF_POS
 from prefetch.oracle import VARIANTS as ORACLE_VARIANTS
-from prefetch.oracle import OraclePolicy, next_in_group
+from prefetch.oracle import OraclePolicy, compute_deltas, managed_stream
 from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
 from runtime.stats import AccessStats
-from runtime.trace_format import Access, Kind, Trace, load_traces
+from runtime.trace_format import MIN_MANAGED_BYTES, Access, Kind, Phase, Trace, load_trace, load_traces
 
-DEMAND_MODES = ("fifo", "priority")
+DEFAULT_LOOKAHEAD = 64
+"""Future reads a named policy keeps requested: the same default as `prefetch run`."""
 HIT, LATE, MISS, WRITE = 0, 1, 2, 3
-"""Codes of SimReport.outcomes, one per event."""
+"""Codes of SimReport.outcomes, one per managed event."""
 _READ = int(Access.READ)
 _INF = NO_PREDICTION
 
@@ -131,19 +154,19 @@ class SimReport:
     link: dict[str, Any]
     """LinkModel.describe(); bandwidth is None when per-trace links differ."""
     managed_bytes: int
-    """Bytes of all managed tensors (the largest over traces when several)."""
+    """Bytes of the managed tensors (trace_format.is_managed; the largest over traces when several)."""
     budget_bytes: int
     """Device budget in bytes (the largest over traces when several)."""
     budget: str
     """The budget as given (a fraction of managed bytes or a size)."""
     peak_device_bytes: int
-    """Most bytes ever on the simulated device, warm-up included."""
+    """Most bytes on the simulated device during the measured steps."""
     steps: int
     """Measured steps (all traces)."""
     warmup_steps: int
     """Steps dropped at the start of each trace."""
     events: int
-    """Events replayed, warm-up included."""
+    """Managed events replayed, warm-up included."""
     stats: AccessStats
     """Measured steps only."""
     warmup: AccessStats
@@ -153,12 +176,18 @@ class SimReport:
     baseline_ns: int
     """Compute time of the measured steps with everything resident."""
     overcommits: int = 0
-    """Demand fetches and writes let through over budget (measured steps)."""
+    """Demand fetches and writes let through over budget (measured steps; the live
+    report's `budget_overflows`)."""
     write_stall_ns: int = 0
-    """Part of stall_ns spent waiting for write-backs before a write (measured steps)."""
+    """Part of stall_ns that writes spent waiting for copies in flight to land (measured steps)."""
     prefetch_requested: int = 0
-    """Distinct requests queued by the policy (measured steps)."""
-    demand_fetch: str = "fifo"
+    """Requests queued (a tensor with no live entry; measured steps)."""
+    prefetch_refused: int = 0
+    """Times draining stopped at a refused request (measured steps)."""
+    optimizer_wait_ns: int = 0
+    """Time the optimizer step waited for parameter copies in flight (step time, not stall)."""
+    lookahead: int | None = None
+    """The lookahead a named policy was built with."""
     trace: str | None = None
     """The trace's stem, for a single-trace report."""
     traces: list["SimReport"] = field(default_factory=list)
@@ -190,7 +219,7 @@ class SimReport:
             "policy": self.policy,
             "device": self.device,
             "link": dict(self.link),
-            "demand_fetch": self.demand_fetch,
+            "lookahead": self.lookahead,
             "managed_bytes": self.managed_bytes,
             "budget": self.budget,
             "budget_bytes": self.budget_bytes,
@@ -207,8 +236,11 @@ class SimReport:
             d[key] = s[key]
         d.update(
             prefetch_requested=self.prefetch_requested,
+            prefetch_refused=self.prefetch_refused,
             overcommits=self.overcommits,
+            budget_overflows=self.overcommits,
             write_stall_s=self.write_stall_ns / 1e9,
+            optimizer_wait_s=self.optimizer_wait_ns / 1e9,
             step_time_s=self.step_time_s,
             baseline_step_time_s=self.baseline_step_time_s,
             slowdown=self.slowdown,
@@ -248,20 +280,21 @@ def simulate(
     link_ratio: float = DEFAULT_LINK_RATIO,
     latency_s: float = DEFAULT_LATENCY_S,
     warmup_steps: int = 1,
-    demand_fetch: str = "fifo",
+    lookahead: int = DEFAULT_LOOKAHEAD,
 ) -> SimReport:
     """Replay `traces` through the device/copy-engine model with `policy`; see the module docstring.
 
     policy: "oracle", a spec for predictor.policies.make_policy ("none", "replay",
-    "markov", "learned:DIR"), or a Policy object (start() is called for each trace).
+    "markov", "learned:DIR", built with `lookahead`), or a Policy object (start() is
+    called for each trace).
     budget: a fraction of each trace's managed bytes, or a size ("2GiB", 1.5e9).
     link: an explicit link for every trace; else one per trace from `link_ratio`.
     """
     loaded = _load(traces)
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if demand_fetch not in DEMAND_MODES:
-        raise ValueError(f"demand_fetch must be one of {DEMAND_MODES}, got {demand_fetch!r}")
+    if lookahead < 1:
+        raise ValueError(f"lookahead must be >= 1, got {lookahead}")
     parsed = parse_budget(budget)
     name = policy if isinstance(policy, str) else str(getattr(policy, "name", type(policy).__name__))
     runs = []
@@ -270,18 +303,50 @@ def simulate(
         budget_bytes = parsed.resolve(managed, largest, f"{largest_key} in {trace.stem.name}")
         trace_link = link or _link_from_ratio(trace, link_ratio, latency_s, warmup_steps, managed)
         best: SimReport | None = None
-        for pol in _make_policies(policy, trace, budget_bytes):
+        for pol in _make_policies(policy, trace, budget_bytes, lookahead):
             run = _simulate_trace(
                 trace, pol, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,
-                link=trace_link, warmup_steps=warmup_steps, demand_fetch=demand_fetch,
+                link=trace_link, warmup_steps=warmup_steps,
             )
             run.variant = getattr(pol, "variant", None)
+            run.lookahead = lookahead if isinstance(policy, str) and policy != "oracle" else None
             # the oracle's portfolio: the best hit rate, then the shortest time (first wins ties)
             if best is None or (run.stats.hit_rate, -run.measured_ns) > (best.stats.hit_rate, -best.measured_ns):
                 best = run
         assert best is not None
         runs.append(best)
     return runs[0] if len(runs) == 1 else _combine(runs)
+
+
+def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLike[str] | None = None,
+                      **overrides: Any) -> SimReport:
+    """Simulate a `prefetch run` / `runtime.prefetching` run's own trace the way it ran.
+
+    run_report: the run's JSON report (`policy`, `budget_bytes`, `link`, `warmup_steps`,
+    and `lookahead` when present, else 64). trace: the trace it recorded (a stem, a file
+    or a Trace; default: the report's `trace`). A report without a link (a CUDA run) is
+    simulated with the default link ratio. `overrides` go to simulate() (e.g. policy=...).
+    The hit rate is what the live one should be within a couple of points.
+    """
+    if trace is None:
+        trace = run_report.get("trace")
+        if not trace:
+            raise ValueError("the run report names no trace (run with --trace-out) and none was given")
+    if not isinstance(trace, Trace):
+        trace = load_trace(trace)
+    kwargs: dict[str, Any] = dict(
+        budget=int(run_report["budget_bytes"]),
+        warmup_steps=int(run_report.get("warmup_steps", 1)),
+        lookahead=int(run_report.get("lookahead") or DEFAULT_LOOKAHEAD),
+    )
+    lk = run_report.get("link")
+    if lk and lk.get("bandwidth_GBps"):
+        kwargs["link"] = LinkModel(bandwidth_bytes_per_s=float(lk["bandwidth_GBps"]) * 1e9,
+                                   latency_s=float(lk.get("latency_us", DEFAULT_LATENCY_S * 1e6)) / 1e6,
+                                   ratio=lk.get("ratio"))
+    kwargs.update(overrides)
+    policy = kwargs.pop("policy", run_report["policy"])
+    return simulate(trace, policy, **kwargs)
 
 
 def _load(traces) -> list[Trace]:
@@ -302,9 +367,13 @@ def _load(traces) -> list[Trace]:
 
 
 def _sizes(trace: Trace) -> tuple[int, int, str]:
-    nbytes = trace.tensor_nbytes()
-    if not len(nbytes):
-        raise ValueError(f"{trace.stem}: the tensor table is empty; nothing is managed")
+    """(managed bytes, largest managed tensor's bytes, its key): trace_format.is_managed tensors only."""
+    nbytes = np.where(trace.managed_tensors(), trace.tensor_nbytes(), 0)
+    if not nbytes.any():
+        raise ValueError(
+            f"{trace.stem}: the tensor table has no managed tensors (parameters and saved activations "
+            f"of at least {MIN_MANAGED_BYTES:,} bytes)"
+        )
     i = int(np.argmax(nbytes))
     return int(nbytes.sum()), int(nbytes[i]), trace.keys[i]
 
@@ -323,19 +392,9 @@ def _warmup_split(trace: Trace, warmup_steps: int) -> tuple[int, int]:
     return int(starts[warmup_steps]), len(starts) - warmup_steps
 
 
-def _deltas(trace: Trace) -> np.ndarray:
-    """Compute time before each event: the time_ns delta within a step, >= 0; 0 at a step's first event."""
-    t = np.asarray(trace.column("time_ns"), dtype=np.int64)
-    steps = np.asarray(trace.column("step"))
-    d = np.zeros(len(t), dtype=np.int64)
-    if len(t) > 1:
-        d[1:] = np.where(steps[1:] == steps[:-1], np.maximum(t[1:] - t[:-1], 0), 0)
-    return d
-
-
 def _link_from_ratio(trace: Trace, ratio: float, latency_s: float, warmup_steps: int, managed: int) -> LinkModel:
     start, measured = _warmup_split(trace, warmup_steps)
-    step_ns = float(_deltas(trace)[start:].sum()) / measured
+    step_ns = float(compute_deltas(trace)[start:].sum()) / measured
     if step_ns <= 0:
         raise ValueError(
             f"{trace.stem}: the measured steps take no time (all time_ns equal), so a link ratio "
@@ -344,12 +403,12 @@ def _link_from_ratio(trace: Trace, ratio: float, latency_s: float, warmup_steps:
     return LinkModel.from_ratio(ratio, managed_bytes=managed, step_compute_s=step_ns / 1e9, latency_s=latency_s)
 
 
-def _make_policies(policy: str | Policy, trace: Trace, budget_bytes: int) -> list[Policy]:
+def _make_policies(policy: str | Policy, trace: Trace, budget_bytes: int, lookahead: int) -> list[Policy]:
     """The policy to simulate on `trace`; for "oracle", every strategy of its portfolio."""
     if not isinstance(policy, str):
         return [policy]
     if policy == "oracle":
-        return [OraclePolicy(trace, budget_bytes=budget_bytes, window=w, drop_late=d) for w, d in ORACLE_VARIANTS]
+        return [OraclePolicy(trace, budget_bytes=budget_bytes, **v) for v in ORACLE_VARIANTS]
     try:
         from predictor.policies import make_policy
     except ImportError as exc:
@@ -357,7 +416,7 @@ def _make_policies(policy: str | Policy, trace: Trace, budget_bytes: int) -> lis
             f"policy {policy!r} needs predictor.policies.make_policy, which is not available ({exc}); "
             "only 'oracle' is built into the simulator"
         ) from None
-    return [make_policy(policy, architecture=trace.architecture or None)]
+    return [make_policy(policy, lookahead=lookahead, architecture=trace.architecture or None)]
 
 
 def _combine(runs: list[SimReport]) -> SimReport:
@@ -381,7 +440,8 @@ def _combine(runs: list[SimReport]) -> SimReport:
         measured_ns=sum(r.measured_ns for r in runs), baseline_ns=sum(r.baseline_ns for r in runs),
         overcommits=sum(r.overcommits for r in runs), write_stall_ns=sum(r.write_stall_ns for r in runs),
         prefetch_requested=sum(r.prefetch_requested for r in runs),
-        demand_fetch=runs[0].demand_fetch, traces=runs,
+        prefetch_refused=sum(r.prefetch_refused for r in runs),
+        optimizer_wait_ns=sum(r.optimizer_wait_ns for r in runs), lookahead=runs[0].lookahead, traces=runs,
         variant=runs[0].variant if all(r.variant == runs[0].variant for r in runs) else "per trace",
     )
 
@@ -401,266 +461,229 @@ def _simulate_trace(
     managed_bytes: int,
     link: LinkModel,
     warmup_steps: int,
-    demand_fetch: str,
 ) -> SimReport:
-    measure_start, measured_steps = _warmup_split(trace, warmup_steps)
-    n = trace.num_events
+    full_start, measured_steps = _warmup_split(trace, warmup_steps)
+    ms = managed_stream(trace)
+    idx = ms["index"]
+    n = len(idx)
+    measure_start = int(np.searchsorted(idx, full_start))
     num_tensors = trace.num_tensors
-    tids_np = np.asarray(trace.column("tensor_id"), dtype=np.int64)
-    access_np = np.asarray(trace.column("access"), dtype=np.int64)
-    nbytes_np = trace.tensor_nbytes()
+    nb = trace.tensor_nbytes().tolist()
     kinds_np = trace.tensor_kinds()
-    # Dead values, dropped right after the access: an activation not read again before its
-    # next write; a gradient read (by the optimizer) and not read again before its next write.
-    _, next_pos = next_in_group(tids_np)
-    nxt_is_read = np.zeros(n, dtype=bool)
-    has_next = next_pos >= 0
-    nxt_is_read[has_next] = access_np[next_pos[has_next]] == _READ
-    ev_kind = kinds_np[tids_np]
-    dead_np = ~nxt_is_read & (
-        (ev_kind == int(Kind.ACTIVATION)) | ((ev_kind == int(Kind.GRADIENT)) & (access_np == _READ))
-    )
-    delta_np = _deltas(trace)
-
+    managed_t = trace.managed_tensors().tolist()
+    is_act = (kinds_np == int(Kind.ACTIVATION)).tolist()
+    is_param = (kinds_np == int(Kind.PARAMETER)).tolist()
+    cpy = [link.copy_ns(b) for b in nb]  # copy time of each tensor, either direction (its current size)
+    copy_ns = link.copy_ns
+    ctime = ms["ctime"]
+    delta_np = np.diff(ctime, prepend=0) if n else np.zeros(0, np.int64)
     # Plain Python lists for the hot loop (indexing numpy scalars per event is slow).
-    steps_l = np.asarray(trace.column("step")).tolist()
-    micro_l = np.asarray(trace.column("micro_step")).tolist()
-    phase_l = np.asarray(trace.column("phase")).tolist()
-    access_l = access_np.tolist()
-    tids_l = tids_np.tolist()
+    steps_l = np.asarray(trace.column("step"))[idx].tolist()
+    micro_l = np.asarray(trace.column("micro_step"))[idx].tolist()
+    phase_l = np.asarray(trace.column("phase"))[idx].tolist()
+    access_l = np.asarray(trace.column("access"))[idx].tolist()
+    tids_l = np.asarray(trace.column("tensor_id"))[idx].tolist()
+    nbytes_l = np.asarray(trace.column("nbytes"))[idx].tolist()  # an activation's size at its pack
     delta_l = delta_np.tolist()
-    dead_l = dead_np.tolist()
-    nb = nbytes_np.tolist()
-    cpy = [link.copy_ns(b) for b in nb]  # copy time of each tensor, either direction
+    ctime_l = ctime.tolist()
+    # Modules running at each event (the live store spares their parameters): in a forward
+    # pass, the event's module and its ancestors; none in backward and optimizer phases.
+    owner, running_l = _modules_running(trace, idx, phase_l)
+    running: frozenset[int] = _NOTHING
+    # the optimizer step before managed event j: (compute to its pre-hook, to its post-hook, to j)
+    opt_l: list[tuple[int, int, int] | None] = [None] * n
+    for j, pre, post in zip(ms["opt_at"].tolist(), ms["opt_pre"].tolist(), ms["opt_post"].tolist()):
+        before = int(ctime[j - 1]) if j else 0
+        opt_l[j] = (pre - before, post - pre, int(ctime[j]) - post)
 
     policy.start(TensorInfo.from_table(trace.tensors))
     observe = policy.observe
-    pnu = getattr(policy, "predicted_next_use", None)
-    on_evict = getattr(policy, "evicted", None)
+    pnu = getattr(policy, "predicted_next_use", None) or _no_prediction
     key = getattr(policy, "next_read_key", None)
+    rekeyed = getattr(policy, "rekeyed", None) if key is not None else None
     admit = getattr(policy, "admit_prefetch", None)
     use_heap = key is not None  # the oracle: same victims as the scan, found in O(log n)
-    priority = demand_fetch == "priority"
 
-    # Device state. `res` holds resident and in-flight tensors in LRU order (oldest first).
+    # Device state. `res` holds tensors with device bytes (resident or in flight), LRU first.
     res: OrderedDict[int, None] = OrderedDict()
     move = res.move_to_end
-    ready = [0] * num_tensors  # when the tensor's last copy completes (resident and ready <= now: usable)
-    dirty = bytearray(num_tensors)  # changed on the device since its host copy
+    ready = [0] * num_tensors  # when the tensor's last copy to the device completes
+    infl = bytearray(num_tensors)  # prefetched and not read yet: not evictable (the live store's in-flight copy)
+    exists = bytearray(1 if not is_act[t] else 0 for t in range(num_tensors))  # has a value (device or host)
     pref = bytearray(num_tensors)  # brought by a prefetch and not yet read: the `mark` it was issued under
     mark = 1  # 1 in warm-up, 2 in the measured steps: a use is credited to the window that issued it
-    pflag = bytearray(num_tensors)  # has a live request in `pending`
-    pending: deque[int] = deque()
-    pending_cap = 4 * num_tensors + 64
-    queue: deque[list[int]] = deque()  # copy engine FIFO: [tensor id or -1 (write-back), duration, end]
-    engine_free = 0  # when the FIFO finishes its last queued copy
-    used = 0
-    peak = 0
+    pending: list[tuple[float, int]] = []  # heap of (due read count, tensor id) not yet issued
+    queued: dict[int, float] = {}  # tensor id -> its live entry's due
+    deferred: dict[int, float] = {}  # parameter requests held until the optimizer step is done
+    step_start = step_prev = 0  # reads when this optimizer step began; reads in the previous one
+    in_opt = False  # between the optimizer's pre- and post-hook
+    engine_free = 0  # when the FIFO copy engine finishes its last queued copy
+    now = 0
+    cnow = 0  # the compute clock: `now` without stalls and waits (for admit_prefetch)
+    reads = 0  # managed reads so far: the clock predictions are relative to
+    current = -1  # the tensor read last: handed to compute, not evictable
+    used = peak = 0
     evictions = bytes_copied = bytes_written_back = prefetch_issued = 0
-    overcommits = write_stall = requested = 0
+    overcommits = write_stall = requested = refused = opt_wait = stall = 0
     # Heap mode only: residents keyed by (-next_read_key, LRU stamp); stale entries are skipped.
     heap: list[tuple[int, int, int]] = []
-    stamp = [0] * num_tensors  # LRU order: the tick of the tensor's last access or arrival
+    stamp = [0] * num_tensors  # LRU order: the tick of the tensor's insertion or last read
     tick = 0
 
-    def choose_heap(deficit: int, now: int, protect: int, want: int) -> tuple[list[int], bool]:
-        """choose() for policies with next_read_key: pops the furthest next read first."""
-        nonlocal heap
-        victims: list[int] = []
-        aside: list[tuple[int, int, int]] = []
-        got = 0
-        limit = key(want) if want >= 0 else -1
-        ok = False
-        while heap:
-            e = heappop(heap)
-            v = e[2]
-            if v not in res or stamp[v] != e[1] or key(v) != -e[0]:
-                continue  # stale: evicted, dropped, accessed again or re-keyed since pushed
-            aside.append(e)
-            if v == protect or ready[v] > now:
-                continue
-            if -e[0] < limit:
-                break  # refused: this victim is needed sooner than the prefetch
-            victims.append(v)
-            got += nb[v]
-            if got >= deficit:
-                ok = True
-                break
-        for e in aside:  # victims too: the caller may not evict them after all (stale entries are skipped)
-            heappush(heap, e)
-        if ok:
-            return victims, True
-        if len(heap) > 4 * len(res) + 1024:  # compact
-            heap = [(-key(v), stamp[v], v) for v in res]
-            heapify(heap)
-        return ([], False) if want >= 0 else (victims, False)
+    def want(t: int, due: float) -> None:
+        nonlocal requested
+        if is_param[t] and step_prev and due > step_start + step_prev and not in_opt:
+            # expected in the next step: the optimizer will rewrite the host master first
+            if deferred.get(t, _INF) > due:
+                deferred[t] = due
+            return
+        old = queued.get(t)
+        if old is None or due < old:
+            if old is None:
+                requested += 1
+            queued[t] = due
+            heappush(pending, (due, t))
 
-    def choose(deficit: int, now: int, protect: int, want: int) -> tuple[list[int], bool]:
-        """Victims covering `deficit` bytes: largest predicted next use first, LRU among ties.
-        want >= 0: a prefetch of `want`, refused ([], False) if a victim is needed sooner."""
-        victims: list[int] = []
-        got = 0
-        if pnu is None:
-            for v in res:
-                if v == protect or ready[v] > now:
-                    continue
-                victims.append(v)
-                got += nb[v]
-                if got >= deficit:
-                    return victims, True
-            return ([], False) if want >= 0 else (victims, False)
-        finite: list[tuple[float, int]] = []
-        for v in res:  # LRU order: the first NO_PREDICTION ones are the top victims
-            if v == protect or ready[v] > now:
-                continue
-            d = pnu(v)
-            if d == _INF:
-                victims.append(v)
-                got += nb[v]
-                if got >= deficit:
-                    return victims, True
-            else:
-                finite.append((d, v))
-        finite.sort(key=_first, reverse=True)  # stable: LRU order among equal predictions
-        limit = -1.0 if want < 0 else pnu(want)
-        for d, v in finite:  # (victims found so far all have NO_PREDICTION: never a refusal)
-            if d < limit:
-                return [], False  # refused: this victim is needed sooner than the prefetch
-            victims.append(v)
-            got += nb[v]
-            if got >= deficit:
-                return victims, True
-        return ([], False) if want >= 0 else (victims, False)
-
-    if use_heap:
-        choose = choose_heap  # noqa: F811 - same contract, same victims
-
-    def evict(victims: list[int], now: int, fifo: bool) -> int:
-        """Evict `victims`; dirty ones are written back (FIFO entries, or returned as demand time)."""
+    def evict(v: int, far: float) -> None:
+        """Evict a resident `v` (predicted `far` reads away): an activation is written back;
+        one still expected is queued again."""
         nonlocal used, evictions, bytes_written_back, engine_free
-        wb_ns = 0
-        for v in victims:
-            del res[v]
-            used -= nb[v]
-            pref[v] = 0
-            if dirty[v]:
-                dirty[v] = 0
-                bytes_written_back += nb[v]
-                if fifo:
-                    start = engine_free if engine_free > now else now
-                    engine_free = start + cpy[v]
-                    queue.append([-1, cpy[v], engine_free])
-                else:
-                    wb_ns += cpy[v]
-            if on_evict is not None:
-                on_evict(v)
-        evictions += len(victims)
-        return wb_ns
-
-    def demand(dur: int, now: int) -> int:
-        """A synchronous copy of `dur` ns issued at `now`; returns when it completes."""
-        nonlocal engine_free
-        if not priority:
+        del res[v]
+        used -= nb[v]
+        evictions += 1
+        pref[v] = 0
+        if is_act[v]:
             start = engine_free if engine_free > now else now
-            engine_free = start + dur
-            return engine_free
-        while queue and queue[0][2] <= now:
-            queue.popleft()
-        if not queue:
-            engine_free = now + dur
-            return engine_free
-        end = queue[0][2] + dur  # after the copy in progress; the queued ones shift behind it
-        cursor = end
-        for e in islice(queue, 1, None):
-            new_end = cursor + e[1]
-            t = e[0]
-            if t >= 0 and ready[t] == e[2]:
-                ready[t] = new_end
-            e[2] = new_end
-            cursor = new_end
-        engine_free = cursor
-        return end
+            engine_free = start + cpy[v]
+            bytes_written_back += nb[v]
+        if far != _INF:
+            want(v, reads + far)
 
-    def place(t: int, now: int, fetch: bool) -> int:
-        """Make room for `t` (never refused) and place it: a demand fetch, or a write's allocation.
-        Returns the time the compute continues."""
-        nonlocal used, peak, overcommits, bytes_copied, write_stall
-        need = nb[t]
-        wb_ns = 0
-        if used + need > budget_bytes:
-            victims, ok = choose(used + need - budget_bytes, now, t, -1)
-            if not ok:
-                overcommits += 1
-            wb_ns = evict(victims, now, False)
-        if fetch:
-            now = demand(wb_ns + cpy[t], now)
-            bytes_copied += need
-            dirty[t] = 0
+    def make_room(need: int, protect: int, refuse: bool, due: float) -> bool:
+        """Evict until `need` more bytes fit (runtime.store.TensorStore._make_room). With `refuse`,
+        never evict a tensor predicted at or before `due`; otherwise wait for copies in flight."""
+        nonlocal now, stall, overcommits
+        if used + need <= budget_bytes:
+            return True
+        if use_heap:
+            aside = []
+            ok = None
+            while heap:
+                e = heappop(heap)
+                v = e[2]
+                if v not in res or stamp[v] != e[1] or key(v) != -e[0]:
+                    continue  # stale: evicted, freed, read again or re-keyed since pushed
+                aside.append(e)
+                if v == protect or v == current or infl[v] or owner[v] in running:
+                    continue
+                k = -e[0]
+                if k >= _INF_POS:
+                    evict(v, _INF)
+                else:
+                    if refuse and k <= due:
+                        ok = False
+                        break
+                    evict(v, float(k - reads))
+                if used + need <= budget_bytes:
+                    ok = True
+                    break
+            for e in aside:  # stale ones (the evicted) are skipped later
+                heappush(heap, e)
+            if ok is not None:
+                return ok
         else:
-            if wb_ns:
-                end = demand(wb_ns, now)
-                write_stall += end - now
-                now = end
-            dirty[t] = 1
+            finite: list[tuple[float, int]] = []
+            for v in list(res):  # pass 1, LRU order: tensors outside the policy's horizon
+                if v == protect or v == current or infl[v] or owner[v] in running:
+                    continue
+                d = pnu(v)
+                if d == _INF:
+                    evict(v, _INF)
+                    if used + need <= budget_bytes:
+                        return True
+                else:
+                    finite.append((d, v))
+            finite.sort(reverse=True)  # pass 2: furthest predicted use first
+            limit = due - reads
+            for d, v in finite:
+                if refuse and d <= limit:
+                    return False
+                evict(v, d)
+                if used + need <= budget_bytes:
+                    return True
+        if refuse:
+            return False
+        # A demand fetch or a write must fit: wait for unread prefetches to land (a stall),
+        # then evict them, the one needed last first. Only what is in use can overflow.
+        for d, v in sorted([(pnu(v), v) for v in res if infl[v] and v != protect], reverse=True):
+            r = ready[v]
+            if r > now:
+                stall += r - now
+                now = r
+            infl[v] = 0
+            evict(v, d)
+            if used + need <= budget_bytes:
+                return True
+        overcommits += 1
+        return True
+
+    def place(t: int) -> None:
+        """`t` now has device bytes (a prefetch, a demand fetch, a write)."""
+        nonlocal used, peak, tick
         res[t] = None
-        ready[t] = now
-        used += need
+        used += nb[t]
         if used > peak:
             peak = used
-        return now
+        if use_heap:
+            tick += 1
+            stamp[t] = tick
+            if not infl[t]:  # an unread prefetch is not evictable: it enters the heap once read
+                heappush(heap, (-key(t), tick, t))
 
-    def drain(now: int, protect: int) -> None:
-        """Issue pending requests in order while the budget allows (see the module docstring)."""
-        nonlocal used, peak, engine_free, bytes_copied, prefetch_issued, tick
+    def drain() -> None:
+        """Issue queued requests, soonest due first, while room can be made (see the module docstring)."""
+        nonlocal engine_free, bytes_copied, prefetch_issued, refused
         while pending:
-            p = pending[0]
-            if not pflag[p] or p in res:
-                pending.popleft()
-                pflag[p] = 0
+            due, p = heappop(pending)
+            if queued.get(p) != due:
+                continue  # superseded by an earlier due, or already served
+            if p in res or not exists[p]:
+                del queued[p]
                 continue
-            need = nb[p]
-            victims = None
-            if used + need > budget_bytes:
-                victims, ok = choose(used + need - budget_bytes, now, protect, p)
-                if not ok:
-                    return  # refused or no room: retry at the next event
             if admit is not None:
                 end = (engine_free if engine_free > now else now) + cpy[p]
-                if victims:
-                    end += sum(cpy[v] for v in victims if dirty[v])
-                if not admit(p, end, now):
-                    pending.popleft()
-                    pflag[p] = 0
+                if not admit(p, end, now, cnow):
+                    del queued[p]
                     continue
-            if victims:
-                evict(victims, now, True)
-            pending.popleft()
-            pflag[p] = 0
+            if used + nb[p] > budget_bytes and not make_room(nb[p], p, True, due):
+                heappush(pending, (due, p))
+                refused += 1
+                return  # later requests are due later still: wait for the next event
+            del queued[p]
             start = engine_free if engine_free > now else now
             engine_free = start + cpy[p]
-            queue.append([p, cpy[p], engine_free])
-            res[p] = None
-            if use_heap:
-                tick += 1
-                stamp[p] = tick
-                heappush(heap, (-key(p), tick, p))
             ready[p] = engine_free
-            dirty[p] = 0
+            infl[p] = 1
             pref[p] = mark
-            used += need
-            if used > peak:
-                peak = used
-            bytes_copied += need
+            place(p)
+            bytes_copied += nb[p]
             prefetch_issued += 1
-        while queue and queue[0][2] <= now:  # keep the engine queue short
-            queue.popleft()
+
+    def free(t: int) -> None:
+        """An activation's value is gone (read by autograd, or replaced): no cost."""
+        nonlocal used
+        if t in res:
+            del res[t]
+            used -= nb[t]
+        exists[t] = 0
+        infl[t] = 0
+        pref[t] = 0
 
     # -- the event loop: warm-up, snapshot, measured ------------------------------------
-    outcome = bytearray(n)  # per event: HIT (0), LATE, MISS, WRITE
-    now = 0
-    accesses = hits = late = misses = stall = prefetch_used = carried = 0
+    outcome = bytearray(n)  # per managed event: HIT (0), LATE, MISS, WRITE
+    accesses = hits = late = misses = prefetch_used = carried = 0
     warm: AccessStats | None = None
-    warm_extra = (0, 0, 0)
+    warm_extra = (0, 0, 0, 0, 0)
     t_measure = 0
     for lo, hi in ((0, measure_start), (measure_start, n)):
         if lo == measure_start:  # end of warm-up: snapshot (ChampSim's way of dropping it)
@@ -670,32 +693,82 @@ def _simulate_trace(
                 prefetch_issued=prefetch_issued, prefetch_used=prefetch_used, evictions=evictions,
                 steps=warmup_steps,
             )
-            warm_extra = (overcommits, write_stall, requested)
+            warm_extra = (overcommits, write_stall, requested, refused, opt_wait)
             t_measure = now
             mark = 2
-        for i, (s, m, ph, a, t, dt, dead) in enumerate(zip(
+            peak = used  # the peak reported is over measured steps
+        for i, (s, m, ph, a, t, dt, opt, run) in enumerate(zip(
             islice(steps_l, lo, hi), islice(micro_l, lo, hi), islice(phase_l, lo, hi), islice(access_l, lo, hi),
-            islice(tids_l, lo, hi), islice(delta_l, lo, hi), islice(dead_l, lo, hi),
+            islice(tids_l, lo, hi), islice(delta_l, lo, hi), islice(opt_l, lo, hi), islice(running_l, lo, hi),
         ), lo):
-            now += dt
+            if opt is None:
+                now += dt
+            else:  # the optimizer step: drop the (now stale) device copies of parameters
+                now += opt[0]
+                cnow += opt[0]
+                in_opt = True
+                running = _NOTHING
+                for p in [p for p in res if not is_act[p]]:
+                    if infl[p]:
+                        if ready[p] > now:
+                            opt_wait += ready[p] - now
+                            now = ready[p]  # the copy still reads the host master
+                        infl[p] = 0
+                    del res[p]
+                    used -= nb[p]
+                    pref[p] = 0
+                    d = pnu(p)
+                    if d != _INF:
+                        want(p, reads + d)  # wanted again once updated
+                now += opt[1]
+                cnow += opt[1]
+                # the optimizer's post-hook: requests from here on belong to the next step
+                in_opt = False
+                step_prev, step_start = reads - step_start, reads
+                held, deferred = deferred, {}
+                for p, due in held.items():
+                    want(p, due)
+                if pending:
+                    drain()  # fetch them, updated
+                now += opt[2]
+            cnow = ctime_l[i]
+            running = run
             if a == _READ:
                 accesses += 1
                 if t in res:
-                    r = ready[t]
-                    if r <= now:
-                        hits += 1
+                    if infl[t]:
+                        r = ready[t]
+                        if r <= now:
+                            hits += 1
+                        else:
+                            late += 1
+                            outcome[i] = LATE
+                            stall += r - now
+                            now = r
+                        infl[t] = 0
                     else:
-                        late += 1
-                        outcome[i] = LATE
-                        stall += r - now
-                        now = r
+                        hits += 1
                     move(t)
+                    if use_heap:
+                        tick += 1
+                        stamp[t] = tick
                 else:
                     misses += 1
                     outcome[i] = MISS
-                    end = place(t, now, True)
-                    stall += end - now
-                    now = end
+                    if not exists[t]:
+                        raise ValueError(
+                            f"{trace.stem.name}: managed event {i} reads activation {trace.keys[t]} "
+                            "before any write of it"
+                        )
+                    if used + nb[t] > budget_bytes:
+                        make_room(nb[t], t, False, 0)
+                    start = engine_free if engine_free > now else now
+                    engine_free = start + cpy[t]
+                    stall += engine_free - now
+                    now = engine_free
+                    bytes_copied += nb[t]
+                    ready[t] = now
+                    place(t)
                 pv = pref[t]
                 if pv:
                     if pv == mark:
@@ -703,40 +776,48 @@ def _simulate_trace(
                     else:
                         carried += 1  # issued in warm-up, used after it: credited to warm-up
                     pref[t] = 0
-            else:  # a write: allocation, dirty, no copy
+                current = t
+                queued.pop(t, None)  # read: a pending request for it is moot
+                reads += 1
+            else:
                 outcome[i] = WRITE
-                if t in res:
-                    dirty[t] = 1
-                    if ready[t] > now:
-                        ready[t] = now  # supersedes the prefetch in flight
-                    move(t)
-                else:
-                    ws = write_stall
-                    now = place(t, now, False)
-                    stall += write_stall - ws
-                pref[t] = 0
-            pflag[t] = 0  # any request for t was for this access
-            if dead and t in res:
-                del res[t]
-                used -= nb[t]
-                dirty[t] = 0
             reqs = observe(s, m, ph, a, t)
-            if use_heap and t in res:  # t was just used (LRU) and re-keyed by observe
-                tick += 1
-                stamp[t] = tick
-                heappush(heap, (-key(t), tick, t))
+            if use_heap:
+                if t in res and not infl[t]:  # re-keyed by observe (or read: evictable now)
+                    heappush(heap, (-key(t), stamp[t], t))
+                if rekeyed is not None:
+                    for v in rekeyed():
+                        if v in res and not infl[v]:
+                            heappush(heap, (-key(v), stamp[v], v))
+                if len(heap) > 4 * len(res) + 1024:  # compact: drop the stale entries
+                    heap = [(-key(v), stamp[v], v) for v in res if not infl[v]]
+                    heapify(heap)
             if reqs:
-                for p in reqs:
-                    if not pflag[p] and p not in res:
-                        pflag[p] = 1
-                        pending.append(p)
-                        requested += 1
-                if len(pending) > pending_cap:
-                    live = [p for p in dict.fromkeys(pending) if pflag[p]]
-                    pending.clear()
-                    pending.extend(live)
+                for j, p in enumerate(reqs):
+                    if p in res or not exists[p] or not managed_t[p]:
+                        continue  # resident, in flight, not produced yet, or not managed
+                    d = pnu(p)
+                    want(p, reads + (d if d != _INF else j + 1))
             if pending:
-                drain(now, t)
+                drain()
+            if is_act[t]:
+                if a == _READ:
+                    free(t)  # autograd releases a saved activation once unpacked
+                else:  # packed: replaces the value, makes room first, then resident and dirty
+                    if exists[t]:
+                        free(t)
+                    b = nbytes_l[i]
+                    if b != nb[t]:  # this step's value has another size
+                        nb[t] = b
+                        cpy[t] = copy_ns(b)
+                    if used + b > budget_bytes:
+                        st = stall
+                        make_room(nb[t], t, False, 0)
+                        write_stall += stall - st
+                    exists[t] = 1
+                    pref[t] = 0
+                    ready[t] = now
+                    place(t)
 
     final = AccessStats(
         accesses=accesses, hits=hits, late=late, misses=misses, stall_ns=stall,
@@ -752,13 +833,54 @@ def _simulate_trace(
         measured_ns=now - t_measure,
         baseline_ns=int(delta_np[measure_start:].sum()),
         overcommits=overcommits - warm_extra[0], write_stall_ns=write_stall - warm_extra[1],
-        prefetch_requested=requested - warm_extra[2], demand_fetch=demand_fetch, trace=trace.stem.name,
+        prefetch_requested=requested - warm_extra[2], prefetch_refused=refused - warm_extra[3],
+        optimizer_wait_ns=opt_wait - warm_extra[4], trace=trace.stem.name,
         outcomes=np.frombuffer(bytes(outcome), dtype=np.int8),
     )
 
 
-def _first(pair: tuple[float, int]) -> float:
-    return pair[0]
+def _no_prediction(tensor_id: int) -> float:
+    return _INF
+
+
+_NOTHING: frozenset[int] = frozenset()
+_FORWARD_PHASES = (int(Phase.FORWARD), int(Phase.EVAL), int(Phase.RECOMPUTE))
+
+
+def _modules_running(trace: Trace, idx: np.ndarray, phase_l: list[int]) -> tuple[list[int], list[frozenset[int]]]:
+    """(owner, running): the module index owning each parameter (-1 for other tensors), and per
+    managed event the modules whose forward is under way: in a forward phase (forward, eval,
+    recompute) the event's module (the one whose pre-hook reads a parameter, or the innermost
+    one packing an activation) and its ancestors by path, as the tracker's module stack holds
+    them; nothing in backward and optimizer phases. The live store does not evict a parameter
+    whose module is running (runtime.tracker.AccessTracker.param_in_use)."""
+    paths = list(trace.manifest.get("modules") or [])
+    index = {p: i for i, p in enumerate(paths)}
+    kinds = trace.tensor_kinds()
+    modules = trace.tensors.column("module").to_pylist()
+    tids = trace.tensors.column("tensor_id").to_pylist()
+    owner = [-1] * trace.num_tensors
+    for t, mod in zip(tids, modules):
+        if kinds[t] == int(Kind.PARAMETER):
+            owner[t] = index.get(mod or "", -1)
+    chains: dict[int, frozenset[int]] = {}
+    root = {index["<root>"]} if "<root>" in index else set()  # the model itself (runtime.tracker's name)
+
+    def chain(m: int) -> frozenset[int]:
+        c = chains.get(m)
+        if c is None:
+            if 0 <= m < len(paths):
+                parts = paths[m].split(".")
+                up = {index[q] for q in (".".join(parts[:k]) for k in range(1, len(parts))) if q in index}
+                c = frozenset(up | root | {m})
+            else:
+                c = _NOTHING
+            chains[m] = c
+        return c
+
+    mods = np.asarray(trace.column("module_id"))[idx].tolist()
+    running = [chain(m) if ph in _FORWARD_PHASES else _NOTHING for m, ph in zip(mods, phase_l)]
+    return owner, running
 
 
 def format_table(reports: Sequence[SimReport]) -> str:
@@ -777,4 +899,4 @@ def format_table(reports: Sequence[SimReport]) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["SimReport", "simulate", "format_table", "DEMAND_MODES"]
+__all__ = ["SimReport", "simulate", "simulate_like_run", "format_table", "DEFAULT_LOOKAHEAD"]

@@ -20,10 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "simulate",
         help="replay traces through a simulated device: hit rate, stalls, slowdown per policy and budget",
         description=(
-            "Replay recorded traces through a simulated device tier (a byte budget) and copy engine "
-            "(a link model), with a prefetch policy deciding what to copy ahead. Reports hit rate, "
-            "late and missed accesses, stall time and the slowdown against everything resident. "
-            "The model is described in prefetch/simulate.py."
+            "Replay recorded traces through a model of the live tensor store (a byte budget over "
+            "parameters and saved activations) and its copy engine (a link model), with a prefetch "
+            "policy deciding what to copy ahead. Reports hit rate, late and missed accesses, stall "
+            "time and the slowdown against everything resident. The model is described in "
+            "prefetch/simulate.py."
         ),
     )
     p.add_argument("traces", nargs="+", metavar="TRACE_DIR", help="trace files or folders of traces")
@@ -40,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="explicit link bandwidth in GB/s (1e9 bytes/s), instead of a ratio")
     p.add_argument("--latency-us", type=float, default=None, help="per-copy latency in microseconds (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="steps of each trace left out (default 1)")
-    p.add_argument("--demand-fetch", choices=("fifo", "priority"), default="fifo",
-                   help="a miss's copy waits for the queued prefetches (fifo, default) or jumps them (priority)")
+    p.add_argument("--lookahead", type=int, default=64, metavar="N",
+                   help="future reads a named policy keeps requested (default 64, as `prefetch run`)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the report (or the sweep) as JSON")
     p.add_argument("--sweep", action="store_true", help="simulate every policy x budget, print a table, plot it")
     p.add_argument("--sweep-budgets", default=DEFAULT_SWEEP_BUDGETS, help=f"default {DEFAULT_SWEEP_BUDGETS}")
@@ -82,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None and not args.sweep:
         raise ValueError("--plot goes with --sweep")
     traces = load_traces(args.traces)
+    if args.lookahead < 1:
+        raise ValueError(f"--lookahead must be >= 1, got {args.lookahead}")
     common = dict(link=link, link_ratio=ratio, latency_s=latency_s, warmup_steps=args.warmup,
-                  demand_fetch=args.demand_fetch)
+                  lookahead=args.lookahead)
 
     if not args.sweep:
         report = simulate(traces, args.policy, budget=args.budget, **common)
