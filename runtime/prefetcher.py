@@ -35,34 +35,12 @@ _WARMUP_LINK = LinkModel(bandwidth_bytes_per_s=1e12, latency_s=0.0)  # until ste
 
 
 def parse_budget(budget: float | int | str) -> tuple[int | None, float]:
-    """(absolute bytes or None, fraction). Accepts 0.4, '40%', 2_000_000, '2GiB', '512MB'."""
-    if isinstance(budget, str):
-        s = budget.strip()
-        units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "b": 1}
-        low = s.lower()
-        if low.endswith("%"):
-            return None, _fraction(float(low[:-1]) / 100, budget)
-        for u in sorted(units, key=len, reverse=True):
-            if low.endswith(u):
-                try:
-                    return int(float(low[: -len(u)]) * units[u]), 1.0
-                except ValueError:
-                    break
-        try:
-            budget = float(s)
-        except ValueError:
-            raise ValueError(f"budget {budget!r}: expected a fraction (0.4), a percentage (40%) or a size (2GiB)") from None
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
-        raise ValueError(f"budget {budget!r}: expected a number or a size string")
-    if budget <= 1:
-        return None, _fraction(float(budget), budget)
-    return int(budget), 1.0
+    """(absolute bytes or None, fraction) from 0.4, '40%', 2_000_000, '2GiB', '512MB'.
+    The one parser is prefetch.budget's (the simulator's too)."""
+    from prefetch.budget import parse_budget as parse
 
-
-def _fraction(f: float, raw: Any) -> float:
-    if not 0 < f <= 1:
-        raise ValueError(f"budget {raw!r}: a fraction must be in (0, 1]")
-    return f
+    b = parse(budget)
+    return (b.nbytes, 1.0) if b.nbytes is not None else (None, float(b.fraction))
 
 
 @dataclass(kw_only=True, slots=True)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from prefetch.run import run_workload, summary_line
 
     torch.set_num_threads(args.threads)
-    budget = float(args.budget) if args.budget.replace(".", "", 1).isdigit() else args.budget
+    budget = args.budget  # parsed (and checked) by prefetch.budget
     report = run_workload(args.workload, steps=args.steps, policy=args.policy, budget=budget, seed=args.seed,
                           link_ratio=args.link_ratio, lookahead=args.lookahead, warmup_steps=args.warmup,
                           device=args.device, daemon=args.daemon, trace_out=args.trace_out,
