@@ -74,13 +74,6 @@ def table(n: int, prefix: str = "param:w") -> TensorInfo:
 
 
 @pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
-@pytest.fixture
 def daemon(ctx):
     d = run_daemon_in_thread(DaemonConfig(bind="tcp://127.0.0.1:*", poll_ms=20), policy_factory=factory, context=ctx)
     yield d

@@ -77,13 +77,6 @@ def until(predicate, client: DaemonClient, timeout_s: float = 3.0, sink: list | 
 
 
 @pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
-@pytest.fixture
 def daemon(ctx):
     d = run_daemon_in_thread(DaemonConfig(bind="tcp://127.0.0.1:*", poll_ms=10), policy_factory=factory, context=ctx)
     yield d
