@@ -53,6 +53,20 @@ class NoPrefetch:
         return []
 
 
+def _cyclic_next_gap(trace: list[int]) -> list[int]:
+    """For each position, how many reads later the same id comes again, the trace
+    repeating (len(trace) when it comes only at the same place next time)."""
+    n = len(trace)
+    gap = [n] * n
+    nxt: dict[int, int] = {}
+    for i in range(2 * n - 1, -1, -1):
+        tid = trace[i % n]
+        if i < n and tid in nxt:
+            gap[i] = nxt[tid] - i
+        nxt[tid] = i
+    return gap
+
+
 class Replay:
     """The previous step's read order, invalidated for the rest of a step on divergence."""
 
@@ -71,6 +85,8 @@ class Replay:
         self.now_ = 0  # reads observed this session
         self.invalidations_ = 0
         self.pending_ = Outstanding(self.lookahead)
+        self.admitted_ = -1  # absolute read index up to which the window has been admitted
+        self.next_gap_: list[int] = []
 
     def observe(self, step: int, micro_step: int, phase: int, access: int, tensor_id: int) -> Sequence[int]:
         if step != self.step_:  # reset_step: the recording becomes the trace
@@ -78,6 +94,8 @@ class Replay:
             if self.recording_:
                 self.trace_, self.recording_ = self.recording_, []
             self.pos_, self.valid_ = 0, bool(self.trace_)
+            self.admitted_ = -1  # the window maps to new positions: admit it whole again
+            self.next_gap_ = _cyclic_next_gap(self.trace_)
         if access != _READ:
             return ()
         self.now_ += 1
@@ -91,8 +109,28 @@ class Replay:
             self.pending_.clear()
             return ()
         self.pos_ += 1
-        window = self.upcoming(self.lookahead)
-        return self.pending_.admit(window, range(self.now_ + 1, self.now_ + 1 + len(window)), self.now_)
+        now = self.now_
+        if self.admitted_ < now:  # a fresh trace this step: admit the whole window once
+            window = self.upcoming(self.lookahead)
+            self.admitted_ = now + len(window)
+            return self.pending_.admit(window, range(now + 1, now + 1 + len(window)), now)
+        # The window slid by one read: only positions past the last admitted can be new,
+        # and an id already outstanding keeps its sooner due. O(1) per read, not O(lookahead).
+        # One exception: the id just read may come again inside the window (forward, then
+        # backward); that later position was passed over while it was outstanding.
+        out: list[int] = []
+        gap = self.next_gap_[self.pos_ - 1]
+        if gap <= self.lookahead and now + gap <= self.admitted_:
+            out.extend(self.pending_.admit((tensor_id,), (now + gap,), now))
+        due, trace, n = self.pending_.due, self.trace_, len(self.trace_)
+        stale_before = now - self.lookahead
+        for k in range(self.admitted_ + 1, now + self.lookahead + 1):
+            tid = trace[(self.pos_ + k - now - 1) % n]
+            old = due.get(tid)
+            if old is None or old < stale_before:
+                out.extend(self.pending_.admit((tid,), (k,), now))
+        self.admitted_ = now + self.lookahead
+        return out
 
     def upcoming(self, k: int) -> list[int]:
         if not self.valid_:
