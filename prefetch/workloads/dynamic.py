@@ -249,21 +249,24 @@ def build_generate_train(seed: int) -> Job:
 
 ACCUM_EVAL = Workload(
     name="accum-eval",
-    description="GPT-2 (3 layers, d=128), 4 micro-steps per optimizer step, eval pass every 3rd step",
+    description=f"GPT-2 ({ACCUM_SHAPE['n_layer']} layers, d={ACCUM_SHAPE['n_embd']}), {ACCUM_DATA['accum_steps']} micro-steps "
+                f"per optimizer step, eval pass every {ACCUM_DATA['eval_every']} steps",
     dynamic=True,
     build=build_accum_eval,
 )
 
 LAYERDROP = Workload(
     name="layerdrop",
-    description="Llama (6 layers, d=96), each block skipped with p=0.3 per step (stochastic depth)",
+    description=f"Llama ({LAYERDROP_SHAPE['num_hidden_layers']} layers, d={LAYERDROP_SHAPE['hidden_size']}), each block "
+                f"skipped with p={LAYERDROP_DATA['drop_prob']} per step (stochastic depth)",
     dynamic=True,
     build=build_layerdrop,
 )
 
 GENERATE_TRAIN = Workload(
     name="generate-train",
-    description="Llama (3 layers, d=96): sample completions with generate() (KV cache), train on them by reward",
+    description=f"Llama ({GEN_SHAPE['num_hidden_layers']} layers, d={GEN_SHAPE['hidden_size']}): sample completions with "
+                "generate() (KV cache), train on them by reward",
     dynamic=True,
     build=build_generate_train,
 )

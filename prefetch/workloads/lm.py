@@ -187,13 +187,16 @@ GPT2_SHAPE = dict(vocab_size=1024, n_positions=128, n_embd=384, n_layer=4, n_hea
 GPT2_DATA = dict(batch_size=4, seq_len=64)
 
 
-def build_gpt2(seed: int) -> Job:
-    model = gpt2_model(seed, **GPT2_SHAPE)
+def _static_lm_job(name: str, model: torch.nn.Module, seed: int, shape: dict, data: dict) -> Job:
+    """The plain loop around a freshly built causal LM: one AdamW step per batch."""
     model.train()
     optimizer = make_optimizer(model)
-    vocab = GPT2_SHAPE["vocab_size"]
-    step = lm_step_fn(model, optimizer, seed, vocab_size=vocab, **GPT2_DATA)
-    return Job(model, optimizer, step, job_config(model, "gpt2", seed, **GPT2_DATA))
+    step = lm_step_fn(model, optimizer, seed, vocab_size=shape["vocab_size"], **data)
+    return Job(model, optimizer, step, job_config(model, name, seed, **data))
+
+
+def build_gpt2(seed: int) -> Job:
+    return _static_lm_job("gpt2", gpt2_model(seed, **GPT2_SHAPE), seed, GPT2_SHAPE, GPT2_DATA)
 
 
 LLAMA_SHAPE = dict(
@@ -209,24 +212,20 @@ LLAMA_DATA = dict(batch_size=4, seq_len=64)
 
 
 def build_llama(seed: int) -> Job:
-    model = llama_model(seed, **LLAMA_SHAPE)
-    model.train()
-    optimizer = make_optimizer(model)
-    vocab = LLAMA_SHAPE["vocab_size"]
-    step = lm_step_fn(model, optimizer, seed, vocab_size=vocab, **LLAMA_DATA)
-    return Job(model, optimizer, step, job_config(model, "llama", seed, **LLAMA_DATA))
+    return _static_lm_job("llama", llama_model(seed, **LLAMA_SHAPE), seed, LLAMA_SHAPE, LLAMA_DATA)
 
 
 GPT2 = Workload(
     name="gpt2",
-    description="GPT-2 causal LM (4 layers, d=128), AdamW, static access order",
+    description=f"GPT-2 causal LM ({GPT2_SHAPE['n_layer']} layers, d={GPT2_SHAPE['n_embd']}), AdamW, static access order",
     dynamic=False,
     build=build_gpt2,
 )
 
 LLAMA = Workload(
     name="llama",
-    description="Llama causal LM (4 layers, d=128, GQA), AdamW, static access order",
+    description=f"Llama causal LM ({LLAMA_SHAPE['num_hidden_layers']} layers, d={LLAMA_SHAPE['hidden_size']}, GQA), AdamW, "
+                "static access order",
     dynamic=False,
     build=build_llama,
 )

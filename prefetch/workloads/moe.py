@@ -195,7 +195,9 @@ def build_moe(seed: int) -> Job:
 
 MOE = Workload(
     name="moe",
-    description="Mixtral MoE (4 layers, 8 experts top-2, split per expert), 1x8 tokens a step",
+    description=f"Mixtral MoE ({MOE_SHAPE['num_hidden_layers']} layers, d={MOE_SHAPE['hidden_size']}, "
+                f"{MOE_SHAPE['num_local_experts']} experts top-{MOE_SHAPE['num_experts_per_tok']}, split per expert), "
+                f"{MOE_DATA['batch_size']}x{MOE_DATA['seq_len']} tokens a step",
     dynamic=True,
     build=build_moe,
 )

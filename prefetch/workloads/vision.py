@@ -61,7 +61,9 @@ def build_vit(seed: int) -> Job:
 
 VIT = Workload(
     name="vit",
-    description="ViT image classifier (32x32, patch 8, 4 layers, d=128, 10 classes), static access order",
+    description=f"ViT image classifier ({VIT_SHAPE['image_size']}x{VIT_SHAPE['image_size']}, patch {VIT_SHAPE['patch_size']}, "
+                f"{VIT_SHAPE['num_hidden_layers']} layers, d={VIT_SHAPE['hidden_size']}, {VIT_DATA['num_labels']} classes), "
+                "static access order",
     dynamic=False,
     build=build_vit,
 )
