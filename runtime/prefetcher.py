@@ -116,7 +116,6 @@ class Prefetcher:
         self.store.attach(self.tracker)
         if self.store.budget_bytes is not None:  # refuse an impossible budget before training starts
             check_budget(self.store.budget_bytes, self.store.largest_managed_bytes(), self.store._largest_key())
-        self.managed_bytes_hint = None
         if policy is None:
             self.store.policy = self._make_policy(config.policy)
         self.store.policy.start(self._tensor_info())
@@ -169,7 +168,7 @@ class Prefetcher:
             self._step_times.append(now - self._t_step)
             self._t_step = now
             inner(step)
-            if not self._link_fixed and step + 1 >= 1:
+            if not self._link_fixed:  # the first step is timed: the link follows from it
                 managed = self.store.managed_bytes()
                 step_s = self.config.baseline_step_time_s or self._step_times[0]
                 self.device.set_link(LinkModel.from_ratio(self.config.link_ratio, managed_bytes=managed, step_compute_s=step_s))
