@@ -76,7 +76,7 @@ def run_demo(out: str | Path, *, workloads: Sequence[str] = ALL_WORKLOADS, steps
     from prefetch.run import run_policies
     from prefetch.simulate import simulate  # noqa: F401  (imported up front: fail before the long part)
     from prefetch.workloads import get_workload
-    from runtime.trace_format import load_trace, load_traces
+    from runtime.trace_format import load_traces
 
     out = Path(out)
     for w in workloads:

@@ -38,7 +38,6 @@ def summarize(trace: Trace) -> dict[str, Any]:
     tbytes = trace.tensor_nbytes()
     per_step_events = np.bincount(steps - steps.min()).tolist() if len(steps) else []
     sigs = step_signatures(trace)
-    layers_by_step: list[int] = []
     # the set of tensors read per step: how many distinct sets (MoE experts, layerdrop)
     read = trace.column("access") == 0
     sets = set()

@@ -8,7 +8,7 @@ hides exactly the timing we tune.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 

@@ -31,7 +31,7 @@ import torch
 from predictor.interface import NO_PREDICTION, Policy
 from runtime.device import Device
 from runtime.stats import AccessStats
-from runtime.trace_format import Access, Kind, Phase, is_managed
+from runtime.trace_format import Access, Kind, is_managed
 
 
 class BudgetError(ValueError):
