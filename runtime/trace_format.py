@@ -26,7 +26,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 SCHEMA_VERSION = 1
 VERSION_KEY = b"prefetch.schema_version"
@@ -265,18 +264,22 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as exc:
             raise TraceError(f"{manifest_path}: invalid JSON ({exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise TraceError(f"{manifest_path}: not UTF-8 text ({exc.reason})") from exc
     elif MANIFEST_KEY in meta:
         manifest = json.loads(meta[MANIFEST_KEY])
     else:
         raise TraceError(f"{manifest_path}: file not found")
-    if events.num_rows and tensors.num_rows:
-        max_id = int(pc.max(events.column("tensor_id")).as_py())
-        if max_id >= tensors.num_rows:
-            # Tensor rows are flushed before events that use them; only a cut tensor file
-            # can get here. Keep the events whose tensors are known.
-            mask = pc.less(events.column("tensor_id"), tensors.num_rows)
-            events = events.filter(mask)
-            truncated = True
+    # Out-of-range values, a cut tensor table, a manifest that is not an object: one-line
+    # TraceErrors (runtime/trace_validate.py); a killed recording keeps its readable prefix.
+    from runtime import trace_validate as tv
+
+    manifest = tv.check_manifest(manifest_path, manifest)
+    tv.check_events(events_path, events)
+    tv.check_tensors(tensors_path, tensors)
+    events, ids_cut = tv.check_event_ids(events_path, tensors_path, events, tensors.num_rows,
+                                         recording_finished=bool(manifest.get("complete", False)))
+    truncated = truncated or ids_cut
     return Trace(
         stem=stem,
         events=events,
