@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -82,10 +83,10 @@ def test_corrupt_model_file_names_the_file(model_dir, moe_train, tmp_path):
     with pytest.raises(CorruptModelError, match=f"{MODEL_FILE}: checksum"):
         load_artifact(folder, moe_train.architecture)
     meta = json.loads((folder / "meta.json").read_text())
-    del meta["files"]  # no checksums: LightGBM's own parser must fail cleanly
+    (folder / MODEL_FILE).write_text("tree\nnot a model at all\n")  # checksum updated to match: parsed, refused
+    meta["files"][MODEL_FILE]["sha256"] = hashlib.sha256((folder / MODEL_FILE).read_bytes()).hexdigest()
     (folder / "meta.json").write_text(json.dumps(meta))
-    (folder / MODEL_FILE).write_text("tree\nnot a model at all\n")
-    with pytest.raises(CorruptModelError, match=f"{MODEL_FILE}: not a readable LightGBM model"):
+    with pytest.raises(CorruptModelError, match=f"{MODEL_FILE}: not a valid LightGBM model"):
         make_policy(f"learned:{folder.parent}", architecture=moe_train.architecture)
 
 
