@@ -12,9 +12,24 @@ more threads would only add switching. It sleeps in zmq poll (timeout `poll_ms`,
 notice stop requests and expire idle sessions) and never spins. A malformed message
 gets an ERROR reply and the loop goes on; nothing from the wire is unpickled.
 
-State is bounded: at most `max_sessions` sessions (the least recently active is
-evicted), each dropped after `session_idle_s` without a message, and the socket refuses
-messages over `max_message_bytes`.
+No client can stall the others. An EVENTS batch of at most `chunk_events` events is
+answered at once; a larger one is queued in its session and worked off `chunk_events`
+at a time, round robin over the sessions with queued work, with the socket drained
+between rounds: another client's small batch waits for at most one chunk per busy
+session, not for the whole flood. Each session may queue `max_queued_events` (beyond:
+ERROR `busy`, the client drops that batch and goes on).
+
+Memory is bounded in total: at most `max_sessions` sessions and `max_total_tensors`
+tensor-table rows over all of them (the least recently active sessions are evicted
+with BYE to make room), at most `max_queued_events` queued events per session, each
+session dropped after `session_idle_s` without a message, and the socket refuses
+messages over `max_message_bytes` and buffers at most RCVHWM of them per connection.
+
+Nothing a client sends can forge a log line (fields are escaped, `log_field`), and
+replies reveal no path, pid or other client's architecture. Remote binds require
+ZeroMQ CURVE (`--curve-keys DIR`, keys from `prefetch daemon --gen-keys DIR`): the
+daemon proves its identity with its secret key and admits only clients whose public
+keys are in DIR/authorized_clients/.
 """
 
 from __future__ import annotations
@@ -29,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,6 +62,19 @@ DEFAULT_FALLBACK = "replay"
 FALLBACK_CHOICES = ("replay", "markov", "none", "error")  # "error": refuse instead of falling back
 DEFAULT_LOOKAHEAD = 64  # when a HELLO says lookahead 0 ("daemon's choice")
 IPC_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+LOG_FIELD_MAX = 200  # characters of a client-supplied string kept in a log line
+SERVER_SECRET = "server.key_secret"  # files of `prefetch daemon --gen-keys DIR` (zmq.auth certificates)
+SERVER_PUBLIC = "server.key"
+CLIENT_SECRET = "client.key_secret"
+AUTHORIZED_CLIENTS = "authorized_clients"
+
+
+def log_field(value: object, limit: int = LOG_FIELD_MAX) -> str:
+    """`value` made safe for one log line: control characters (newlines, ANSI escapes) and
+    non-ASCII escaped as \\n, \\x1b, \\u...; cut to `limit` characters. A client chooses its
+    architecture string and policy spec: written raw, they could forge log lines."""
+    text = str(value).encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "...[cut]"
 
 
 def default_endpoint() -> str:
@@ -55,15 +83,21 @@ def default_endpoint() -> str:
     return f"ipc://{tempfile.gettempdir()}/prefetch-daemon-{uid}.sock"
 
 
-def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> None:
-    """Raise ValueError unless `endpoint` is ipc://, inproc:// or a loopback tcp:// address
-    (any tcp address with allow_remote). The daemon takes no credentials: keep it local."""
+def check_endpoint(endpoint: str, *, allow_remote: bool = False, authenticated: bool = False) -> None:
+    """Raise ValueError unless `endpoint` is an ipc:// path, inproc:// or a loopback tcp://
+    address (any tcp address with allow_remote). Without CURVE (`authenticated`) the
+    daemon takes no credentials, so it must stay reachable by this user only: an
+    abstract ipc endpoint (ipc://@NAME, Linux) has no file permissions, any local user
+    could connect, and is refused unless authenticated."""
     scheme, sep, rest = endpoint.partition("://")
     if not sep or not rest:
         raise ValueError(f"endpoint {endpoint!r}: expected ipc://PATH, inproc://NAME or tcp://HOST:PORT")
     if scheme == "ipc" and len(rest.encode()) > IPC_PATH_MAX:
         raise ValueError(f"endpoint {endpoint!r}: ipc paths are limited to {IPC_PATH_MAX} bytes; use a shorter "
                          "folder (e.g. TMPDIR=/tmp)")
+    if scheme == "ipc" and rest.startswith("@") and not authenticated:
+        raise ValueError(f"endpoint {endpoint!r}: an abstract ipc socket has no file permissions (any local user "
+                         "could connect); use an ipc:// path, or --curve-keys DIR")
     if scheme in ("ipc", "inproc"):
         return
     if scheme != "tcp":
@@ -83,8 +117,8 @@ def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> None:
             loopback = False  # '*', an interface name or a host name
     if not loopback:
         raise ValueError(
-            f"endpoint {endpoint!r} is not loopback: the daemon has no authentication, so it binds only to "
-            "127.0.0.1, [::1], localhost or ipc:// unless you pass --allow-remote"
+            f"endpoint {endpoint!r} is not loopback: the daemon binds only to 127.0.0.1, [::1], localhost or "
+            "ipc:// unless you pass --allow-remote (which requires --curve-keys DIR)"
         )
 
 
@@ -97,9 +131,12 @@ class PolicyChoice:
 
     policy: Policy
     served: str
-    """The spec that actually serves ("learned:/abs/models", "replay", ...)."""
+    """The spec that actually serves ("learned", "replay", ...): sent to the client, so no path."""
     fallback_reason: str | None = None
-    """Why `served` is not what the client asked for; None when it is."""
+    """Why `served` is not what the client asked for (None when it is); sent to the client,
+    so it names no path and no other architecture (`public_reason`)."""
+    detail: str | None = None
+    """The full reason, with paths, for the daemon's own log."""
 
 
 class PolicyFactory(Protocol):
@@ -108,36 +145,56 @@ class PolicyFactory(Protocol):
         ...
 
 
+def public_reason(exc: BaseException) -> str:
+    """Why a learned predictor cannot serve, fit for a client: no folder, path, or list of
+    the other architectures the daemon holds (remote clients may be anyone's)."""
+    artifact = sys.modules.get("predictor.artifact")  # loaded by whoever raised an artifact error
+    if artifact is not None and isinstance(exc, artifact.ArchitectureMismatchError):
+        return "no predictor for this architecture in the daemon's models"
+    if artifact is not None and isinstance(exc, artifact.CorruptModelError):
+        what = f" ({exc.file}: {exc.problem})" if exc.file and exc.problem else ""
+        return f"the predictor for this architecture failed validation{what}"
+    if isinstance(exc, PolicyError) and "no trained predictor" in str(exc):
+        return "the daemon's models folder holds no trained predictor"
+    if isinstance(exc, PolicyError):
+        return "the daemon cannot serve a learned predictor for this architecture (its log says why)"
+    return f"the predictor could not be loaded ({type(exc).__name__}; the daemon's log has the details)"
+
+
 def make_policy_factory(models_dir: str | os.PathLike[str] | None, fallback: str = DEFAULT_FALLBACK) -> PolicyFactory:
     """The daemon's default factory, over predictor.policies.make_policy.
 
     `learned` and `learned:ANYTHING` are served from the daemon's own `models_dir` (a
-    client's path means nothing on the daemon's side); when it has no artifact for the
-    client's architecture (or none at all), `fallback` serves instead and HELLO_OK says
-    why; fallback "error" refuses the HELLO. Baseline specs are served as asked."""
+    client's path means nothing on the daemon's side); when it has no usable artifact
+    for the client's architecture (none, another architecture, a file that fails
+    validation, or anything else that raises while loading), `fallback` serves instead
+    and HELLO_OK says why; fallback "error" refuses the HELLO. Baseline specs are
+    served as asked."""
     from predictor.policies import make_policy
 
     if fallback not in FALLBACK_CHOICES:
         raise ValueError(f"policy fallback {fallback!r}: choose from {', '.join(FALLBACK_CHOICES)}")
     folder = str(Path(models_dir).resolve()) if models_dir is not None else None
+    if folder is not None:  # LightGBM's import takes seconds: pay it at start, not in a client's HELLO
+        import predictor.artifact  # noqa: F401
 
     def factory(spec: str, *, architecture: str, tensors: TensorInfo, lookahead: int) -> PolicyChoice:
         name = spec.partition(":")[0]
         if name != "learned":
             return PolicyChoice(make_policy(spec, lookahead=lookahead, tensors=tensors), served=spec)
         if folder is None:
-            reason = "the daemon was started without --models"
+            reason = detail = "the daemon was started without --models"
         else:
-            served = f"learned:{folder}"
             try:
-                policy = make_policy(served, lookahead=lookahead, tensors=tensors, architecture=architecture)
-                return PolicyChoice(policy, served=served)
-            except PolicyError as exc:  # no artifact, another architecture, corrupt files
-                reason = str(exc)
+                policy = make_policy(f"learned:{folder}", lookahead=lookahead, tensors=tensors,
+                                     architecture=architecture)
+                return PolicyChoice(policy, served="learned", detail=f"learned:{folder}")
+            except Exception as exc:  # noqa: BLE001 - no artifact, corrupt files, a loader bug: fall back
+                reason, detail = public_reason(exc), f"{type(exc).__name__}: {exc}"
         if fallback == "error":
             raise PolicyError(f"{reason} (the daemon runs with --policy-fallback error)")
         policy = make_policy(fallback, lookahead=lookahead, tensors=tensors)
-        return PolicyChoice(policy, served=fallback, fallback_reason=reason)
+        return PolicyChoice(policy, served=fallback, fallback_reason=reason, detail=detail)
 
     return factory
 
@@ -147,7 +204,7 @@ def make_policy_factory(models_dir: str | os.PathLike[str] | None, fallback: str
 
 @dataclass(kw_only=True, slots=True)
 class DaemonConfig:
-    """Where and how the daemon serves."""
+    """Where and how the daemon serves, and the bounds that keep it small and fair."""
 
     bind: str = field(default_factory=default_endpoint)
     """ZeroMQ endpoint: ipc://PATH, tcp://127.0.0.1:PORT (PORT * picks a free one), inproc://NAME."""
@@ -156,33 +213,135 @@ class DaemonConfig:
     policy_fallback: str = DEFAULT_FALLBACK
     """Served when a learned predictor is missing for a client's architecture; "error" refuses."""
     allow_remote: bool = False
-    """Allow a non-loopback tcp bind (there is no authentication)."""
+    """Allow a non-loopback tcp bind; requires `curve_keys`."""
+    curve_keys: str | None = None
+    """Folder of `prefetch daemon --gen-keys`: server.key_secret, and authorized_clients/*.key
+    (the public keys of the clients let in). Sets ZeroMQ CURVE on the socket."""
     session_idle_s: float = 600.0
     """A session with no message for this long is dropped (the client re-HELLOs)."""
-    max_sessions: int = 256
+    max_sessions: int = 64
     """More sessions evict the least recently active one."""
-    max_message_bytes: int = 256 << 20
+    max_total_tensors: int = 1 << 21
+    """Tensor-table rows over all sessions (each costs a policy some tens of bytes); a HELLO
+    or TENSORS past it evicts the least recently active other sessions."""
+    max_queued_events: int = 2 * wire.MAX_EVENTS_PER_BATCH
+    """Events one session may have waiting to be worked off; beyond it a batch gets ERROR busy."""
+    chunk_events: int = 256
+    """Events worked off per busy session per round: bounds how long one client delays another."""
+    max_message_bytes: int = 32 << 20
     """Larger messages are refused by the socket (zmq MAXMSGSIZE)."""
+    rcvhwm: int = 64
+    """Messages libzmq buffers per connection before it stops reading from it (back pressure)."""
     poll_ms: int = 100
     """Longest sleep in poll: bounds how late a stop request or an idle sweep is noticed."""
 
     def __post_init__(self) -> None:
-        check_endpoint(self.bind, allow_remote=self.allow_remote)
+        check_endpoint(self.bind, allow_remote=self.allow_remote, authenticated=self.curve_keys is not None)
+        if self.allow_remote and self.curve_keys is None:
+            raise ValueError("--allow-remote requires --curve-keys DIR: a remote daemon must authenticate its "
+                             "clients (make keys with `prefetch daemon --gen-keys DIR`)")
+        if self.curve_keys is not None:
+            if not zmq.has("curve"):
+                raise ValueError("--curve-keys: this libzmq was built without CURVE support (zmq.has('curve') is "
+                                 "False); install a pyzmq wheel with libsodium/tweetnacl")
+            load_server_keys(self.curve_keys)  # fails now, with the file's name, rather than at bind
         if self.policy_fallback not in FALLBACK_CHOICES:
             raise ValueError(f"policy_fallback {self.policy_fallback!r}: choose from {', '.join(FALLBACK_CHOICES)}")
         if not self.session_idle_s > 0:
             raise ValueError(f"session_idle_s must be > 0, got {self.session_idle_s}")
-        if self.max_sessions < 1:
-            raise ValueError(f"max_sessions must be >= 1, got {self.max_sessions}")
+        for name in ("max_sessions", "max_total_tensors", "max_queued_events", "chunk_events", "rcvhwm"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
         if not 1 <= self.poll_ms <= 10_000:
             raise ValueError(f"poll_ms must be in [1, 10000], got {self.poll_ms}")
 
 
+# -- CURVE keys ----------------------------------------------------------------------------
+
+
+def generate_keys(folder: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write a server keypair, one client keypair, and authorize that client, under
+    `folder` (created, mode 0700; secret files 0600). Refuses to overwrite a server key.
+    Copy server.key (public) and client.key_secret to the machine of the training job."""
+    import zmq.auth
+
+    root = Path(folder)
+    if (root / SERVER_SECRET).exists():
+        raise ValueError(f"--gen-keys {root}: {SERVER_SECRET} exists already; not overwriting keys")
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    server_public, server_secret = zmq.auth.create_certificates(str(root), "server")
+    client_public, client_secret = zmq.auth.create_certificates(str(root), "client")
+    for secret in (server_secret, client_secret):
+        os.chmod(secret, 0o600)
+    authorized = root / AUTHORIZED_CLIENTS
+    authorized.mkdir(exist_ok=True)
+    (authorized / "client.key").write_bytes(Path(client_public).read_bytes())
+    return {"server_public": Path(server_public), "server_secret": Path(server_secret),
+            "client_public": Path(client_public), "client_secret": Path(client_secret), "authorized": authorized}
+
+
+def _load_cert(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    if not path.is_file():
+        raise ValueError(f"{path}: no such key file (make keys with `prefetch daemon --gen-keys DIR`)")
+    try:
+        public, secret_key = zmq.auth.load_certificate(str(path))
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a ZeroMQ certificate ({exc})") from None
+    if secret and not secret_key:
+        raise ValueError(f"{path}: holds no secret key")
+    return public, secret_key
+
+
+def load_server_keys(folder: str | os.PathLike[str]) -> tuple[bytes, bytes, Path]:
+    """(public, secret, authorized_clients folder) of a --curve-keys folder, checked: the
+    secret key file must not be readable by others, and at least one client is authorized."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"--curve-keys {root}: no such folder (make one with `prefetch daemon --gen-keys DIR`)")
+    path = root / SERVER_SECRET
+    public, secret = _load_cert(path, secret=True)
+    if hasattr(os, "getuid") and path.stat().st_mode & 0o077:
+        raise ValueError(f"{path}: the secret key is readable by other users; chmod 600 it")
+    authorized = root / AUTHORIZED_CLIENTS
+    if not authorized.is_dir() or not any(authorized.glob("*.key")):
+        raise ValueError(f"--curve-keys {root}: no client public keys in {AUTHORIZED_CLIENTS}/ (*.key); without "
+                         "them nobody could connect")
+    assert secret is not None
+    return public, secret, authorized
+
+
+def load_client_keys(folder: str | os.PathLike[str]) -> dict[str, bytes]:
+    """The keys a client needs from a folder holding server.key (the daemon's public key)
+    and client.key_secret (this client's keypair): curve_serverkey, curve_publickey,
+    curve_secretkey (Z85 bytes)."""
+    root = Path(folder)
+    server_public, _ = _load_cert(root / SERVER_PUBLIC, secret=False)
+    client_public, client_secret = _load_cert(root / CLIENT_SECRET, secret=True)
+    assert client_secret is not None
+    return {"curve_serverkey": server_public, "curve_publickey": client_public, "curve_secretkey": client_secret}
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Batch:
+    """An EVENTS batch being worked off: events [pos:] still to observe, ids requested so far."""
+
+    seq: int
+    events: np.ndarray
+    pos: int = 0
+    out: list[int] = field(default_factory=list)
+
+
 @dataclass(slots=True)
 class Session:
-    """One client: its policy and what it has sent."""
+    """One client: its policy, what it has sent, and the batches it has waiting."""
 
     session_id: int
     identity: bytes
@@ -196,6 +355,8 @@ class Session:
     events: int = 0
     commands: int = 0
     bad_ids: int = 0  # ids a policy returned outside the table (dropped)
+    queue: deque = field(default_factory=deque)  # _Batch, oldest first
+    queued_events: int = 0
 
 
 @dataclass(slots=True)
@@ -208,6 +369,8 @@ class DaemonStats:
     sessions_closed: int = 0
     sessions_expired: int = 0
     sessions_evicted: int = 0
+    batches_queued: int = 0  # batches larger than chunk_events (or behind one), worked off in rounds
+    busy_refused: int = 0  # batches refused because their session's queue was full
     errors_by_code: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -228,8 +391,11 @@ class Daemon:
         self._factory = policy_factory
         self._context = context
         self._socket: zmq.Socket | None = None
+        self._auth: Any = None  # zmq.auth.thread.ThreadAuthenticator with CURVE
         self._stop = threading.Event()
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()  # least recently active first
+        self._busy: deque[bytes] = deque()  # sessions with queued batches, round-robin order
+        self._total_tensors = 0  # table rows over all sessions
         self._next_session = secrets.randbelow(1 << 30) + 1
         self._closed = False
         self.endpoint: str | None = None
@@ -252,17 +418,45 @@ class Daemon:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         sock.setsockopt(zmq.SNDHWM, 10_000)
-        sock.setsockopt(zmq.RCVHWM, 10_000)
+        sock.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
         try:
+            if self.config.curve_keys is not None:
+                self._start_curve(ctx, sock)
             sock.bind(bind)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
+            self._stop_auth()
             raise OSError(f"cannot bind {bind}: {exc}") from None
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        log.info("prefetch daemon: serving on %s (models %s, fallback %s)", self.endpoint,
-                 self.config.models_dir, self.config.policy_fallback)
+        if self.endpoint.startswith("ipc://") and not self.endpoint.startswith("ipc://@"):
+            try:  # only this user may connect (umask may have left it group/world-writable)
+                os.chmod(self.endpoint[len("ipc://"):], 0o600)
+            except OSError:
+                pass
+        log.info("prefetch daemon: serving on %s (models %s, fallback %s, %s)", self.endpoint,
+                 self.config.models_dir, self.config.policy_fallback,
+                 "CURVE" if self.config.curve_keys else "no authentication: local only")
         return self
+
+    def _start_curve(self, ctx: zmq.Context, sock: zmq.Socket) -> None:
+        """CURVE server with a ZAP handler admitting only authorized_clients/*.key."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        public, secret, authorized = load_server_keys(self.config.curve_keys)  # type: ignore[arg-type]
+        auth = ThreadAuthenticator(ctx, log=logging.getLogger("prefetch.daemon.auth"))
+        auth.start()
+        auth.configure_curve(domain="*", location=str(authorized))
+        self._auth = auth
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+
+    def _stop_auth(self) -> None:
+        auth, self._auth = self._auth, None
+        if auth is not None:
+            auth.stop()
 
     def stop(self) -> None:
         """Ask `serve()` to return (thread-safe; noticed within poll_ms)."""
@@ -274,13 +468,17 @@ class Daemon:
             return
         self._closed = True
         if self._socket is None:
+            self._stop_auth()
             return
         for sess in list(self._sessions.values()):
             bye = wire.Bye(session=sess.session_id, reason="daemon shutting down", exiting=True)
             self._send(sess.identity, bye.encode())
         self._sessions.clear()
+        self._busy.clear()
+        self._total_tensors = 0
         sock, self._socket = self._socket, None
         sock.close(linger=100)  # ms: enough for the BYEs to leave over loopback
+        self._stop_auth()
         if self.endpoint and self.endpoint.startswith("ipc://") and not self.endpoint.startswith("ipc://@"):
             try:  # libzmq leaves the socket file behind; it was ours (start() refuses a live one)
                 os.unlink(self.endpoint[len("ipc://"):])
@@ -295,7 +493,8 @@ class Daemon:
 
     # -- serving -----------------------------------------------------------------------
     def serve(self) -> None:
-        """Serve until stop(). One message at a time, in arrival order."""
+        """Serve until stop(): drain what has arrived (small batches answered at once), then
+        one round of queued work (`chunk_events` per busy session), and again."""
         self.start()
         sock = self._socket
         assert sock is not None
@@ -304,13 +503,15 @@ class Daemon:
         sweep_s = min(1.0, self.config.session_idle_s / 2)
         next_sweep = time.monotonic() + sweep_s
         while not self._stop.is_set():
-            if poller.poll(self.config.poll_ms):
+            if poller.poll(0 if self._busy else self.config.poll_ms):
                 for _ in range(1000):  # drain what is queued, then look at the clock again
                     try:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     self.handle(frames)
+            if self._busy:
+                self.work_round()
             now = time.monotonic()
             if now >= next_sweep:
                 self.expire_idle(now)
@@ -356,7 +557,7 @@ class Daemon:
                 self._send(identity, wire.Pong(seq=seq, info=self.info()).encode())
             elif kind is MsgType.BYE:
                 if sess is not None and session == sess.session_id:
-                    del self._sessions[identity]
+                    self._forget(identity)
                     self.stats.sessions_closed += 1
             else:
                 raise WireError(ErrorCode.UNEXPECTED, f"the daemon does not accept {kind.name} messages")
@@ -364,21 +565,23 @@ class Daemon:
             self._error(identity, exc.code, exc.detail, kind, session, seq)
         except PolicyError as exc:
             self._error(identity, ErrorCode.POLICY, str(exc), kind, session, seq)
-        except Exception as exc:  # noqa: BLE001 - a policy bug must not take the daemon down
-            log.exception("prefetch daemon: internal error on a %d-frame message", len(frames))
-            self._error(identity, ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}", kind, session, seq)
+        except Exception:  # noqa: BLE001 - a policy bug must not take the daemon down
+            log.exception("prefetch daemon: internal error on a %d-frame %s message", len(frames),
+                          kind.name if kind is not None else "unreadable")
+            # the client learns only that it failed: exception text may hold paths or other clients' data
+            self._error(identity, ErrorCode.INTERNAL, "internal error (the daemon's log has the details)", kind,
+                        session, seq)
 
     # -- message handlers --------------------------------------------------------------
     def _on_hello(self, identity: bytes, msg: wire.Hello) -> None:
         assert self._factory is not None
-        old = self._sessions.pop(identity, None)
-        if old is not None:
+        n = msg.tensors.num_tensors
+        if n > self.config.max_total_tensors:
+            raise WireError(ErrorCode.BAD_RANGE,
+                            f"{n} tensors: this daemon keeps at most {self.config.max_total_tensors} over all sessions")
+        if self._forget(identity) is not None:  # HELLO again: the old session and its queued work end
             self.stats.sessions_closed += 1
-        while len(self._sessions) >= self.config.max_sessions:
-            victim = self._sessions.popitem(last=False)[1]
-            self.stats.sessions_evicted += 1
-            bye = wire.Bye(session=victim.session_id, reason="evicted: too many sessions")
-            self._send(victim.identity, bye.encode())
+        self._make_room(sessions=1, tensors=n, keep=identity)
         lookahead = msg.lookahead or DEFAULT_LOOKAHEAD
         choice = self._factory(msg.policy, architecture=msg.architecture, tensors=msg.tensors, lookahead=lookahead)
         sid = self._next_session
@@ -389,23 +592,31 @@ class Daemon:
             architecture=msg.architecture,
             policy=choice.policy,
             served=choice.served,
-            num_tensors=msg.tensors.num_tensors,
+            num_tensors=n,
             next_use=msg.next_use,
             last_seen=time.monotonic(),
         )
+        self._total_tensors += n
         self.stats.sessions_opened += 1
         if choice.fallback_reason:
-            log.warning("prefetch daemon: %s asked for %s, serving %s: %s", msg.architecture, msg.policy,
-                        choice.served, choice.fallback_reason)
+            log.warning("prefetch daemon: architecture %s asked for %s, serving %s: %s", log_field(msg.architecture),
+                        log_field(msg.policy), log_field(choice.served),
+                        log_field(choice.detail or choice.fallback_reason, 1000))
         reply = wire.HelloOk(session=sid, policy=choice.served, requested=msg.policy,
-                             fallback_reason=choice.fallback_reason, num_tensors=msg.tensors.num_tensors)
+                             fallback_reason=choice.fallback_reason, num_tensors=n)
         self._send(identity, reply.encode())
 
     def _on_tensors(self, sess: Session, msg: wire.Tensors) -> None:
         if msg.first_id != sess.num_tensors:
             raise WireError(ErrorCode.BAD_RANGE,
                             f"TENSORS starts at id {msg.first_id}; the session's table has {sess.num_tensors} rows")
-        sess.num_tensors += msg.tensors.num_tensors
+        k = msg.tensors.num_tensors
+        if sess.num_tensors + k > self.config.max_total_tensors:
+            raise WireError(ErrorCode.BAD_RANGE, f"the table would grow to {sess.num_tensors + k} tensors; this "
+                                                 f"daemon keeps at most {self.config.max_total_tensors}")
+        self._make_room(sessions=0, tensors=k, keep=sess.identity)
+        sess.num_tensors += k
+        self._total_tensors += k
         sess.last_seen = time.monotonic()
         self._sessions.move_to_end(sess.identity)
         extend = getattr(sess.policy, "extend", None)  # optional hook: policies that index the table
@@ -415,22 +626,74 @@ class Daemon:
     def _on_events(self, sess: Session, msg: wire.Events) -> None:
         sess.last_seen = time.monotonic()
         self._sessions.move_to_end(sess.identity)
+        n = len(msg.events)
+        if not sess.queue and n <= self.config.chunk_events:  # the common case: answer now
+            batch = _Batch(msg.seq, msg.events)
+            self._observe(sess, batch, n)
+            self._reply(sess, batch)
+            return
+        if sess.queued_events + n > self.config.max_queued_events:
+            self.stats.busy_refused += 1
+            raise WireError(ErrorCode.BUSY, f"{sess.queued_events} events of this session are still queued (at most "
+                                             f"{self.config.max_queued_events}); batch dropped")
+        sess.queue.append(_Batch(msg.seq, msg.events))
+        sess.queued_events += n
+        self.stats.batches_queued += 1
+        if len(sess.queue) == 1:
+            self._busy.append(sess.identity)
+
+    def work_round(self) -> None:
+        """Work off up to chunk_events queued events of each busy session, round robin."""
+        for _ in range(len(self._busy)):
+            identity = self._busy.popleft()
+            sess = self._sessions.get(identity)
+            if sess is None or not sess.queue:
+                continue  # closed, evicted or replaced meanwhile
+            budget = self.config.chunk_events
+            while budget > 0 and sess.queue:
+                batch = sess.queue[0]
+                before = batch.pos
+                try:
+                    self._observe(sess, batch, budget)
+                    if batch.pos >= len(batch.events):
+                        self._reply(sess, batch)
+                except Exception:  # noqa: BLE001 - as in handle(): the batch fails, the daemon goes on
+                    log.exception("prefetch daemon: internal error working off a queued batch")
+                    batch.pos = len(batch.events)
+                    self._error(identity, ErrorCode.INTERNAL, "internal error (the daemon's log has the details)",
+                                MsgType.EVENTS, sess.session_id, batch.seq)
+                done = batch.pos - before
+                budget -= done
+                sess.queued_events -= done
+                if batch.pos >= len(batch.events):
+                    sess.queue.popleft()
+            if sess.queue:
+                self._busy.append(identity)
+
+    def _observe(self, sess: Session, batch: _Batch, limit: int) -> None:
+        """Feed up to `limit` of the batch's remaining events to the session's policy."""
         observe = sess.policy.observe
-        out: list[int] = []
-        for step, micro, phase, access, tid in msg.events.tolist():
+        out = batch.out
+        stop = min(len(batch.events), batch.pos + limit)
+        for step, micro, phase, access, tid in batch.events[batch.pos:stop].tolist():
             requested = observe(step, micro, phase, access, tid)
             if len(requested):
                 out.extend(requested)
-        n = len(msg.events)
-        sess.batches += 1
+        n = stop - batch.pos
+        batch.pos = stop
         sess.events += n
         self.stats.events += n
-        ids = np.asarray(out, dtype=np.int64) if out else np.zeros(0, dtype=np.int64)
+
+    def _reply(self, sess: Session, batch: _Batch) -> None:
+        """COMMANDS for a fully observed batch: the ids its events caused, in order."""
+        out = batch.out
+        sess.batches += 1
+        ids = np.asarray(out[:wire.MAX_COMMAND_IDS], dtype=np.int64) if out else np.zeros(0, dtype=np.int64)
         if len(ids) and (ids.min() < 0 or ids.max() >= sess.num_tensors):
             keep = (ids >= 0) & (ids < sess.num_tensors)
             if not sess.bad_ids:
                 log.warning("prefetch daemon: policy %s returned ids outside the table of %d; dropping them",
-                            sess.served, sess.num_tensors)
+                            log_field(sess.served), sess.num_tensors)
             sess.bad_ids += int((~keep).sum())
             ids = ids[keep]
         next_use = None
@@ -441,16 +704,44 @@ class Daemon:
                 next_use[~(next_use >= 0)] = np.inf
         sess.commands += len(ids)
         self.stats.commands += len(ids)
-        reply = wire.Commands(session=sess.session_id, seq=msg.seq, tensor_ids=ids.astype(np.int32), next_use=next_use)
+        reply = wire.Commands(session=sess.session_id, seq=batch.seq, tensor_ids=ids.astype(np.int32),
+                              next_use=next_use)
         self._send(sess.identity, reply.encode())
+
+    def _make_room(self, *, sessions: int, tensors: int, keep: bytes) -> None:
+        """Evict the least recently active sessions (not `keep`) until `sessions` more
+        sessions and `tensors` more table rows fit the bounds."""
+        while self._sessions and (
+            len(self._sessions) + sessions > self.config.max_sessions
+            or self._total_tensors + tensors > self.config.max_total_tensors
+        ):
+            victim = next((i for i in self._sessions if i != keep), None)
+            if victim is None:
+                return
+            sess = self._forget(victim)
+            assert sess is not None
+            self.stats.sessions_evicted += 1
+            why = ("too many sessions" if len(self._sessions) + 1 + sessions > self.config.max_sessions
+                   else "the daemon's tensor tables are full")
+            self._send(victim, wire.Bye(session=sess.session_id, reason=f"evicted: {why}").encode())
+
+    def _forget(self, identity: bytes) -> Session | None:
+        """Remove a session and its queued work; keeps the total table count true."""
+        sess = self._sessions.pop(identity, None)
+        if sess is not None:
+            self._total_tensors -= sess.num_tensors
+            sess.queue.clear()
+            sess.queued_events = 0
+        return sess
 
     def expire_idle(self, now: float | None = None) -> int:
         """Drop sessions idle for session_idle_s; returns how many."""
         now = time.monotonic() if now is None else now
         limit = now - self.config.session_idle_s
-        expired = [ident for ident, s in self._sessions.items() if s.last_seen < limit]
+        expired = [ident for ident, s in self._sessions.items() if s.last_seen < limit and not s.queue]
         for ident in expired:
-            sess = self._sessions.pop(ident)
+            sess = self._forget(ident)
+            assert sess is not None
             self.stats.sessions_expired += 1
             self._send(ident, wire.Bye(session=sess.session_id, reason="idle timeout").encode())
         return len(expired)
@@ -460,7 +751,7 @@ class Daemon:
                seq: int) -> None:
         self.stats.errors += 1
         self.stats.errors_by_code[code.value] = self.stats.errors_by_code.get(code.value, 0) + 1
-        log.debug("prefetch daemon: ERROR %s to client %s: %s", code.value, identity.hex(), message)
+        log.debug("prefetch daemon: ERROR %s to client %s: %s", code.value, identity.hex()[:64], log_field(message))
         refused = kind.name if kind is not None else ""
         self._send(identity, wire.Error(code=code.value, message=message, refused=refused, session=session,
                                         seq=seq).encode())
@@ -477,13 +768,26 @@ class Daemon:
     def sessions(self) -> dict[bytes, Session]:
         return dict(self._sessions)
 
+    @property
+    def total_tensors(self) -> int:
+        """Tensor-table rows held over all sessions (bounded by max_total_tensors)."""
+        return self._total_tensors
+
     def info(self) -> dict[str, Any]:
+        """PONG's body: that it is a prefetch daemon and which wire version it speaks. No pid,
+        path or session list: a client may be anyone the socket admits."""
+        return {"service": "prefetch-daemon", "wire_version": wire.WIRE_VERSION}
+
+    def status(self) -> dict[str, Any]:
+        """For the daemon's own log and tests (never sent): what info() leaves out."""
         return {
             "pid": os.getpid(),
             "endpoint": self.endpoint,
             "models_dir": self.config.models_dir,
             "policy_fallback": self.config.policy_fallback,
             "sessions": len(self._sessions),
+            "total_tensors": self._total_tensors,
+            "queued_events": sum(s.queued_events for s in self._sessions.values()),
             "wire_version": wire.WIRE_VERSION,
         }
 
@@ -491,11 +795,16 @@ class Daemon:
 # -- helpers for tests and for the runtime ------------------------------------------------
 
 
-def ping(endpoint: str, *, timeout_ms: int = 500, context: zmq.Context | None = None) -> dict[str, Any] | None:
-    """The daemon's PONG info, or None if nothing answers within timeout_ms."""
+def ping(endpoint: str, *, timeout_ms: int = 500, context: zmq.Context | None = None,
+         curve_keys: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """The daemon's PONG info, or None if nothing answers within timeout_ms.
+    `curve_keys`: a folder with server.key and client.key_secret, for a CURVE daemon."""
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve_keys is not None:
+        for opt, value in load_client_keys(curve_keys).items():
+            setattr(sock, opt, value)
     try:
         sock.connect(endpoint)
         sock.send_multipart(wire.Ping(seq=1).encode())

@@ -58,9 +58,11 @@ EVENT_FIELDS: tuple[str, ...] = EVENT_DTYPE.names  # type: ignore[assignment]
 KIND_DTYPE, NBYTES_DTYPE, LAYER_DTYPE = np.dtype("i1"), np.dtype("<i8"), np.dtype("<i2")
 ID_DTYPE, NEXT_USE_DTYPE = np.dtype("<i4"), np.dtype("<f4")
 
-# Bounds that keep one message from claiming unbounded memory or work.
-MAX_TENSORS = 1 << 24
-MAX_EVENTS_PER_BATCH = 1 << 20
+# Bounds that keep one message from claiming unbounded memory or work. A training job
+# sends a few to a few hundred events per batch and has thousands of managed tensors.
+MAX_TENSORS = 1 << 18  # rows of one HELLO table (TENSORS may grow it to this)
+MAX_EVENTS_PER_BATCH = 1 << 16  # 768 KiB; the daemon works off big batches in chunks
+MAX_COMMAND_IDS = 1 << 22  # ids in one COMMANDS reply (the daemon caps what it sends)
 MAX_JSON_BYTES = 1 << 20
 MAX_ARCHITECTURE_CHARS = 4096
 MAX_LOOKAHEAD = 1 << 16
@@ -98,6 +100,7 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_SESSION = "unknown_session"  # EVENTS before HELLO, or after the session expired
     UNEXPECTED = "unexpected"  # a valid message the receiver does not accept (e.g. COMMANDS to the daemon)
     POLICY = "policy_error"  # the policy could not be made, or raised
+    BUSY = "busy"  # the session has too many events queued: this batch was dropped, go on
     INTERNAL = "internal"
 
 
@@ -339,7 +342,7 @@ def decode(frames: Sequence[bytes], *, num_tensors: int | None = None) -> Messag
     if kind is MsgType.COMMANDS:
         has_next_use = bool(flags & FLAG_NEXT_USE)
         _expect_frames(kind, body, 2 if has_next_use else 1)
-        ids = _array(body[0], ID_DTYPE, count, "command ids", MAX_TENSORS)
+        ids = _array(body[0], ID_DTYPE, count, "command ids", MAX_COMMAND_IDS)
         if count and num_tensors is not None:
             # Python min/max beat numpy reductions on the few ids a batch usually brings
             lo, hi = (min(v := ids.tolist()), max(v)) if count <= _SMALL else (int(ids.min()), int(ids.max()))
@@ -347,7 +350,7 @@ def decode(frames: Sequence[bytes], *, num_tensors: int | None = None) -> Messag
                 raise WireError(ErrorCode.BAD_RANGE, f"command ids span [{lo}, {hi}], table has {num_tensors}")
         next_use = None
         if has_next_use:
-            next_use = _array(body[1], NEXT_USE_DTYPE, count, "next_use", MAX_TENSORS)
+            next_use = _array(body[1], NEXT_USE_DTYPE, count, "next_use", MAX_COMMAND_IDS)
             ok = all(x >= 0 for x in next_use.tolist()) if count <= _SMALL else bool(np.all(next_use >= 0))
             if not ok:  # x >= 0 is False for NaN too
                 raise WireError(ErrorCode.BAD_RANGE, "next_use values must be >= 0 (inf for none), not NaN")

@@ -121,7 +121,8 @@ def test_hello_then_events_get_commands(ctx, daemon):
 def test_ping_answers_without_session(ctx, daemon):
     """PING is answered with PONG info, no session needed."""
     info = ping(daemon.endpoint, timeout_ms=RECV_TIMEOUT_MS, context=ctx)
-    assert info is not None and info["wire_version"] == wire.WIRE_VERSION and info["sessions"] == 0
+    assert info is not None and info["wire_version"] == wire.WIRE_VERSION
+    assert not {"pid", "models_dir", "endpoint", "sessions"} & set(info)  # nothing about the host or other clients
 
 
 def _malformed(session):
@@ -180,7 +181,7 @@ def test_policy_exception_is_an_error_not_a_crash(ctx, daemon):
     s = dealer(ctx, daemon.endpoint)
     ok = hello(s, n=5, policy="exploding")
     err = send_events(s, ok.session, 1, [0])
-    assert isinstance(err, wire.Error) and err.code == "internal" and "boom" in err.message
+    assert isinstance(err, wire.Error) and err.code == "internal" and "boom" not in err.message  # logged, not sent
     cmd = send_events(s, ok.session, 2, [1])
     assert cmd.tensor_ids.tolist() == [2, 3]
 
@@ -356,8 +357,7 @@ def test_local_daemon_subprocess_starts_answers_and_stops_on_sigterm(tmp_path):
     endpoint, handle = start_local_daemon(tmp_path, endpoint=f"ipc://{tmp_path}/l.sock")
     try:
         info = ping(endpoint, timeout_ms=RECV_TIMEOUT_MS)
-        assert info is not None and info["pid"] == handle.process.pid
-        assert info["models_dir"] == str(tmp_path.resolve())
+        assert info is not None and info["service"] == "prefetch-daemon" and handle.alive
     finally:
         rc = handle.stop()
     assert rc == 0  # SIGTERM -> clean shutdown, exit code 0
@@ -407,7 +407,7 @@ def test_learned_served_for_its_architecture_and_replay_for_another(ctx, trained
         s.send_multipart(wire.Hello(architecture=trace.architecture, policy="learned", tensors=info).encode(),
                          copy=False)
         ok = recv(s)
-        assert ok.policy == f"learned:{models.resolve()}" and ok.fallback_reason is None
+        assert ok.policy == "learned" and ok.fallback_reason is None  # no path goes to a client
         ev = np.zeros(trace.num_events, dtype=EVENT_DTYPE)
         for name in EVENT_DTYPE.names:
             ev[name] = trace.column(name)
@@ -418,6 +418,7 @@ def test_learned_served_for_its_architecture_and_replay_for_another(ctx, trained
         other.send_multipart(wire.Hello(architecture="OtherModel-0123", policy="learned", tensors=info).encode(),
                              copy=False)
         fb = recv(other)
-        assert fb.policy == "replay" and "OtherModel-0123" in fb.fallback_reason
+        assert fb.policy == "replay" and "no predictor for this architecture" in fb.fallback_reason
+        assert trace.architecture not in fb.fallback_reason and str(models) not in fb.fallback_reason
     finally:
         d.stop()
