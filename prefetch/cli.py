@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import NoReturn, Sequence
 
 # verb module names under prefetch.commands, in --help order
 COMMANDS = ("workloads", "record", "trace", "train", "eval", "simulate", "run", "daemon", "report", "demo")
@@ -22,12 +23,77 @@ class CommandError(Exception):
     """An expected failure: printed as one line, exit code 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming the verb and the flag (not a usage dump).
+
+    Subparsers inherit the class, so every verb gets the same shape as CommandError."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def output_dir(text: str) -> Path:
+    """argparse type for an output folder: refuses '' (which would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string (use . for the current folder)")
+    return Path(text)
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count that must be >= 1 (threads, steps, trees)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type for a finite number > 0 (a bandwidth, a ratio)."""
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type for a finite number >= 0 (a latency)."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type for a count that may be 0 (warm-up steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="prefetch",
         description="Learned tensor prefetching for PyTorch training: record, train, simulate, run.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # dest "verb", not "command": `record` and `run` take the script after -- as `command`
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"prefetch.commands.{name.replace('-', '_')}")
@@ -52,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0]) if exc.args else repr(exc)
-        print(f"prefetch {args.command}: error: {msg}", file=sys.stderr)
+        print(f"prefetch {args.verb}: error: {' '.join(msg.splitlines())}", file=sys.stderr)
         return 2
 
 

@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", nargs=argparse.REMAINDER, help="script.py ARGS or -m module ARGS")
     args = parser.parse_args(argv)
     target = args.target[1:] if args.target[:1] == ["--"] else args.target
+    if not args.out.strip():  # Path("") is the current folder: never a silent default
+        print("prefetch record: error: --out must name a folder, got an empty string", file=sys.stderr)
+        return 2
     if not target:
         parser.error("nothing to run: give a script or -m module after --")
     if target[0] == "-m":

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefetch.cli import CommandError
+from prefetch.cli import CommandError, output_dir, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--workload", help="a reference workload (see `prefetch workloads`)")
-    p.add_argument("--steps", type=int, default=8, help="optimizer steps to record (default 8)")
+    p.add_argument("--steps", type=positive_int, default=8, help="optimizer steps to record (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed for model init and data (default 0)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--out", required=True, type=output_dir, help="output folder (created if missing)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--name", default=None, help="trace name for a script (default: the model class)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- python SCRIPT ARGS (a script to record)")

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from prefetch.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+
 DEFAULT_SWEEP_BUDGETS = "0.2,0.3,0.4,0.5,0.6,0.8,1.0"
 DEFAULT_SWEEP_POLICIES = "none,replay,markov,oracle"
 DEFAULT_PLOT = "simulate-sweep.png"
@@ -34,14 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="device budget: a fraction of the managed bytes (0.4, 40%%) or a size (2GiB, 1.5e9); "
                         "default 0.4")
     link = p.add_mutually_exclusive_group()
-    link.add_argument("--link-ratio", type=float, default=None,
+    link.add_argument("--link-ratio", type=positive_float, default=None,
                       help="link speed as the time to copy every managed byte once over the mean step compute "
                            "time (default 0.5)")
-    link.add_argument("--bandwidth", type=float, default=None, metavar="GBPS",
+    link.add_argument("--bandwidth", type=positive_float, default=None, metavar="GBPS",
                       help="explicit link bandwidth in GB/s (1e9 bytes/s), instead of a ratio")
-    p.add_argument("--latency-us", type=float, default=None, help="per-copy latency in microseconds (default 5)")
-    p.add_argument("--warmup", type=int, default=1, metavar="N", help="steps of each trace left out (default 1)")
-    p.add_argument("--lookahead", type=int, default=64, metavar="N",
+    p.add_argument("--latency-us", type=nonnegative_float, default=None, help="per-copy latency in microseconds (default 5)")
+    p.add_argument("--warmup", type=nonnegative_int, default=1, metavar="N", help="steps of each trace left out (default 1)")
+    p.add_argument("--lookahead", type=positive_int, default=64, metavar="N",
                    help="future reads a named policy keeps requested (default 64, as `prefetch run`)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the report (or the sweep) as JSON")
     p.add_argument("--sweep", action="store_true", help="simulate every policy x budget, print a table, plot it")

@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+
+from prefetch.cli import output_dir, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,14 +22,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("traces", nargs="+", type=Path, metavar="TRACE_DIR", help="trace folders or files")
-    p.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="where the artifacts go (one folder per architecture)")
-    p.add_argument("--lookahead", type=int, default=None, help="D: predict the reads within the next D (default 16)")
-    p.add_argument("--holdout", type=float, default=None, help="share of each trace's last steps held out (default 0.25)")
-    p.add_argument("--trees", type=int, default=None, help="boosting rounds (default 30)")
-    p.add_argument("--threads", type=int, default=None, help="LightGBM training threads (default 2)")
+    p.add_argument("--out", required=True, type=output_dir, metavar="MODEL_DIR", help="where the artifacts go (one folder per architecture)")
+    p.add_argument("--lookahead", type=positive_int, default=None, help="D: predict the reads within the next D (default 16)")
+    p.add_argument("--holdout", type=_holdout, default=None, help="share of each trace's last steps held out (default 0.25)")
+    p.add_argument("--trees", type=positive_int, default=None, help="boosting rounds (default 30)")
+    p.add_argument("--threads", type=positive_int, default=None, help="LightGBM training threads (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed for subsampling and LightGBM (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def _holdout(text: str) -> float:
+    """argparse type for --holdout: a finite share in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise argparse.ArgumentTypeError(f"must be a share in [0, 1), got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
