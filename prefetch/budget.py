@@ -8,7 +8,10 @@ Accepted forms (case-insensitive units, optional space before the unit):
     40%                  a percentage in (0, 100]
     2GiB, 512MiB, 64KiB  binary units (KiB, MiB, GiB, TiB = 1024**k bytes)
     1.5GB, 300MB         decimal units (KB, MB, GB, TB = 1000**k bytes), B for bytes
-    1.5e9, 4096          a plain number above 1 is a whole number of bytes
+    4096, 1.5e9          a whole number above 1 written without a decimal point, or in
+                         scientific notation, is a number of bytes
+A decimal above 1 without a unit (2.0, 1.5; a Python float above 1) is an error, not a
+byte count: `--budget 2.0` is more likely a typo for a fraction or for 2GB than 2 bytes.
 A budget below the largest managed tensor is an error: that tensor could never be placed.
 """
 
@@ -81,11 +84,8 @@ def parse_budget(value: str | float | int | Budget) -> Budget:
             raise ValueError(f"budget must be a positive fraction or size, got {value!r}")
         if x <= 1.0:
             return Budget(fraction=x)
-        if x != int(x):
-            raise ValueError(
-                f"budget {value!r}: a fraction must be in (0, 1]; an absolute size needs a whole "
-                "number of bytes or a unit (e.g. 2GiB)"
-            )
+        if isinstance(value, float):
+            return _bad_plain(value)  # 2.0 is not "2 bytes": say what was meant
         return Budget(nbytes=int(x))
     if not isinstance(value, str):
         raise ValueError(f"budget must be a string, number or Budget, not {type(value).__name__}")
@@ -100,7 +100,12 @@ def parse_budget(value: str | float | int | Budget) -> Budget:
     if not math.isfinite(x) or x <= 0:
         raise ValueError(f"budget {value!r} must be positive")
     if unit == "":
-        return parse_budget(x) if x <= 1.0 or x == int(x) else _bad_plain(value)
+        if x <= 1.0:
+            return Budget(fraction=x)
+        scientific = "e" in m.group(1).lower()
+        if x != int(x) or ("." in m.group(1) and not scientific):
+            return _bad_plain(value)  # 2.0 or 1.5: neither a fraction nor, without a unit, a size
+        return Budget(nbytes=int(x))
     if unit == "%":
         if x > 100:
             raise ValueError(f"budget {value!r}: a percentage must be in (0, 100]")
@@ -116,10 +121,10 @@ def parse_budget(value: str | float | int | Budget) -> Budget:
     return Budget(nbytes=nbytes)
 
 
-def _bad_plain(value: str) -> Budget:
+def _bad_plain(value: str | float) -> Budget:
     raise ValueError(
-        f"budget {value!r}: a fraction must be in (0, 1]; an absolute size needs a whole number "
-        "of bytes or a unit (e.g. 2GiB)"
+        f"budget {value!r} is ambiguous: use a fraction of the managed bytes in (0, 1] (0.4), "
+        "a percentage (40%), or a size with a unit (2GiB, 512MB, 1.5e9B)"
     )
 
 

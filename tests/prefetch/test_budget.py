@@ -22,11 +22,12 @@ def test_fractions(text, fraction):
     [
         ("2GiB", 2 * 1024**3), ("512MiB", 512 * 1024**2), ("64KiB", 65536), ("1TiB", 1024**4),
         ("1.5GB", 1_500_000_000), ("300MB", 300_000_000), ("4kb", 4000), ("1.5e9", 1_500_000_000),
-        ("4096", 4096), ("2 gib", 2 * 1024**3), ("100B", 100), (4096, 4096), (2e9, 2_000_000_000),
+        ("4096", 4096), ("2 gib", 2 * 1024**3), ("100B", 100), (4096, 4096), ("2e9", 2_000_000_000),
+        ("1.5e9B", 1_500_000_000),
     ],
 )
 def test_sizes(text, nbytes):
-    """Binary and decimal units, plain whole numbers above 1 and scientific notation are bytes."""
+    """Binary and decimal units, whole numbers above 1 (ints, digits) and scientific notation are bytes."""
     b = parse_budget(text)
     assert b.nbytes == nbytes and b.fraction is None
 
@@ -39,6 +40,15 @@ def test_bad_input_is_a_clear_value_error(bad):
     with pytest.raises(ValueError) as exc:
         parse_budget(bad)
     assert "budget" in str(exc.value)
+
+
+@pytest.mark.parametrize("bad", ["2.0", "1.5", "40.0", 2.0, 2e9, 1.5])
+def test_decimal_above_one_without_unit_is_refused(bad):
+    """2.0 is neither a fraction nor, without a unit, a size: the error says what to write instead."""
+    with pytest.raises(ValueError) as exc:
+        parse_budget(bad)
+    msg = str(exc.value)
+    assert repr(bad) in msg and "(0, 1]" in msg and "2GiB" in msg
 
 
 def test_resolve_fraction_and_size():
