@@ -8,6 +8,11 @@ The store is the tracker's AccessSink during `runtime.prefetching(...)`:
                  optimizer runs on the host copies (ZeRO-Offload style), so device copies
                  are never dirty; they are dropped before `optimizer.step()` and fetched
                  again, updated, for the next step.
+    user writes  anything else that writes a parameter (a clamp, `load_state_dict`, an
+                 EMA swap) is seen by the parameter's version counter: a copy issued
+                 before the write is stale (dropped, fetched again: a miss); a device copy
+                 written while bound is written back to the master, not dropped. A tensor
+                 the user assigned to `p.data` becomes the master.
     activations  produced on the device by the forward (a write, no copy). Eviction
                  writes them back to the host; the backward's read fetches them again
                  unless a prefetch already did. Read once, they are freed.
@@ -76,6 +81,14 @@ class TensorStore:
         self._dev: list[torch.Tensor | None] = []
         self._inflight: list[Any] = []  # a Copy to the device, or None
         self._prefetched: list[bool] = []
+        # parameters only: what the store bound to `param.data` and the param's version then
+        self._param: list[torch.nn.Parameter | None] = []
+        self._bound_ptr: list[int] = []  # data_ptr() of the tensor bound (host master or device copy)
+        self._bound_dev: list[bool] = []  # bound to the device copy (else the host master)
+        self._ver: list[int] = []  # param._version when its copy was issued, or when the device copy was bound
+        self.stale_copies = 0  # copies dropped: the master was written after they were issued
+        self.dirty_writebacks = 0  # device copies the user wrote to, written back to their masters
+        self.adopted_params = 0  # tensors the user assigned to `p.data`, taken as the new masters
         self._resident: OrderedDict[int, None] = OrderedDict()  # tids holding device bytes, LRU first
         self._pending: list[tuple[float, int]] = []  # heap of (due read index, tid) not yet issued
         self._queued: dict[int, float] = {}  # tid -> its live entry's due
@@ -106,9 +119,9 @@ class TensorStore:
             if not self._managed[tid]:
                 self.persistent_bytes += self._nbytes[tid]  # stays where it is, outside the budget
                 continue
-            host = self.device.host_copy(p.data) if self.device.name != "simulated" else p.data
-            self._host[tid] = host
-            tracker.rebind_param(tid, host)
+            self._param[tid] = p
+            self._host[tid] = self._master_of(p.data)
+            self._bind(tid, self._host[tid], dev=False)
         if self.budget_bytes is not None:
             check_budget(self.budget_bytes, self.largest_managed_bytes(), self._largest_key())
 
@@ -136,6 +149,56 @@ class TensorStore:
             self._dev.append(None)
             self._inflight.append(None)
             self._prefetched.append(False)
+            self._param.append(None)
+            self._bound_ptr.append(0)
+            self._bound_dev.append(False)
+            self._ver.append(0)
+
+    # -- parameter binding and writes outside the optimizer ----------------------------------
+    def _master_of(self, t: torch.Tensor) -> torch.Tensor:
+        """The host master for a parameter's data: the tensor itself on the simulated
+        device, a pinned host copy on CUDA."""
+        return t if self.device.name == "simulated" else self.device.host_copy(t)
+
+    def _bind(self, tid: int, t: torch.Tensor, *, dev: bool) -> None:
+        """Point `param.data` at `t` and remember what was bound and the param's version."""
+        self.tracker.rebind_param(tid, t)
+        self._bound_ptr[tid] = t.data_ptr()
+        self._bound_dev[tid] = dev
+        self._ver[tid] = self._param[tid]._version
+
+    def _uncount(self, tid: int) -> None:
+        if tid in self._resident:
+            del self._resident[tid]
+            self.device_bytes -= self._nbytes[tid]
+
+    def _adopt(self, tid: int) -> None:
+        """The user assigned a new tensor to `p.data`: it is the master now; whatever the
+        store held for the parameter (a copy in flight, a device copy) is dropped."""
+        new = self._param[tid].data
+        if self._inflight[tid] is not None:
+            self.stale_copies += 1
+        self._inflight[tid] = None
+        self._dev[tid] = None
+        self._prefetched[tid] = False
+        self._uncount(tid)
+        self._nbytes[tid] = new.numel() * new.element_size()
+        self._host[tid] = self._master_of(new)
+        self._bind(tid, self._host[tid], dev=False)
+        self.adopted_params += 1
+
+    def _unbind(self, tid: int, dev: torch.Tensor | None) -> None:
+        """Rebind parameter `tid` to its host master. A device copy the user wrote to while
+        bound (its version moved) is written back first: dropping it would lose the write."""
+        p = self._param[tid]
+        if p.data_ptr() != self._bound_ptr[tid]:
+            self._adopt(tid)
+            return
+        if self._bound_dev[tid] and dev is not None and p._version != self._ver[tid]:
+            self._host[tid].copy_(dev)  # note: a D2H copy and a sync on CUDA; only after a user's write
+            self.dirty_writebacks += 1
+            self.stats.bytes_written_back += self._nbytes[tid]
+        self._bind(tid, self._host[tid], dev=False)
 
     # -- AccessSink ----------------------------------------------------------------------
     def new_tensor(self, row: dict[str, Any]) -> None:
@@ -223,6 +286,8 @@ class TensorStore:
             if self._inflight[tid] is not None:
                 self.device.wait(self._inflight[tid])  # a copy still reading the host master
                 self._inflight[tid] = None
+            if p.data_ptr() != self._bound_ptr[tid]:
+                self._adopt(tid)  # the user assigned p.data: the optimizer must update that tensor's master
             if tid in self._resident:
                 self._prefetched[tid] = False
                 self._evict(tid, invalidate=True)
@@ -247,6 +312,18 @@ class TensorStore:
     def _read(self, tid: int) -> None:
         st = self.stats
         st.accesses += 1
+        is_param = self._kind[tid] == Kind.PARAMETER
+        if is_param:  # written outside the optimizer since the store last looked? (attribute reads, no sync)
+            p = self._param[tid]
+            if p.data_ptr() != self._bound_ptr[tid]:
+                self._adopt(tid)  # `p.data = new`: new is the master, any copy of the old one is moot
+            elif self._inflight[tid] is not None and p._version != self._ver[tid]:
+                # The master was written after this copy was issued (it may even have raced
+                # the write): drop it and fetch again below, a miss.
+                self._inflight[tid] = None
+                self._prefetched[tid] = False
+                self._uncount(tid)
+                self.stale_copies += 1
         copy = self._inflight[tid]
         if copy is not None:
             late = not copy.done()
@@ -279,8 +356,8 @@ class TensorStore:
             self._prefetched[tid] = False
             st.prefetch_used += 1
         self._resident.move_to_end(tid)
-        if self._kind[tid] == Kind.PARAMETER:
-            self.tracker.rebind_param(tid, self._dev[tid])
+        if is_param and not self._bound_dev[tid]:  # a hit on a bound copy keeps its bind-time version
+            self._bind(tid, self._dev[tid], dev=True)
 
     def _dev_or_host(self, tid: int) -> torch.Tensor:
         t = self._dev[tid]
@@ -336,6 +413,9 @@ class TensorStore:
                     return  # later requests are due later still: wait for the next access
             del queued[tid]
             self._inflight[tid] = self.device.copy_in(self._host[tid])
+            param = self._param[tid]
+            if param is not None:
+                self._ver[tid] = param._version  # a write after this makes the copy stale (checked at the read)
             self._prefetched[tid] = True
             self.stats.prefetch_issued += 1
             self.stats.bytes_copied += n
@@ -413,7 +493,7 @@ class TensorStore:
         if self._prefetched[tid]:
             self._prefetched[tid] = False  # issued, never used
         if self._kind[tid] == Kind.PARAMETER:
-            self.tracker.rebind_param(tid, self._host[tid])
+            self._unbind(tid, dev)  # writes back a device copy the user wrote to
         elif dev is not None:  # an activation: write it back
             copy = self.device.copy_out(dev)
             self._host[tid] = self.device.pending_host(copy)
@@ -450,7 +530,8 @@ class TensorStore:
             if self._inflight[tid] is not None:
                 self.device.wait(self._inflight[tid])
                 self._inflight[tid] = None
-            self.tracker.rebind_param(tid, self._host[tid])
+            self._unbind(tid, self._dev[tid])  # keeps a tensor the user assigned, writes back a written copy
+            self._dev[tid] = None
         self._resident.clear()
         self.device_bytes = 0
 
