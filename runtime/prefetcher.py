@@ -211,6 +211,9 @@ class Prefetcher:
             "accuracy": st.accuracy,
             "evictions": st.evictions,
             "budget_overflows": self.store.budget_overflows,
+            "stale_copies": self.store.stale_copies,  # parameter writes outside the optimizer (store.py)
+            "dirty_writebacks": self.store.dirty_writebacks,
+            "adopted_params": self.store.adopted_params,
             "step_time_s": step_time,
             "baseline_step_time_s": base,
             "slowdown": (step_time / base) if (step_time and base) else None,
