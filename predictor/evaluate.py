@@ -13,10 +13,13 @@ drive it (start, then observe every event). Just before each read, its `upcoming
   (and not read since) or had been read within the last D reads: a hit rate with an
   unlimited device budget and an instant link. The simulator gives the real one.
 
-Scopes: a trace the model was trained on is scored on the steps held out of training
-("held-out steps"); any other trace ("held-out run", e.g. another seed) on all its
-steps but the first (warm-up: replay and markov learn online). Breakdowns are by the
-phase and the tensor kind of the read being predicted.
+Scopes: a trace of a run the model was trained on (predictor.provenance: the same
+workload and seed, or the same access order step by step when a seed is unknown; not
+the same file or event count, so a re-recording of a training seed is caught) is scored
+on the steps held out of training ("held-out steps") and flagged `in_sample`; any other
+trace ("held-out run", e.g. another seed) on all its steps but the first (warm-up:
+replay and markov learn online). Breakdowns are by the phase and the tensor kind of the
+read being predicted.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ METRICS = ("top1", "topk", "recall", "coverage")
 
 
 def trace_fingerprint(trace: Trace) -> str:
-    """Identifies a recording across copies of its files (not by path)."""
+    """Names a recording in meta.json (informative only: whether an evaluated run is a
+    training run is predictor.provenance's decision, not this string's)."""
     m = trace.manifest
     return f"{trace.stem.name}|{trace.architecture}|{m.get('seed')}|{trace.num_events}"
 
@@ -141,12 +145,13 @@ def score_run(run: PolicyRun, mask: np.ndarray, topk: int) -> dict[str, Any]:
     return out
 
 
-def scope_of(trace: Trace, training: dict[str, list[int]]) -> tuple[str, list[int]]:
-    """The scope and measured steps of a trace, given {fingerprint: trained steps}."""
+def scope_of(trace: Trace, trained: Sequence[int] | None) -> tuple[str, list[int]]:
+    """The scope and measured steps of a trace, given the steps the model was trained on
+    when the trace is a training run (provenance's matched entry), else None."""
     steps = [int(s) for s in trace.steps()]
-    trained = training.get(trace_fingerprint(trace))
     if trained is not None:
-        return HELD_OUT_STEPS, [s for s in steps if s not in set(trained)]
+        done = {int(s) for s in trained}
+        return HELD_OUT_STEPS, [s for s in steps if s not in done]
     return HELD_OUT_RUN, steps[WARMUP_STEPS:]
 
 
@@ -187,8 +192,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the learned predictor in model_dir (if given) and the baselines on `traces`."""
     from predictor.policies import load_learned, make_policy
+    from predictor.provenance import assess, combine, training_data, warn_if_in_sample
+    from runtime.trace_identity import trace_identity
 
     traces = list(traces)
+    provs = []
     results = []
     it = traces
     if progress:
@@ -197,14 +205,25 @@ def evaluate(
         it = tqdm(traces, desc="evaluating", unit="trace")
     for trace in it:
         policies: dict[str, Policy] = {b: make_policy(b, lookahead=lookahead) for b in baselines}
-        training: dict[str, list[int]] = {}
+        prov = None
         if model_dir is not None:
             artifact = load_learned(model_dir, trace.architecture)
-            training = {t["fingerprint"]: t["train_steps"] for t in artifact.meta.get("training", {}).get("traces", [])}
+            prov = assess(training_data(artifact.meta), trace_identity(trace))
             policies["learned"] = make_policy(f"learned:{model_dir}", lookahead=lookahead, architecture=trace.architecture)
-        scope, steps = scope_of(trace, training)
-        results.append(evaluate_trace(trace, policies, scope=scope, steps=steps, lookahead=lookahead, topk=topk))
-    return {"lookahead": lookahead, "topk": topk, "model": model_dir, "traces": results, "summary": summarize(results)}
+        trained = prov.matched.get("steps") if prov is not None and prov.in_sample and prov.matched else None
+        if prov is not None and prov.in_sample and trained is None:  # a training run, steps unknown: all of it
+            trained = [int(s) for s in trace.steps()]
+        scope, steps = scope_of(trace, trained)
+        result = evaluate_trace(trace, policies, scope=scope, steps=steps, lookahead=lookahead, topk=topk)
+        if prov is not None:
+            result.update(prov.as_dict())
+            provs.append(prov)
+            warn_if_in_sample(prov, f"prefetch eval {trace.stem.name}")
+        results.append(result)
+    report = {"lookahead": lookahead, "topk": topk, "model": model_dir, "traces": results, "summary": summarize(results)}
+    if provs:
+        report.update(combine(provs).as_dict())
+    return report
 
 
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -215,6 +234,9 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (workload, arch, scope), rs in groups.items():
         entry: dict[str, Any] = {"workload": workload, "architecture": arch, "scope": scope, "traces": len(rs), "policies": {}}
+        flags = [r["in_sample"] for r in rs if "in_sample" in r]
+        if flags:  # learned evaluated: in sample if any trace is, unknown if any cannot tell
+            entry["in_sample"] = True if True in flags else (None if None in flags else False)
         for name in rs[0]["policies"]:
             reads = sum(r["policies"][name]["reads"] for r in rs)
             agg: dict[str, Any] = {"reads": reads}
@@ -227,10 +249,21 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def provenance_line(report: dict[str, Any]) -> str:
+    """One line: the learned model's training and evaluated seeds, and whether they overlap."""
+    fmt = lambda seeds: ", ".join("?" if x is None else str(x) for x in seeds) or "?"  # noqa: E731
+    state = {True: "IN SAMPLE", False: "not in sample", None: "in sample: unknown"}[report["in_sample"]]
+    return (f"learned: trained on seed(s) {fmt(report['train_seeds'])}, evaluated on seed(s) {fmt(report['eval_seeds'])}: "
+            f"{state} ({report['in_sample_reason']})")
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The evaluation as text tables: a summary, then recall@D by phase per trace."""
     D, k = report["lookahead"], report["topk"]
     lines = []
+    if "in_sample" in report:
+        lines.append(provenance_line(report))
+        lines.append("")
     head = f"{'workload':<16} {'scope':<15} {'policy':<8} {'top-1':>7} {f'top-{k}':>7} {f'recall@{D}':>9} {'coverage':>8} {'reads':>7}"
     lines.append(head)
     lines.append("-" * len(head))
@@ -238,13 +271,18 @@ def format_report(report: dict[str, Any]) -> str:
         for name, m in s["policies"].items():
             vals = " ".join(f"{(m[x] or 0) * 100:6.2f}%" if x != "recall" else f"{(m[x] or 0) * 100:8.2f}%"
                             for x in ("top1", "topk", "recall", "coverage"))  # fmt: skip
-            lines.append(f"{str(s['workload'])[:16]:<16} {s['scope']:<15} {name:<8} {vals} {m['reads']:>7}")
+            flag = ""
+            if name == "learned" and "in_sample" in s:
+                flag = {True: "  IN SAMPLE", None: "  in sample?", False: ""}[s["in_sample"]]
+            lines.append(f"{str(s['workload'])[:16]:<16} {s['scope']:<15} {name:<8} {vals} {m['reads']:>7}{flag}")
     lines.append("")
     lines.append(f"recall@{D} by phase of the predicted read:")
     phases = [p.name.lower() for p in Phase]
     lines.append(f"{'trace':<28} {'policy':<8} " + " ".join(f"{p:>9}" for p in phases) + f" {'us/event':>9}")
     for r in report["traces"]:
         label = f"{r['workload']} s{r['seed']} ({'steps' if r['scope'] == HELD_OUT_STEPS else 'run'})"
+        if r.get("in_sample"):
+            label = f"IN SAMPLE {r['workload']} s{r['seed']}"
         for name, m in r["policies"].items():
             cells = []
             for p in phases:

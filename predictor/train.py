@@ -108,6 +108,8 @@ def train_architecture(traces: Sequence[Trace], config: TrainConfig, *, progress
     from predictor.evaluate import HELD_OUT_STEPS, evaluate_trace, trace_fingerprint
     from predictor.model import LearnedPolicy
     from predictor.policies import make_policy
+    from predictor.provenance import train_seeds
+    from runtime.trace_identity import trace_identity
 
     t0 = time.perf_counter()
     arch = traces[0].architecture
@@ -204,7 +206,17 @@ def train_architecture(traces: Sequence[Trace], config: TrainConfig, *, progress
         }
         for t, (tr, ho) in zip(traces, splits)
     ]
+    # What the model was trained on, for predictor.provenance: an evaluation of the same
+    # run (same seed, or the same access order step by step) is flagged in sample.
+    identities = [trace_identity(t) for t in traces]
+    training_data = [
+        {"trace": t.stem.name, "workload": ident["workload"], "seed": ident["seed"], "steps": tr,
+         "holdout_steps": ho, "step_order_hashes": ident["step_order_hashes"]}
+        for t, ident, (tr, ho) in zip(traces, identities, splits)
+    ]  # fmt: skip
     meta: dict[str, Any] = {
+        "training_data": training_data,
+        "train_seeds": list(train_seeds({"training_data": training_data})),
         "model_class": traces[0].manifest.get("model_class"),
         "training": {
             "traces": training_traces,

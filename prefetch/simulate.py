@@ -195,6 +195,8 @@ class SimReport:
     variant: str | None = None
     """The oracle's strategy kept for this trace (see prefetch.oracle), else None."""
     outcomes: np.ndarray | None = field(default=None, repr=False, compare=False)
+    provenance: dict[str, Any] | None = None
+    """A learned policy: train_seeds, eval_seeds, in_sample, in_sample_reason (predictor.provenance)."""
     """Single trace: per event HIT, LATE, MISS (reads) or WRITE, warm-up included (not in as_dict)."""
 
     @property
@@ -250,6 +252,8 @@ class SimReport:
             d["oracle_variant"] = self.variant
         if self.trace is not None:
             d["trace"] = self.trace
+        if self.provenance is not None:
+            d.update(self.provenance)
         if self.traces:
             d["traces"] = [t.as_dict() for t in self.traces]
         return d
@@ -260,6 +264,8 @@ class SimReport:
         slow = f"{self.slowdown:.3f}x" if self.slowdown is not None else "n/a"
         where = f"{self.trace}: " if self.trace else ""
         variant = f" [{self.variant}]" if self.variant else ""
+        if self.provenance is not None and self.provenance.get("in_sample"):
+            variant += " [IN SAMPLE]"
         return (
             f"{where}{self.policy:>8}{variant}  budget {format_bytes(self.budget_bytes)} "
             f"({self.budget_bytes / max(self.managed_bytes, 1):.0%})  "
@@ -315,7 +321,23 @@ def simulate(
                 best = run
         assert best is not None
         runs.append(best)
-    return runs[0] if len(runs) == 1 else _combine(runs)
+    report = runs[0] if len(runs) == 1 else _combine(runs)
+    if isinstance(policy, str) and policy.startswith("learned:"):
+        _add_provenance(report, runs, loaded, policy.partition(":")[2])
+    return report
+
+
+def _add_provenance(report: SimReport, runs: list[SimReport], traces: list[Trace], model_dir: str) -> None:
+    """Whether the learned model was trained on the simulated traces' runs; warns when so."""
+    from predictor.provenance import assess_model_dir, combine, warn_if_in_sample
+    from runtime.trace_identity import trace_identity
+
+    provs = [assess_model_dir(model_dir, t.architecture, trace_identity(t)) for t in traces]
+    for run, prov in zip(runs, provs):
+        run.provenance = prov.as_dict()
+    report.provenance = combine(provs).as_dict()
+    for t, prov in zip(traces, provs):
+        warn_if_in_sample(prov, f"prefetch simulate {t.stem.name}")
 
 
 def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLike[str] | None = None,

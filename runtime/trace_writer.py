@@ -29,6 +29,9 @@ from runtime.trace_format import (
     TENSOR_SCHEMA,
     TENSORS_SUFFIX,
 )
+from runtime.trace_identity import IDENTITY_KEY, StepOrderHasher
+
+_STEP, _PHASE, _ACCESS, _TENSOR_ID = (EVENT_COLUMNS.index(c) for c in ("step", "phase", "access", "tensor_id"))
 
 
 class TraceWriteError(OSError):
@@ -97,6 +100,7 @@ class TraceWriter:
         self.num_events = 0
         self.num_tensors = 0
         self._error: BaseException | None = None
+        self._identity = StepOrderHasher()  # per-step access-order hashes, fed on the writer thread
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="prefetch-trace-writer", daemon=True)
@@ -149,6 +153,8 @@ class TraceWriter:
             raise TraceWriteError(f"{self.events_path}: writer failed: {self._error}") from self._error
         self.manifest.update(manifest_updates)
         self.manifest.update(complete=True, num_events=self.num_events, num_tensors=self.num_tensors)
+        self.manifest[IDENTITY_KEY] = {"workload": self.manifest.get("workload"), "seed": self.manifest.get("seed"),
+                                       "step_order_hashes": self._identity.hashes()}  # fmt: skip
         write_json_atomic(self.manifest_path, self.manifest)
 
     def update_manifest(self, **updates: Any) -> None:
@@ -169,13 +175,14 @@ class TraceWriter:
                 if tensors:
                     self._tensors_writer.write_batch(pa.RecordBatch.from_pylist(tensors, schema=TENSOR_SCHEMA))
                     self._tensors_sink.flush()
+                    self._identity.add_tensors(tensors)
                 if events:
                     cols = list(zip(*events))
-                    arrays = [
-                        pa.array(np.asarray(cols[i], dtype=EVENT_SCHEMA.field(name).type.to_pandas_dtype()))
-                        for i, name in enumerate(EVENT_COLUMNS)
-                    ]
+                    columns = [np.asarray(cols[i], dtype=EVENT_SCHEMA.field(name).type.to_pandas_dtype())
+                               for i, name in enumerate(EVENT_COLUMNS)]  # fmt: skip
+                    arrays = [pa.array(c) for c in columns]
                     self._events_writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=EVENT_SCHEMA))
                     self._events_sink.flush()
+                    self._identity.add_events(columns[_STEP], columns[_PHASE], columns[_ACCESS], columns[_TENSOR_ID])
             except BaseException as exc:  # noqa: BLE001 - surfaced on the training thread
                 self._error = exc
