@@ -84,7 +84,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             cfg = PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead,
                                  warmup_steps=warmup_steps, device=device, daemon=daemon,
                                  baseline_step_time_s=baseline_step, reference_tensors=reference,
-                                 timeline=timeline_dir is not None)
+                                 timeline=timeline_dir is not None, seed=seed, workload=name)
             pf = Prefetcher(job.model, job.optimizer, cfg)
             # The slowdown is measured against a twin all-resident job stepped alternately
             # (resident i, prefetched i, resident i+1, ...): both do identical work at step i,

@@ -29,6 +29,7 @@ from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.store import StoreConfig, TensorStore, check_budget
 from runtime.trace_format import MANAGED_KINDS, MIN_MANAGED_BYTES, is_managed
 from runtime.trace_format import Kind
+from runtime.trace_identity import StepOrderHasher, key_hash
 from runtime.tracker import AccessTracker, TrackerConfig
 
 _WARMUP_LINK = LinkModel(bandwidth_bytes_per_s=1e12, latency_s=0.0)  # until step 0 is timed
@@ -71,6 +72,11 @@ class PrefetchConfig:
     timeline: bool = False
     """Keep every copy, stall and step end for `chrome_trace()` (Perfetto, chrome://tracing)."""
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    seed: int | None = None
+    """The seed of the job being run, when known: a learned policy's report says whether
+    its model was trained on this seed (`in_sample`, predictor.provenance)."""
+    workload: str | None = None
+    """The job's workload name, when known (compared with the model's training runs)."""
 
     def __post_init__(self) -> None:
         parse_budget(self.budget)
@@ -129,6 +135,9 @@ class Prefetcher:
         self._t0_ns = time.monotonic_ns()
         self._step_times: list[float] = []
         self._t_step = time.perf_counter()
+        self._step_orders: StepOrderHasher | None = None
+        if config.policy.startswith("learned:") and config.seed is None:
+            self._track_step_orders()  # the seed cannot tell whether this run is in sample: the order will
         self._wrap_step_end()
         self.tracker.attach()
 
@@ -159,6 +168,38 @@ class Prefetcher:
             layers=np.asarray([self.tracker._module_layer[m] if m >= 0 else -1 for m in self.tracker._tensor_module], dtype=np.int16),
             modules=modules,
         )
+
+    def _track_step_orders(self) -> None:
+        """Hash each step's managed access order (runtime.trace_identity) as a recorded
+        trace would be hashed: one tuple appended per managed access, hashed at step end.
+        Installed before _wrap_step_end's wrappers, which wrap it: on the simulated device
+        it is bookkeeping, not compute time."""
+        import numpy as np
+
+        hasher = self._step_orders = StepOrderHasher()
+        events: list[tuple[int, int, int]] = []
+        key_of: dict[int, int] = {}  # tensor id -> key hash
+        store, tracker = self.store, self.tracker
+        inner_access, inner_end = store.access, store.step_end
+
+        def access(step, micro_step, seq, phase, kind, acc, tensor_id, nbytes, time_ns, module_id, layer) -> None:
+            inner_access(step, micro_step, seq, phase, kind, acc, tensor_id, nbytes, time_ns, module_id, layer)
+            if store._managed[tensor_id]:  # decided by the store at first sight (trace_format.is_managed)
+                events.append((phase, acc, tensor_id))
+
+        def step_end(step: int) -> None:
+            inner_end(step)
+            if events:
+                phase, acc, tid = zip(*events)
+                new = set(tid) - key_of.keys()
+                if new:  # tensors first seen this step
+                    keys = tracker.tensor_keys
+                    key_of.update((t, key_hash(keys[t])) for t in new)
+                hasher.add_step(step, np.fromiter((key_of[t] for t in tid), np.uint64, len(tid)),
+                                np.asarray(phase), np.asarray(acc))  # fmt: skip
+                events.clear()
+
+        store.access, store.step_end = access, step_end  # type: ignore[method-assign]
 
     def _wrap_step_end(self) -> None:
         inner = self.store.step_end
@@ -219,10 +260,24 @@ class Prefetcher:
             "slowdown": (step_time / base) if (step_time and base) else None,
             "warmup": (self.store.warmup_stats.as_dict() if self.store.warmup_stats else None),
         }
+        if self.config.policy.startswith("learned:"):
+            d.update(self.provenance().as_dict())
         note = getattr(self.store.policy, "note", None) or self.policy_note
         if note:
             d["policy_note"] = note
         return d
+
+    def provenance(self) -> Any:
+        """Whether the learned model was trained on this run (a predictor.provenance
+        Provenance): by PrefetchConfig.seed/workload, else by the live step-order hashes.
+        Prints the WARNING line on stderr when in sample."""
+        from predictor.provenance import assess_model_dir, warn_if_in_sample
+
+        run = {"workload": self.config.workload, "seed": self.config.seed,
+               "step_order_hashes": self._step_orders.hashes() if self._step_orders is not None else []}
+        prov = assess_model_dir(self.config.policy.partition(":")[2], self.tracker.architecture, run)
+        warn_if_in_sample(prov, f"learned policy on {self.config.workload or type(self.model).__name__}")
+        return prov
 
     def chrome_trace(self) -> dict[str, Any]:
         """The run as Chrome trace-event JSON (open in Perfetto or chrome://tracing): a
