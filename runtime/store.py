@@ -172,6 +172,14 @@ class TensorStore:
             del self._resident[tid]
             self.device_bytes -= self._nbytes[tid]
 
+    def _drop_stale(self, tid: int) -> None:
+        """Forget a copy in flight taken before its master was written (it may even have
+        raced the write); the read fetches it again."""
+        self._inflight[tid] = None
+        self._prefetched[tid] = False
+        self._uncount(tid)
+        self.stale_copies += 1
+
     def _adopt(self, tid: int) -> None:
         """The user assigned a new tensor to `p.data`: it is the master now; whatever the
         store held for the parameter (a copy in flight, a device copy) is dropped."""
@@ -199,6 +207,25 @@ class TensorStore:
             self.dirty_writebacks += 1
             self.stats.bytes_written_back += self._nbytes[tid]
         self._bind(tid, self._host[tid], dev=False)
+
+    def params_written(self) -> None:
+        """Treat every managed parameter as written: for writes no version counter shows
+        (in place through `p.data`, whose alias PyTorch gives a fresh counter). Copies in
+        flight are dropped (fetched again when read); bound device copies are written
+        back to their masters when evicted."""
+        for tid, p in self.tracker.params_by_tid.items():
+            if not self._managed[tid]:
+                continue
+            if p.data_ptr() != self._bound_ptr[tid]:
+                self._adopt(tid)
+            elif self._inflight[tid] is not None:
+                self._drop_stale(tid)
+                when = self.policy.predicted_next_use(tid)
+                if when != NO_PREDICTION:
+                    self._want(tid, self._reads + when)  # copy it again, from the written master
+            elif self._bound_dev[tid]:
+                self._ver[tid] = -1  # no version matches: dirty
+        self._drain()
 
     # -- AccessSink ----------------------------------------------------------------------
     def new_tensor(self, row: dict[str, Any]) -> None:
@@ -318,12 +345,7 @@ class TensorStore:
             if p.data_ptr() != self._bound_ptr[tid]:
                 self._adopt(tid)  # `p.data = new`: new is the master, any copy of the old one is moot
             elif self._inflight[tid] is not None and p._version != self._ver[tid]:
-                # The master was written after this copy was issued (it may even have raced
-                # the write): drop it and fetch again below, a miss.
-                self._inflight[tid] = None
-                self._prefetched[tid] = False
-                self._uncount(tid)
-                self.stale_copies += 1
+                self._drop_stale(tid)  # the master was written after this copy was issued: fetch again below, a miss
         copy = self._inflight[tid]
         if copy is not None:
             late = not copy.done()

@@ -50,12 +50,12 @@ class TinyLM(torch.nn.Module):
         return self.head(self.norm(x))  # (B, T, V)
 
 
-Write = Callable[[torch.nn.Module, int, Callable[[], float]], None]
-"""A user's write after optimizer step `i`; the callable runs an evaluation pass."""
+Write = Callable[[torch.nn.Module, int, Callable[[], float], object], None]
+"""A user's write after optimizer step `i`: (model, i, run an eval pass, the Prefetcher or None)."""
 
 
 def _clamp(pause_s: float = 0.0) -> Write:
-    def write(model, i, evaluate):
+    def write(model, i, evaluate, pf):
         time.sleep(pause_s)  # user code between steps: the prefetches of the next step land meanwhile
         with torch.no_grad():
             for p in model.parameters():
@@ -66,7 +66,7 @@ def _clamp(pause_s: float = 0.0) -> Write:
 def _load_state_dict(pause_s: float = 0.0) -> Write:
     snap: dict[str, torch.Tensor] = {}
 
-    def write(model, i, evaluate):
+    def write(model, i, evaluate, pf):
         if i == 1:
             snap.update({k: v.clone() for k, v in model.state_dict().items()})
         if i in (3, 4):
@@ -78,7 +78,7 @@ def _load_state_dict(pause_s: float = 0.0) -> Write:
 def _ema_swap() -> Write:
     ema: list[torch.Tensor] = []
 
-    def write(model, i, evaluate):
+    def write(model, i, evaluate, pf):
         params = list(model.parameters())
         if not ema:
             ema.extend(p.detach().clone() for p in params)
@@ -96,12 +96,24 @@ def _ema_swap() -> Write:
 
 
 def _reassign() -> Write:
-    def write(model, i, evaluate):
+    def write(model, i, evaluate, pf):
         if i % 2 == 1:
             evaluate()  # binds device copies first: the reassignment then replaces those
         for name, p in model.named_parameters():
             if name.endswith("weight") and i % 2 == (0 if name.startswith("blocks") else 1):
                 p.data = p.detach() * 0.9  # a new tensor, not a write into the old one
+    return write
+
+
+def _data_clamp() -> Write:
+    def write(model, i, evaluate, pf):
+        if i % 2 == 1:
+            evaluate()  # some params bound to device copies: the clamp below writes those
+        time.sleep(0.05)  # the next step's copies land first
+        for p in model.parameters():
+            p.data.clamp_(-0.05, 0.05)  # through the .data alias: no version counter moves
+        if pf is not None:
+            pf.params_written()
     return write
 
 
@@ -112,6 +124,7 @@ SCENARIOS: dict[str, tuple[bool, Callable[[], Write], float]] = {  # name: (tied
     "ema_swap_all_fit": (False, _ema_swap, 1.0),  # written device copies are hit again before eviction
     "tied_clamp": (True, _clamp, 0.4),
     "reassign": (False, _reassign, 0.4),
+    "data_clamp": (False, _data_clamp, 0.4),
     "clamp_pause": (False, lambda: _clamp(0.05), 0.4),
     "load_state_dict_pause": (False, lambda: _load_state_dict(0.05), 0.4),
 }
@@ -137,6 +150,7 @@ def _run(scenario: str, pf_kwargs: dict | None):
     model, opt, g, x_eval = _job(tie)
     write = make_write()
     losses: list[float] = []
+    live: list = [None]  # the Prefetcher, in the prefetched run
 
     def evaluate() -> float:
         model.eval()
@@ -152,7 +166,7 @@ def _run(scenario: str, pf_kwargs: dict | None):
             loss.backward()
             losses.append(loss.item())
             opt.step()
-            write(model, i, evaluate)
+            write(model, i, evaluate, live[0])
 
     report = None
     if pf_kwargs is None:
@@ -160,6 +174,7 @@ def _run(scenario: str, pf_kwargs: dict | None):
     else:
         with prefetching(model, opt, budget=budget, device="simulated",
                                  link=LinkModel(bandwidth_bytes_per_s=2e9), **pf_kwargs) as pf:
+            live[0] = pf
             loop()
         report = pf.report()
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -264,3 +279,10 @@ def test_plain_loop_no_false_alarms(policy):
     r = pf.report()
     assert r["hits"] > 0
     assert (r["stale_copies"], r["dirty_writebacks"], r["adopted_params"]) == (0, 0, 0)
+
+
+def test_data_alias_write_with_params_written(request):
+    """In-place writes through `p.data` move no version counter: after `pf.params_written()`
+    copies taken before them are redone and written device copies kept (replay, 50 ms pause)."""
+    report = _assert_identical("data_clamp", "replay", request)
+    assert report["stale_copies"] > 0 and report["dirty_writebacks"] > 0
