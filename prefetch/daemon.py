@@ -54,7 +54,7 @@ import zmq
 
 from predictor.interface import Policy, PolicyError, TensorInfo
 from prefetch import wire
-from prefetch.wire import ErrorCode, MsgType, WireError
+from prefetch.wire import ErrorCode, MsgType, WireError, log_field
 
 log = logging.getLogger("prefetch.daemon")
 
@@ -62,19 +62,11 @@ DEFAULT_FALLBACK = "replay"
 FALLBACK_CHOICES = ("replay", "markov", "none", "error")  # "error": refuse instead of falling back
 DEFAULT_LOOKAHEAD = 64  # when a HELLO says lookahead 0 ("daemon's choice")
 IPC_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
-LOG_FIELD_MAX = 200  # characters of a client-supplied string kept in a log line
 SERVER_SECRET = "server.key_secret"  # files of `prefetch daemon --gen-keys DIR` (zmq.auth certificates)
 SERVER_PUBLIC = "server.key"
 CLIENT_SECRET = "client.key_secret"
 AUTHORIZED_CLIENTS = "authorized_clients"
-
-
-def log_field(value: object, limit: int = LOG_FIELD_MAX) -> str:
-    """`value` made safe for one log line: control characters (newlines, ANSI escapes) and
-    non-ASCII escaped as \\n, \\x1b, \\u...; cut to `limit` characters. A client chooses its
-    architecture string and policy spec: written raw, they could forge log lines."""
-    text = str(value).encode("unicode_escape").decode("ascii")
-    return text if len(text) <= limit else text[:limit] + "...[cut]"
+ZAP_DOMAIN = "prefetch"  # the ZAP domain the authenticator admits clients for
 
 
 def default_endpoint() -> str:
@@ -446,12 +438,13 @@ class Daemon:
         public, secret, authorized = load_server_keys(self.config.curve_keys)  # type: ignore[arg-type]
         auth = ThreadAuthenticator(ctx, log=logging.getLogger("prefetch.daemon.auth"))
         auth.start()
-        auth.configure_curve(domain="*", location=str(authorized))
+        auth.configure_curve(domain=ZAP_DOMAIN, location=str(authorized))
         self._auth = auth
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
-        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())  # without a domain libzmq skips the ZAP check
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # and without a ZAP handler, refuses instead of admitting all
 
     def _stop_auth(self) -> None:
         auth, self._auth = self._auth, None

@@ -270,6 +270,18 @@ Message = Hello | HelloOk | Tensors | Events | Commands | Error | Bye | Ping | P
 
 # -- encoding helpers --------------------------------------------------------------------
 
+LOG_FIELD_MAX = 200  # characters of a string from the wire kept in one log line
+
+
+def log_field(value: object, limit: int = LOG_FIELD_MAX) -> str:
+    """A string from the other side made safe for one log line: control characters
+    (newline, ANSI escapes) and non-ASCII escaped (\\n, \\x1b, \\u...), cut to `limit`.
+    A client chooses its architecture string and policy spec (a daemon its reasons):
+    logged raw, they could forge log lines or repaint a terminal."""
+    text = str(value).encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "...[cut]"
+
+
 
 def header(kind: MsgType, *, flags: int = 0, session: int = 0, seq: int = 0, count: int = 0) -> bytes:
     return HEADER.pack(MAGIC, WIRE_VERSION, kind, flags, session & U32_MAX, seq & U32_MAX, count)

@@ -36,7 +36,7 @@ import zmq
 
 from predictor.interface import TensorInfo
 from prefetch import wire
-from prefetch.wire import EVENT_DTYPE, ErrorCode, WireError
+from prefetch.wire import EVENT_DTYPE, ErrorCode, WireError, log_field
 
 log = logging.getLogger("runtime.daemon_client")
 
@@ -73,6 +73,10 @@ class DaemonClientConfig:
     """record() sends automatically once this many events are buffered."""
     sndhwm: int = 1000
     """libzmq send queue, in messages; a full queue drops (never blocks)."""
+    curve_keys: str | None = None
+    """Folder holding the daemon's public key (server.key) and this client's keypair
+    (client.key_secret), for a daemon run with --curve-keys (`prefetch daemon --gen-keys`).
+    The connection is encrypted and each side proves who it is; None: no CURVE (local daemons)."""
 
     def __post_init__(self) -> None:
         if not self.endpoint or "://" not in self.endpoint:
@@ -84,6 +88,12 @@ class DaemonClientConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.lookahead <= wire.MAX_LOOKAHEAD:
             raise ValueError(f"lookahead must be in [0, {wire.MAX_LOOKAHEAD}], got {self.lookahead}")
+        if self.curve_keys is not None:
+            if not zmq.has("curve"):
+                raise ValueError("curve_keys: this libzmq was built without CURVE support")
+            from prefetch.daemon import load_client_keys
+
+            load_client_keys(self.curve_keys)  # a missing or unreadable key file fails here, named
 
 
 @dataclass(slots=True)
@@ -128,6 +138,11 @@ class DaemonClient:
         self._warned_codes: set[str] = set()
         self._ever_up = False
         self._closed = False
+        self._curve: dict[str, bytes] = {}
+        if config.curve_keys is not None:
+            from prefetch.daemon import load_client_keys
+
+            self._curve = load_client_keys(config.curve_keys)
         self.hello: wire.HelloOk | None = None
         """The daemon's last HELLO_OK: `.policy` (what serves), `.fallback_reason`."""
         self.last_error: str | None = None
@@ -307,16 +322,16 @@ class DaemonClient:
             if self._ever_up:
                 self.stats.reconnects += 1
                 log.warning("prefetch daemon at %s is back (session %d, policy %s)", self.config.endpoint,
-                            msg.session, msg.policy)
+                            msg.session, log_field(msg.policy))
             self._ever_up = True
             if msg.fallback_reason:
-                log.warning("prefetch daemon serves %r instead of %r: %s", msg.policy, msg.requested,
-                            msg.fallback_reason)
+                log.warning("prefetch daemon serves %s instead of %s: %s", log_field(msg.policy),
+                            log_field(msg.requested), log_field(msg.fallback_reason))
             if msg.num_tensors < self.tensors.num_tensors:  # the table grew while HELLO was in flight
                 self._send_tensors(msg.num_tensors)
         elif isinstance(msg, wire.Error):
             self.stats.errors_received += 1
-            self.last_error = f"{msg.code}: {msg.message}"
+            self.last_error = log_field(f"{msg.code}: {msg.message}", 500)  # from the wire: one safe line
             if self._state == _UP and msg.refused == "EVENTS":
                 self._ack(msg.seq)
             if msg.refused == "HELLO":
@@ -332,9 +347,10 @@ class DaemonClient:
             if msg.session != self._session or self._state == _DOWN:
                 return
             if msg.exiting:  # the daemon is going away: fall back now, not after the timeout
-                self._down(time.monotonic(), f"daemon said bye ({msg.reason})", retry_now=True)
+                self._down(time.monotonic(), f"daemon said bye ({log_field(msg.reason)})", retry_now=True)
             else:  # session expired or evicted, daemon alive: a new session at once, no warning
-                log.info("prefetch daemon ended session %d (%s); saying HELLO again", msg.session, msg.reason)
+                log.info("prefetch daemon ended session %d (%s); saying HELLO again", msg.session,
+                         log_field(msg.reason))
                 self._rehello(time.monotonic())
 
     def _send_tensors(self, first: int) -> None:
@@ -368,6 +384,8 @@ class DaemonClient:
         sock.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         sock.setsockopt(zmq.RCVHWM, 10 * self.config.max_outstanding + 100)
         sock.setsockopt(zmq.MAXMSGSIZE, 64 << 20)  # a reply larger than this is not a daemon's
+        for opt, value in self._curve.items():  # curve_serverkey, curve_publickey, curve_secretkey
+            setattr(sock, opt, value)
         sock.connect(self.config.endpoint)
         self._sock = sock
         self._rehello(now)

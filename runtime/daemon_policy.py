@@ -13,6 +13,7 @@ policy: training never waits on the daemon, and the report says what served.
 from __future__ import annotations
 
 import atexit
+import os
 import warnings
 from typing import Callable, Sequence
 
@@ -30,7 +31,9 @@ class DaemonPolicy:
 
     def __init__(self, spec: str, *, architecture: str, endpoint: str | None, lookahead: int,
                  tensors_fn: Callable[[], TensorInfo], batch_events: int = 8, fallback: str = "replay",
-                 connect_timeout_s: float = 20.0):
+                 connect_timeout_s: float = 20.0, curve_keys: str | None = None):
+        """`curve_keys` (else $PREFETCH_DAEMON_KEYS): a folder with the daemon's server.key and
+        this client's client.key_secret, for a daemon at `endpoint` run with --curve-keys."""
         self.spec = spec
         self.lookahead = lookahead
         self._tensors_fn = tensors_fn
@@ -41,12 +44,14 @@ class DaemonPolicy:
 
             endpoint, self._daemon = start_local_daemon(models_dir, policy_fallback=fallback)
             atexit.register(self._daemon.stop)  # never leave a daemon behind
+        else:
+            curve_keys = curve_keys or os.environ.get("PREFETCH_DAEMON_KEYS") or None
         self.endpoint = endpoint
         self.fallback = make_policy(fallback, lookahead=lookahead)
         self._num_tensors = 0
         self.client = DaemonClient(
             DaemonClientConfig(endpoint=endpoint, architecture=architecture, policy="learned",
-                               lookahead=lookahead, batch_events=batch_events),
+                               lookahead=lookahead, batch_events=batch_events, curve_keys=curve_keys),
             tensors_fn(),
         ).start()
         connected = self.client.wait_connected(connect_timeout_s)  # setup only: the one blocking wait
