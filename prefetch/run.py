@@ -23,13 +23,37 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from runtime.prefetcher import PrefetchConfig, Prefetcher
+from runtime.host_stepping import host_stepping
+from runtime.prefetcher import PrefetchConfig, Prefetcher, compute_device
 from runtime.recorder import Recorder
 from runtime.trace_format import load_trace
 
 
-def _plain(workload, seed: int, steps: int, bar) -> tuple[list[float], list[float]]:
-    job = workload.build(seed)
+def _resident(workload, seed: int, dev: torch.device):
+    """The job all resident on `dev`. On CUDA its managed parameters step on host masters
+    (runtime.host_stepping), as in the prefetched job: the CPU and GPU AdamW kernels round
+    differently, and bit-identity is about prefetching, not the optimizer's placement."""
+    job = workload.build(seed, device=dev)
+    if dev.type == "cuda":
+        host_stepping(job.model, job.optimizer)
+    return job
+
+
+def _device_optimizer_times(workload, seed: int, steps: int, dev: torch.device, bar) -> list[float]:
+    """CUDA only: step times of the job all resident with its optimizer on the GPU too,
+    the job a user whose model fits would run (for `slowdown_vs_device_optimizer`)."""
+    job = workload.build(seed, device=dev)
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        job.step(i)  # returns the loss as a float: a sync, so the time is the GPU's too
+        times.append(time.perf_counter() - t0)
+        bar.update(1)
+    return times
+
+
+def _plain(workload, seed: int, steps: int, bar, dev: torch.device = torch.device("cpu")) -> tuple[list[float], list[float]]:
+    job = _resident(workload, seed, dev)
     losses, times = [], []
     for i in range(steps):
         t0 = time.perf_counter()
@@ -56,17 +80,19 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
     workload = get_workload(name)
     for policy in policies:  # validate everything before the first step runs
         PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device)
-    bar = tqdm(total=(2 + 2 * len(policies)) * steps, desc=f"run {name}", unit="step", file=sys.stderr,
-               disable=not progress)
+    dev = compute_device(device)  # where the model, its inputs and all compute live
+    bar = tqdm(total=(2 + 2 * len(policies) + (dev.type == "cuda")) * steps, desc=f"run {name}", unit="step",
+               file=sys.stderr, disable=not progress)
     reports = []
     tmp = None
     try:
-        base_losses, base_times = _plain(workload, seed, steps, bar)
+        base_losses, base_times = _plain(workload, seed, steps, bar, dev)
         baseline_step = statistics.median(base_times[warmup_steps:])
+        gpu_times = _device_optimizer_times(workload, seed, steps, dev, bar) if dev.type == "cuda" else None
 
         if trace_out is None:
             tmp = tempfile.TemporaryDirectory(prefix="prefetch-run-")
-        job = workload.build(seed)
+        job = workload.build(seed, device=dev)
         rec = Recorder(job.model, job.optimizer, trace_out or tmp.name, workload=name, seed=seed,
                        config=job.config).start()
         try:
@@ -80,7 +106,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
 
         for policy in policies:
             bar.set_description(f"run {name} {policy}")
-            job = workload.build(seed)
+            job = workload.build(seed, device=dev)
             cfg = PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead,
                                  warmup_steps=warmup_steps, device=device, daemon=daemon,
                                  baseline_step_time_s=baseline_step, reference_tensors=reference,
@@ -89,7 +115,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             # The slowdown is measured against a twin all-resident job stepped alternately
             # (resident i, prefetched i, resident i+1, ...): both do identical work at step i,
             # so machine drift between passes cannot pass for a slowdown.
-            twin = workload.build(seed)
+            twin = _resident(workload, seed, dev)
             losses, t_twin, t_pf = [], [], []
             try:
                 for i in range(steps):
@@ -116,6 +142,10 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                 slowdown_note="median over measured steps of (prefetched step / all-resident twin step), "
                               "stepped alternately",
             )
+            if gpu_times is not None:  # CUDA: the twin steps on host masters too; this is the full cost
+                report.update(device_optimizer_step_time_s=statistics.median(gpu_times[measured]),
+                              slowdown_vs_device_optimizer=statistics.median(t_pf[measured])
+                              / statistics.median(gpu_times[measured]))
             if timeline_dir is not None:
                 path = Path(timeline_dir) / f"{name}-{policy.partition(':')[0]}.trace.json"
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -158,7 +158,15 @@ class CudaCopy:
 
 
 class CudaDevice:
-    """Pinned host memory, a side stream for copies, events for completion."""
+    """Pinned host memory, a side stream for copies, events for completion.
+
+    Stalls are measured on the GPU, not the host: `wait` makes the compute stream wait
+    on the copy's event without blocking the host, so the time lost is the compute
+    stream's, known only once it has run. Each wait on a copy still in flight is
+    bracketed by two timing events on the compute stream (before and after
+    `wait_event`); `collect_stall_ns` turns the finished pairs into nanoseconds later
+    (at step ends and in the report), so the hot path has no host sync.
+    """
 
     def __init__(self, device: torch.device | str | int = 0):
         if not torch.cuda.is_available():
@@ -166,6 +174,10 @@ class CudaDevice:
         self.device = torch.device("cuda", torch.device("cuda", device).index if not isinstance(device, int) else device)
         self.name = f"cuda:{self.device.index}"
         self.copy_stream = torch.cuda.Stream(self.device)
+        self._stall_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        """(before, after) timing events around each compute-stream wait, not yet read."""
+        self.stall_waits = 0
+        """Waits on a copy that was still in flight when the host issued them (timed)."""
 
     def host_copy(self, t: torch.Tensor) -> torch.Tensor:
         host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
@@ -194,14 +206,38 @@ class CudaDevice:
         return copy.result  # stream order makes a later copy_in read it after it is written
 
     def wait(self, copy: CudaCopy) -> tuple[torch.Tensor, int]:
-        # note: no host sync: the compute stream waits on the copy's event
+        """The copy's tensor, usable on the compute stream. Returns 0 ns: the stall is
+        on the GPU and is added to the stall time by `collect_stall_ns` once known."""
         stream = torch.cuda.current_stream(self.device)
-        stream.wait_event(copy.event)
-        if copy.result.is_cuda:
-            copy.result.record_stream(stream)
-        else:
-            copy.event.synchronize()  # a host tensor must be complete before the CPU reads it
+        if not copy.result.is_cuda:
+            copy.event.synchronize()  # note: CPU-GPU sync point: the CPU reads a written-back tensor
+            return copy.result, 0
+        if copy.event.query():  # complete already: the compute stream cannot stall on it
+            stream.wait_event(copy.event)
+        else:  # in flight: time the compute stream's wait (no host sync)
+            before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            before.record(stream)
+            stream.wait_event(copy.event)
+            after.record(stream)
+            self._stall_events.append((before, after))
+            self.stall_waits += 1
+        copy.result.record_stream(stream)
         return copy.result, 0
+
+    def collect_stall_ns(self, block: bool = False) -> int:
+        """Nanoseconds the compute stream spent in the timed waits that have finished
+        since the last call. With `block`, waits for all of them first."""
+        total_ms = 0.0
+        keep = []
+        for before, after in self._stall_events:
+            if block:
+                after.synchronize()  # note: CPU-GPU sync point (only at warm-up end and in the report)
+            elif not after.query():
+                keep.append((before, after))
+                continue
+            total_ms += before.elapsed_time(after)
+        self._stall_events = keep
+        return int(round(total_ms * 1e6))
 
     def close(self) -> None:
         pass

@@ -88,6 +88,14 @@ class PrefetchConfig:
             raise ValueError(f"device must be auto, simulated or cuda[:N], got {self.device!r}")
 
 
+def compute_device(spec: str) -> torch.device:
+    """The torch device a job's model and data live on for a device spec: the GPU for
+    cuda[:N] (and auto with CUDA), the CPU for the simulated device."""
+    if spec == "simulated" or (spec == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device())
+
+
 def make_device(spec: str, link: LinkModel) -> Device:
     if spec == "simulated" or (spec == "auto" and not torch.cuda.is_available()):
         return SimulatedDevice(link)
@@ -132,6 +140,11 @@ class Prefetcher:
             self.store.timeline = []
             if isinstance(self.device, SimulatedDevice):
                 self.device.timeline = []
+        self.cuda_monitor = None  # stalls from CUDA events, peak device memory (runtime.cuda_monitor)
+        if isinstance(self.device, CudaDevice):
+            from runtime.cuda_monitor import CudaMonitor
+
+            self.cuda_monitor = CudaMonitor(model, optimizer, self.store, self.device, config.warmup_steps)
         self._t0_ns = time.monotonic_ns()
         self._step_times: list[float] = []
         self._t_step = time.perf_counter()
@@ -208,7 +221,11 @@ class Prefetcher:
             now = time.perf_counter()
             self._step_times.append(now - self._t_step)
             self._t_step = now
+            if self.cuda_monitor is not None:
+                self.cuda_monitor.before_step_end(step)
             inner(step)
+            if self.cuda_monitor is not None:
+                self.cuda_monitor.after_step_end(step)
             if not self._link_fixed:  # the first step is timed: the link follows from it
                 managed = self.store.managed_bytes()
                 step_s = self.config.baseline_step_time_s or self._step_times[0]
@@ -219,6 +236,7 @@ class Prefetcher:
 
     # -- results -------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
+        cuda = self.cuda_monitor.report() if self.cuda_monitor is not None else {}  # first: adds pending stalls
         st = self.store.measured_stats()
         warm = self.config.warmup_steps
         measured_times = self._step_times[warm:]
@@ -262,6 +280,7 @@ class Prefetcher:
         }
         if self.config.policy.startswith("learned:"):
             d.update(self.provenance().as_dict())
+        d.update(cuda)
         note = getattr(self.store.policy, "note", None) or self.policy_note
         if note:
             d["policy_note"] = note
@@ -315,6 +334,8 @@ class Prefetcher:
         self.tracker.detach()
         for h in self._handles:
             h.remove()
+        if self.cuda_monitor is not None:
+            self.cuda_monitor.close()
         self.store.close()
         close = getattr(self.store.policy, "close", None)
         if close is not None:

@@ -2,7 +2,10 @@
 
     prefetch workloads
 
-A workload builds a `Job` from a seed. `Job.step(i)` runs optimizer step i completely
+A workload builds a `Job` from a seed, on a torch device (the CPU by default; a GPU for
+`prefetch run --device cuda`): the model is initialised on the CPU from the seed and
+moved, and every batch is drawn on the CPU from (seed, step) and moved, so the same seed
+gives the same model and data on every device. `Job.step(i)` runs optimizer step i completely
 (every micro-step, evaluation pass or generation it involves) and returns the step's
 loss as a Python float, so runs with and without prefetching compare bit for bit.
 Everything is built from configs: nothing is downloaded.
@@ -36,8 +39,9 @@ class Workload:
     description: str
     dynamic: bool
     """True when the set or order of accesses changes from step to step."""
-    build: Callable[[int], Job]
-    """seed -> Job. The same seed gives the same model, data and losses."""
+    build: Callable[..., Job]
+    """build(seed, device="cpu") -> Job, with its model, optimizer state and every
+    input on `device`. The same seed gives the same model, data and losses."""
 
 
 class UnknownWorkloadError(KeyError):

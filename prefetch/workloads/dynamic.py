@@ -38,15 +38,15 @@ ACCUM_SHAPE = dict(vocab_size=1024, n_positions=128, n_embd=384, n_layer=3, n_he
 ACCUM_DATA = dict(batch_size=2, seq_len=32, accum_steps=4, eval_every=3, eval_batch_size=8)
 
 
-def build_accum_eval(seed: int) -> Job:
+def build_accum_eval(seed: int, device: torch.device | str = "cpu") -> Job:
     model = gpt2_model(seed, **ACCUM_SHAPE)
-    model.train()
+    model.to(device).train()
     optimizer = make_optimizer(model)
     vocab = ACCUM_SHAPE["vocab_size"]
     batch_size, seq_len = ACCUM_DATA["batch_size"], ACCUM_DATA["seq_len"]
     accum_steps, eval_every = ACCUM_DATA["accum_steps"], ACCUM_DATA["eval_every"]
     # a fixed held-out batch, a function of the seed only
-    eval_ids = synthetic_tokens(step_generator(seed, -1, "eval"), ACCUM_DATA["eval_batch_size"], seq_len, vocab)
+    eval_ids = synthetic_tokens(step_generator(seed, -1, "eval"), ACCUM_DATA["eval_batch_size"], seq_len, vocab).to(device)
 
     def step(i: int) -> float:
         if i % eval_every == eval_every - 1:
@@ -58,7 +58,7 @@ def build_accum_eval(seed: int) -> Job:
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for _ in range(accum_steps):
-            input_ids = synthetic_tokens(gen, batch_size, seq_len, vocab)  # (B, T)
+            input_ids = synthetic_tokens(gen, batch_size, seq_len, vocab).to(device)  # (B, T)
             loss = model(input_ids=input_ids, labels=input_ids).loss
             (loss / accum_steps).backward()
             total += loss_value(loss)
@@ -116,10 +116,10 @@ LAYERDROP_SHAPE = dict(
 LAYERDROP_DATA = dict(batch_size=4, seq_len=64, drop_prob=0.3)
 
 
-def build_layerdrop(seed: int) -> Job:
+def build_layerdrop(seed: int, device: torch.device | str = "cpu") -> Job:
     model = llama_model(seed, **LAYERDROP_SHAPE)
     layers = make_layers_skippable(model.model.layers)
-    model.train()
+    model.to(device).train()
     optimizer = make_optimizer(model)
     vocab = LAYERDROP_SHAPE["vocab_size"]
     batch_size, seq_len, drop_prob = LAYERDROP_DATA["batch_size"], LAYERDROP_DATA["seq_len"], LAYERDROP_DATA["drop_prob"]
@@ -128,7 +128,7 @@ def build_layerdrop(seed: int) -> Job:
         drop = torch.rand(len(layers), generator=step_generator(seed, i, "layerdrop")) < drop_prob
         for layer, skip in zip(layers, drop.tolist()):
             layer.skip = skip
-        input_ids = synthetic_tokens(step_generator(seed, i), batch_size, seq_len, vocab)
+        input_ids = synthetic_tokens(step_generator(seed, i), batch_size, seq_len, vocab).to(device)
         optimizer.zero_grad(set_to_none=True)
         try:
             loss = model(input_ids=input_ids, labels=input_ids).loss
@@ -183,9 +183,9 @@ GEN_SHAPE = dict(
 GEN_DATA = dict(batch_size=4, prompt_len=16, max_new_tokens=20, stop_hazard=0.1)
 
 
-def build_generate_train(seed: int) -> Job:
+def build_generate_train(seed: int, device: torch.device | str = "cpu") -> Job:
     model = llama_model(seed, **GEN_SHAPE, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
-    model.train()
+    model.to(device).train()
     optimizer = make_optimizer(model)
     vocab = GEN_SHAPE["vocab_size"]
     batch_size, prompt_len = GEN_DATA["batch_size"], GEN_DATA["prompt_len"]
@@ -205,7 +205,7 @@ def build_generate_train(seed: int) -> Job:
     def step(i: int) -> float:
         gen = step_generator(seed, i)
         body = torch.randint(EOS_ID + 1, vocab, (batch_size, prompt_len - 1), generator=gen)
-        prompt = torch.cat([torch.full((batch_size, 1), BOS_ID), body], dim=1)  # (B, P)
+        prompt = torch.cat([torch.full((batch_size, 1), BOS_ID), body], dim=1).to(device)  # (B, P)
 
         # rollout: eval mode, no grad, KV cache; sampling from a seed derived from (seed, i),
         # without disturbing the caller's global RNG

@@ -106,11 +106,13 @@ def lm_step_fn(
     batch_size: int,
     seq_len: int,
     vocab_size: int,
+    device: torch.device | str = "cpu",
 ):
-    """One optimizer step per call on a fresh synthetic batch: the plain static loop."""
+    """One optimizer step per call on a fresh synthetic batch (drawn on the CPU, moved
+    to `device`): the plain static loop."""
 
     def step(i: int) -> float:
-        input_ids = synthetic_tokens(step_generator(seed, i), batch_size, seq_len, vocab_size)
+        input_ids = synthetic_tokens(step_generator(seed, i), batch_size, seq_len, vocab_size).to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = model(input_ids=input_ids, labels=input_ids).loss
         loss.backward()
@@ -187,16 +189,17 @@ GPT2_SHAPE = dict(vocab_size=1024, n_positions=128, n_embd=384, n_layer=4, n_hea
 GPT2_DATA = dict(batch_size=4, seq_len=64)
 
 
-def _static_lm_job(name: str, model: torch.nn.Module, seed: int, shape: dict, data: dict) -> Job:
+def _static_lm_job(name: str, model: torch.nn.Module, seed: int, shape: dict, data: dict,
+                   device: torch.device | str = "cpu") -> Job:
     """The plain loop around a freshly built causal LM: one AdamW step per batch."""
-    model.train()
+    model.to(device).train()
     optimizer = make_optimizer(model)
-    step = lm_step_fn(model, optimizer, seed, vocab_size=shape["vocab_size"], **data)
+    step = lm_step_fn(model, optimizer, seed, vocab_size=shape["vocab_size"], device=device, **data)
     return Job(model, optimizer, step, job_config(model, name, seed, **data))
 
 
-def build_gpt2(seed: int) -> Job:
-    return _static_lm_job("gpt2", gpt2_model(seed, **GPT2_SHAPE), seed, GPT2_SHAPE, GPT2_DATA)
+def build_gpt2(seed: int, device: torch.device | str = "cpu") -> Job:
+    return _static_lm_job("gpt2", gpt2_model(seed, **GPT2_SHAPE), seed, GPT2_SHAPE, GPT2_DATA, device)
 
 
 LLAMA_SHAPE = dict(
@@ -211,8 +214,8 @@ LLAMA_SHAPE = dict(
 LLAMA_DATA = dict(batch_size=4, seq_len=64)
 
 
-def build_llama(seed: int) -> Job:
-    return _static_lm_job("llama", llama_model(seed, **LLAMA_SHAPE), seed, LLAMA_SHAPE, LLAMA_DATA)
+def build_llama(seed: int, device: torch.device | str = "cpu") -> Job:
+    return _static_lm_job("llama", llama_model(seed, **LLAMA_SHAPE), seed, LLAMA_SHAPE, LLAMA_DATA, device)
 
 
 GPT2 = Workload(

@@ -183,12 +183,12 @@ def mixtral_model(seed: int, **shape) -> MixtralForCausalLM:
     return transformers.MixtralForCausalLM(config)
 
 
-def build_moe(seed: int) -> Job:
+def build_moe(seed: int, device: torch.device | str = "cpu") -> Job:
     model = mixtral_model(seed, **MOE_SHAPE)
     split_fused_experts(model)
-    model.train()
+    model.to(device).train()
     optimizer = make_optimizer(model)
-    step = lm_step_fn(model, optimizer, seed, vocab_size=MOE_SHAPE["vocab_size"], **MOE_DATA)
+    step = lm_step_fn(model, optimizer, seed, vocab_size=MOE_SHAPE["vocab_size"], device=device, **MOE_DATA)
 
     return Job(model, optimizer, step, job_config(model, "moe", seed, **MOE_DATA))
 

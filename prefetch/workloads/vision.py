@@ -26,7 +26,7 @@ VIT_SHAPE = dict(
 VIT_DATA = dict(batch_size=12, num_labels=10, noise=1.0)
 
 
-def build_vit(seed: int) -> Job:
+def build_vit(seed: int, device: torch.device | str = "cpu") -> Job:
     transformers = require_transformers()
     num_labels = VIT_DATA["num_labels"]
     config = transformers.ViTConfig(
@@ -38,7 +38,7 @@ def build_vit(seed: int) -> Job:
     )
     torch.manual_seed(seed)
     model = transformers.ViTForImageClassification(config)
-    model.train()
+    model.to(device).train()
     optimizer = make_optimizer(model)
 
     size, channels = VIT_SHAPE["image_size"], VIT_SHAPE["num_channels"]
@@ -50,6 +50,7 @@ def build_vit(seed: int) -> Job:
         gen = step_generator(seed, i)
         labels = torch.randint(0, num_labels, (batch_size,), generator=gen)  # (B,)
         pixels = prototypes[labels] + noise * torch.randn(batch_size, channels, size, size, generator=gen)  # (B, C, H, W)
+        labels, pixels = labels.to(device), pixels.to(device)  # drawn on the CPU: the same batch on every device
         optimizer.zero_grad(set_to_none=True)
         loss = model(pixel_values=pixels, labels=labels).loss
         loss.backward()

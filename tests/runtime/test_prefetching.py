@@ -135,6 +135,8 @@ def test_parse_budget_rejects(raw):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_losses_identical():
     """On CUDA (pinned host, side stream, events) losses match the all-resident run."""
+    from runtime.host_stepping import host_stepping
+
     def run(pf_on: bool) -> list[float]:
         torch.manual_seed(0)
         model = Net().cuda()
@@ -142,6 +144,8 @@ def test_cuda_losses_identical():
         g = torch.Generator().manual_seed(0)
         losses = []
         ctx = prefetching(model, opt, policy="replay", budget=0.5, device="cuda") if pf_on else None
+        if not pf_on:  # the reference steps managed parameters on the host too (runtime.host_stepping)
+            host_stepping(model, opt)
         if ctx:
             pf = ctx.__enter__()
         for _ in range(5):
