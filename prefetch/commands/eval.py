@@ -14,8 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="score the learned predictor and the baselines on traces",
         description="Next-access top-1/top-k and recall of the next D reads for learned, none, replay "
-                    "and markov: on the steps held out of training for traces the model was trained on, "
-                    "on all steps but the first for other runs (e.g. another seed).",
+                    "and markov: on the steps held out of training for traces of runs the model was "
+                    "trained on (the same workload and seed, or the same access order step by step when "
+                    "a seed is unknown; flagged in_sample, with a WARNING on stderr), on all steps but "
+                    "the first for other runs (e.g. another seed).",
         epilog="example:\n  prefetch eval --model models/ traces/moe/ traces/moe-seed1/ --json eval.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
