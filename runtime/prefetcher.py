@@ -60,7 +60,7 @@ class PrefetchConfig:
     """Simulated device: an explicit link (overrides link_ratio)."""
     warmup_steps: int = 1
     device: str = "auto"
-    """auto (CUDA if available), cuda[:N], or simulated."""
+    """auto (CUDA when the model is on a GPU, else simulated), cuda[:N], or simulated."""
     daemon: str | None = None
     """Endpoint of a running daemon for learned policies (default: start one locally)."""
     daemon_batch_events: int = 2
@@ -96,10 +96,22 @@ def compute_device(spec: str) -> torch.device:
     return torch.device("cuda", int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device())
 
 
-def make_device(spec: str, link: LinkModel) -> Device:
-    if spec == "simulated" or (spec == "auto" and not torch.cuda.is_available()):
+def make_device(spec: str, link: LinkModel, model_device: torch.device | None = None) -> Device:
+    """The device backend for `spec`. `auto` follows the model: CUDA when its parameters
+    are on a GPU (or, with none known, when CUDA is available), else simulated. A CUDA
+    backend for a model on the CPU would mix devices: a one-line ValueError."""
+    if spec == "auto":
+        on_gpu = model_device.type == "cuda" if model_device is not None else torch.cuda.is_available()
+        spec = f"cuda:{model_device.index or 0}" if on_gpu and model_device is not None else ("cuda" if on_gpu else "simulated")
+    if spec == "simulated":
         return SimulatedDevice(link)
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r}: CUDA is not available here (torch.cuda.is_available() is False); "
+                         "use device='simulated'")
     idx = int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device()
+    if model_device is not None and model_device != torch.device("cuda", idx):
+        raise ValueError(f"device {spec!r} but the model's parameters are on {model_device}: "
+                         f"move the model (and its inputs) to cuda:{idx} first, or use device='simulated'")
     return CudaDevice(idx)
 
 
@@ -115,7 +127,8 @@ class Prefetcher:
         self._closed = False
         self.policy_note: str | None = None
         budget_bytes, fraction = parse_budget(config.budget)
-        self.device = make_device(config.device, config.link or _WARMUP_LINK)
+        first = next(model.parameters(), None)
+        self.device = make_device(config.device, config.link or _WARMUP_LINK, first.device if first is not None else None)
         self._link_fixed = config.link is not None or self.device.name != "simulated"
         self.store = TensorStore(self.device, policy or _NullPolicy(), StoreConfig(
             budget_bytes=budget_bytes, budget_fraction=fraction, warmup_steps=config.warmup_steps))

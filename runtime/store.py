@@ -322,7 +322,9 @@ class TensorStore:
                 if when != NO_PREDICTION:
                     refetch.append((when, tid))  # stale now; wanted again once updated
             if p.grad is not None and p.grad.device != self._host[tid].device:
-                p.grad = p.grad.to(self._host[tid].device)  # CUDA: the host optimizer needs host grads
+                # CUDA: the host optimizer needs host grads. note: CPU-GPU sync point (a blocking
+                # copy per managed parameter per step; overlapping it with backward is issue 15)
+                p.grad = p.grad.to(self._host[tid].device)
         for when, tid in refetch:
             self._want(tid, self._reads + when)
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from prefetch.workloads import WORKLOADS, get_workload
-from runtime.device import CudaDevice
-from runtime.prefetcher import PrefetchConfig, Prefetcher, compute_device
+from runtime.device import CudaDevice, SimulatedDevice
+from runtime.link import LinkModel
+from runtime.prefetcher import PrefetchConfig, Prefetcher, compute_device, make_device
 
 
 class _Stop(Exception):
@@ -49,6 +50,20 @@ def test_compute_device_of_a_spec():
     assert compute_device("auto") == expected
     if torch.cuda.is_available():
         assert compute_device("cuda:0") == torch.device("cuda", 0)
+
+
+def test_auto_device_follows_the_model():
+    """`auto` prefetches for a CPU model on the simulated device, even where CUDA exists
+    (a CUDA backend would mix devices); an explicit CUDA device for a CPU model is a
+    one-line error, not a failure deep in the first forward."""
+    link = LinkModel(bandwidth_bytes_per_s=1e9, latency_s=0.0)
+    dev = make_device("auto", link, torch.device("cpu"))
+    try:
+        assert isinstance(dev, SimulatedDevice)
+    finally:
+        dev.close()
+    with pytest.raises(ValueError, match="cuda"):
+        make_device("cuda", link, torch.device("cpu"))
 
 
 class _Event:
