@@ -6,8 +6,15 @@ Three passes of the same seeded job, in one process:
   1. all resident: the baseline step time and losses;
   2. recorded: the trace (its tensor table fixes tensor ids and managed bytes, and
      `--trace-out` keeps it; the simulator replays it for the live-vs-simulated check);
-  3. prefetched: managed tensors offloaded, the policy prefetching, the report.
-`losses_identical` compares pass 3 with pass 1 bit for bit.
+  3. prefetched: managed tensors offloaded, the policy prefetching, the report; an
+     all-resident twin is stepped alternately with it (see `run_policies`).
+Bit-identical means the whole training state: `losses_identical` (pass 3 against pass 1
+and the twin), `params_identical` and `optimizer_state_identical` (the final model and
+optimizer state against the twin's, every tensor and param_groups scalar, bit for bit;
+runtime.state_compare), with `state_mismatches` naming the first few that differ.
+
+Bad input is refused before any pass runs: the policy, the device, the budget (parsed,
+then checked against the largest managed tensor seen in one recorded probe step).
 """
 
 from __future__ import annotations
@@ -23,17 +30,22 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from prefetch.budget import parse_budget
 from runtime.host_stepping import host_stepping
 from runtime.prefetcher import PrefetchConfig, Prefetcher, compute_device
 from runtime.recorder import Recorder
-from runtime.trace_format import load_trace
+from runtime.state_compare import identity_report, losses_identical, snapshot
+from runtime.trace_format import is_managed, load_trace
+
+IDENTITY_KEYS = ("losses_identical", "params_identical", "optimizer_state_identical")
+"""The report's bit-identity flags: all True, or the run changed what training computes."""
 
 
 def _resident(workload, seed: int, dev: torch.device):
     """The job all resident on `dev`. On CUDA its managed parameters step on host masters
     (runtime.host_stepping), as in the prefetched job: the CPU and GPU AdamW kernels round
     differently, and bit-identity is about prefetching, not the optimizer's placement."""
-    job = workload.build(seed, device=dev)
+    job = workload.build(seed + 1, device=dev)
     if dev.type == "cuda":
         host_stepping(job.model, job.optimizer)
     return job
@@ -75,11 +87,21 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
     """One report per policy; the all-resident and recorded passes are shared."""
     from prefetch.workloads import get_workload
 
+    if warmup_steps < 0:
+        raise ValueError(f"--warmup must be >= 0, got {warmup_steps}")
     if steps <= warmup_steps:
         raise ValueError(f"--steps ({steps}) must exceed the warm-up steps ({warmup_steps})")
     workload = get_workload(name)
-    for policy in policies:  # validate everything before the first step runs
+    # validate everything before the first step runs: flags, then the budget on one probe step
+    try:
+        parse_budget(budget)
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from None  # "--budget '2.0' is ambiguous: ..."
+    check_device(device)
+    for policy in policies:
+        check_policy(policy, daemon=daemon)
         PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device)
+    check_budget_fits(workload, seed, budget)
     dev = compute_device(device)  # where the model, its inputs and all compute live
     bar = tqdm(total=(2 + 2 * len(policies) + (dev.type == "cuda")) * steps, desc=f"run {name}", unit="step",
                file=sys.stderr, disable=not progress)
@@ -116,7 +138,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             # (resident i, prefetched i, resident i+1, ...): both do identical work at step i,
             # so machine drift between passes cannot pass for a slowdown.
             twin = _resident(workload, seed, dev)
-            losses, t_twin, t_pf = [], [], []
+            losses, twin_losses, t_twin, t_pf = [], [], [], []
             try:
                 for i in range(steps):
                     first, second = (twin, job) if i % 2 == 0 else (job, twin)  # ABBA: neither always goes first
@@ -127,11 +149,18 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                     t2 = time.perf_counter()
                     if first is twin:
                         t_twin.append(t1 - t0), t_pf.append(t2 - t1), losses.append(out_second)
+                        twin_losses.append(out_first)
                     else:
                         t_pf.append(t1 - t0), t_twin.append(t2 - t1), losses.append(out_first)
+                        twin_losses.append(out_second)
                     bar.update(2)
             finally:
                 pf.close()
+            # the whole final state against the twin's, bit for bit (live tensors: no copies)
+            identity = identity_report(snapshot(twin.model, twin.optimizer, copy=False),
+                                       snapshot(job.model, job.optimizer, copy=False),
+                                       losses=losses, reference_losses=twin_losses)
+            identity["losses_identical"] = identity["losses_identical"] and losses_identical(losses, base_losses)
             del twin
             report = pf.report()
             measured = slice(warmup_steps, None)
@@ -154,7 +183,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             report.update(
                 workload=name,
                 seed=seed,
-                losses_identical=losses == base_losses,
+                **identity,
                 losses=losses,
                 baseline_losses=base_losses,
                 trace=str(rec.stem) if tmp is None else None,
@@ -169,8 +198,80 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
     return reports
 
 
+def bit_identical(r: dict[str, Any]) -> bool:
+    """True when losses, parameters and optimizer state all matched the all-resident run."""
+    return all(r.get(k) is True for k in IDENTITY_KEYS)
+
+
 def summary_line(r: dict[str, Any]) -> str:
     slow = f"{r['slowdown']:.3f}x" if r.get("slowdown") else "n/a"
+    ident = "bit-identical" if bit_identical(r) else (
+        "NOT bit-identical: " + ", ".join(k.removesuffix("_identical") for k in IDENTITY_KEYS if r.get(k) is not True)
+        + (f" ({', '.join(r['state_mismatches'])})" if r.get("state_mismatches") else ""))
     return (f"{r['workload']:<15} {r['policy']:<22} hit {r['hit_rate']:7.2%}  late {r['late']:>5}  miss {r['misses']:>5}  "
             f"stall {r['stall_s']:.3f}s  slowdown {slow}  copied {r['bytes_copied'] / 2**20:8.1f} MiB  "
-            f"losses_identical {r['losses_identical']}  [{r['device']}]")
+            f"{ident}  [{r['device']}]")
+
+
+# -- validation: every refusal happens before a training step runs ----------------------------
+def check_policy(spec: str, *, daemon: str | None = None) -> None:
+    """PolicyError (a ValueError) for a policy `prefetch run` cannot use: an unknown name,
+    `oracle`, `learned:` without a folder, or (without --daemon, whose own --models
+    folder serves) a folder that does not exist or holds no trained predictor."""
+    from predictor.interface import PolicyError
+    from predictor.policies import make_policy
+
+    name, sep, arg = spec.partition(":")
+    if name != "learned":
+        try:
+            make_policy(spec)  # raises for unknown names and for oracle (simulator only)
+        except PolicyError as exc:
+            raise PolicyError(f"--policy: {exc}") from None
+        return
+    if not arg.strip():
+        raise PolicyError(f"--policy {spec!r}: learned needs a model folder, e.g. learned:models/")
+    if daemon is not None:
+        return  # the daemon's --models folder is the one that counts
+    from predictor.artifact import list_artifacts
+
+    folder = Path(arg)
+    if not folder.is_dir():
+        raise PolicyError(f"--policy {spec}: model folder {arg} not found (run `prefetch train ... --out {arg}`)")
+    if not list_artifacts(folder):
+        raise PolicyError(f"--policy {spec}: {arg} holds no trained predictor (no */meta.json); run `prefetch train`")
+
+
+def check_device(spec: str) -> None:
+    """ValueError unless `spec` is auto, simulated, or a CUDA device this machine has."""
+    if spec in ("auto", "simulated"):
+        return
+    name, sep, index = spec.partition(":")
+    if name != "cuda" or (sep and not index.isdigit()):
+        raise ValueError(f"--device {spec!r}: use auto, simulated, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {spec}: CUDA is not available here (torch.cuda.is_available() is False); "
+                         "use --device simulated")
+    if sep and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def check_budget_fits(workload, seed: int, budget: float | int | str) -> None:
+    """ValueError if the budget is below the largest managed tensor of the job's first step.
+
+    One step is recorded (a fresh job, a temporary trace) to learn the managed tensors'
+    sizes: saved activations are only known once a step has run. The store checks again
+    against the whole run's tensor table before the prefetched pass."""
+    job = workload.build(seed)
+    with tempfile.TemporaryDirectory(prefix="prefetch-probe-") as tmp:
+        rec = Recorder(job.model, job.optimizer, tmp, workload=workload.name, seed=seed, config=job.config).start()
+        try:
+            job.step(0)
+        finally:
+            rec.close()
+        rows = [r for r in load_trace(rec.stem).tensors.to_pylist() if is_managed(r["kind"], r["nbytes"])]
+    if rows:
+        largest = max(rows, key=lambda r: r["nbytes"])
+        try:
+            parse_budget(budget).resolve(sum(r["nbytes"] for r in rows), largest["nbytes"], largest["key"])
+        except ValueError as exc:
+            raise ValueError(f"--budget {budget}: {exc}") from None

@@ -10,7 +10,9 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a workload with prefetching and report hit rate, stalls, slowdown",
                        description="Run a reference workload with managed tensors offloaded and prefetched, "
-                                   "plus the same steps all resident; print the JSON report.")
+                                   "plus the same steps all resident; print the JSON report. Exit code 1 when the "
+                                   "losses, final parameters or optimizer state differ from the all-resident run "
+                                   "(bit for bit), 2 on bad input (refused before any training step).")
     p.add_argument("--workload", required=True)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--policy", default="replay", help="none | replay | markov | learned:MODEL_DIR (default replay)")
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps excluded from the figures")
     p.add_argument("--device", default="auto", help="auto | simulated | cuda[:N]")
     p.add_argument("--daemon", default=None, help="endpoint of a running daemon (learned policies)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, >= 1 (default 1)")
     p.add_argument("--trace-out", type=Path, default=None, help="also keep the run's trace here")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--timeline", type=Path, default=None, metavar="DIR",
@@ -33,8 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from prefetch.run import run_workload, summary_line
+    from prefetch.run import bit_identical, run_workload, summary_line
 
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     budget = args.budget  # parsed (and checked) by prefetch.budget
     report = run_workload(args.workload, steps=args.steps, policy=args.policy, budget=budget, seed=args.seed,
@@ -47,4 +51,4 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text)
-    return 0 if report["losses_identical"] else 1
+    return 0 if bit_identical(report) else 1  # losses, parameters and optimizer state
