@@ -126,6 +126,7 @@ class Prefetcher:
         self._handles: list[Any] = []
         self._closed = False
         self.policy_note: str | None = None
+        self.identity: dict[str, Any] = {}  # compare_state(...)'s result, carried by report()
         budget_bytes, fraction = parse_budget(config.budget)
         first = next(model.parameters(), None)
         self.device = make_device(config.device, config.link or _WARMUP_LINK, first.device if first is not None else None)
@@ -293,6 +294,7 @@ class Prefetcher:
         }
         if self.config.policy.startswith("learned:"):
             d.update(self.provenance().as_dict())
+        d.update(self.identity)
         d.update(cuda)
         note = getattr(self.store.policy, "note", None) or self.policy_note
         if note:
@@ -310,6 +312,17 @@ class Prefetcher:
         prov = assess_model_dir(self.config.policy.partition(":")[2], self.tracker.architecture, run)
         warn_if_in_sample(prov, f"learned policy on {self.config.workload or type(self.model).__name__}")
         return prov
+
+    def compare_state(self, reference: Any, *, losses: Any = None, reference_losses: Any = None) -> dict[str, Any]:
+        """Compare the model and optimizer now, bit for bit, with `reference` (a
+        `runtime.state_compare.snapshot` of the same job all resident); `report()` carries
+        `params_identical`, `optimizer_state_identical`, `state_mismatches` (and
+        `losses_identical` with both loss lists) from then on. Call it after the `with` block."""
+        from runtime.state_compare import identity_report, snapshot
+
+        self.identity = identity_report(reference, snapshot(self.model, self.optimizer), losses=losses,
+                                        reference_losses=reference_losses)
+        return self.identity
 
     def chrome_trace(self) -> dict[str, Any]:
         """The run as Chrome trace-event JSON (open in Perfetto or chrome://tracing): a
