@@ -45,7 +45,7 @@ def _resident(workload, seed: int, dev: torch.device):
     """The job all resident on `dev`. On CUDA its managed parameters step on host masters
     (runtime.host_stepping), as in the prefetched job: the CPU and GPU AdamW kernels round
     differently, and bit-identity is about prefetching, not the optimizer's placement."""
-    job = workload.build(seed + 1, device=dev)
+    job = workload.build(seed, device=dev)
     if dev.type == "cuda":
         host_stepping(job.model, job.optimizer)
     return job
