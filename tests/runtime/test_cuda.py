@@ -4,6 +4,8 @@ the rest check, on any machine, what can be checked without one."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -11,6 +13,9 @@ from prefetch.workloads import WORKLOADS, get_workload
 from runtime.device import CudaDevice, SimulatedDevice
 from runtime.link import LinkModel
 from runtime.prefetcher import PrefetchConfig, Prefetcher, compute_device, make_device
+
+# cuBLAS is deterministic with a fixed workspace (read when its first handle is made)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 class _Stop(Exception):
