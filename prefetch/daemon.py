@@ -213,12 +213,12 @@ class DaemonConfig:
     """A session with no message for this long is dropped (the client re-HELLOs)."""
     max_sessions: int = 64
     """More sessions evict the least recently active one."""
-    max_total_tensors: int = 1 << 21
+    max_total_tensors: int = 1 << 20
     """Tensor-table rows over all sessions (each costs a policy some tens of bytes); a HELLO
     or TENSORS past it evicts the least recently active other sessions."""
     max_queued_events: int = 2 * wire.MAX_EVENTS_PER_BATCH
     """Events one session may have waiting to be worked off; beyond it a batch gets ERROR busy."""
-    chunk_events: int = 256
+    chunk_events: int = 128
     """Events worked off per busy session per round: bounds how long one client delays another."""
     max_message_bytes: int = 32 << 20
     """Larger messages are refused by the socket (zmq MAXMSGSIZE)."""

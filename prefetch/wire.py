@@ -60,7 +60,7 @@ ID_DTYPE, NEXT_USE_DTYPE = np.dtype("<i4"), np.dtype("<f4")
 
 # Bounds that keep one message from claiming unbounded memory or work. A training job
 # sends a few to a few hundred events per batch and has thousands of managed tensors.
-MAX_TENSORS = 1 << 18  # rows of one HELLO table (TENSORS may grow it to this)
+MAX_TENSORS = 1 << 16  # rows of one session's table (HELLO, grown by TENSORS); a HELLO this big costs ~0.1 s
 MAX_EVENTS_PER_BATCH = 1 << 16  # 768 KiB; the daemon works off big batches in chunks
 MAX_COMMAND_IDS = 1 << 22  # ids in one COMMANDS reply (the daemon caps what it sends)
 MAX_JSON_BYTES = 1 << 20

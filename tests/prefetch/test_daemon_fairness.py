@@ -197,9 +197,9 @@ def test_table_growth_counts_against_the_total(ctx):
 
 
 def test_wire_limits_are_tight():
-    """One message may carry at most 2^16 events and a table of 2^18 tensors (docs/wire.md)."""
-    assert wire.MAX_EVENTS_PER_BATCH == 1 << 16 and wire.MAX_TENSORS == 1 << 18
+    """One message may carry at most 2^16 events and a table of 2^16 tensors (docs/wire.md)."""
+    assert wire.MAX_EVENTS_PER_BATCH == 1 << 16 and wire.MAX_TENSORS == 1 << 16
     cfg = DaemonConfig(bind="tcp://127.0.0.1:*")
-    assert cfg.max_sessions <= 64 and cfg.max_total_tensors <= 1 << 21 and cfg.max_message_bytes <= 32 << 20
+    assert cfg.max_sessions <= 64 and cfg.max_total_tensors <= 1 << 20 and cfg.max_message_bytes <= 32 << 20
     with pytest.raises(ValueError, match="chunk_events"):
         DaemonConfig(bind="tcp://127.0.0.1:*", chunk_events=0)
