@@ -219,18 +219,23 @@ def _read_stream(path: Path) -> tuple[pa.Table, bool, dict[bytes, bytes]]:
     batches: list[pa.RecordBatch] = []
     truncated = False
     try:
-        reader = pa.ipc.open_stream(pa.OSFile(str(path), "rb"))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TraceError(f"{path}: not an Arrow IPC stream ({exc})") from exc
+        source = pa.OSFile(str(path), "rb")
+        reader = pa.ipc.open_stream(source)
+    except (pa.ArrowException, OSError) as exc:
+        raise TraceError(f"{path}: not an Arrow IPC stream ({' '.join(str(exc).split())})") from exc
     schema = reader.schema
     while True:
         try:
             batches.append(reader.read_next_batch())
         except StopIteration:
             break
-        except (pa.ArrowInvalid, OSError, EOFError):
+        except (pa.ArrowException, OSError, EOFError) as exc:
+            if source.tell() < source.size():  # unreadable bytes before the end: damage, not a cut
+                raise TraceError(f"{path}: record batch {len(batches)} is damaged "
+                                 f"({' '.join(str(exc).split())})") from None
             truncated = True  # a partial batch after the last complete one: a crash
             break
+    source.close()
     meta = dict(schema.metadata or {})
     return pa.Table.from_batches(batches, schema=schema), truncated, meta
 
@@ -239,9 +244,9 @@ def _check_version(path: Path, meta: dict[bytes, bytes]) -> None:
     raw = meta.get(VERSION_KEY)
     if raw is None:
         raise TraceError(f"{path}: no {VERSION_KEY.decode()} in schema metadata; not a prefetch trace")
-    if int(raw) != SCHEMA_VERSION:
+    if not raw.isdigit() or int(raw) != SCHEMA_VERSION:
         raise TraceError(
-            f"{path}: schema version {int(raw)}, this build reads version {SCHEMA_VERSION}"
+            f"{path}: schema version {raw.decode(errors='replace')[:20]}, this build reads version {SCHEMA_VERSION}"
         )
 
 

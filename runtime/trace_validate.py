@@ -107,6 +107,7 @@ def check_events(path: Path, events: pa.Table) -> None:
     """The event table: typed columns and every value in its column's range."""
     check_columns(path, events, EVENT_SCHEMA)
     _check_ranges(path, events, _EVENT_RANGES, "event")
+    _check_order(path, events)
 
 
 def check_event_ids(events_path: Path, tensors_path: Path, events: pa.Table, num_tensors: int,
@@ -132,6 +133,27 @@ def check_event_ids(events_path: Path, tensors_path: Path, events: pa.Table, num
                          f"has tensor_id={int(tid[first].as_py())}; the tensor file is cut or does not belong "
                          f"to these events")
     return events.slice(0, first), True
+
+
+def _check_order(path: Path, events: pa.Table) -> None:
+    """Events are written as they happen: steps one after another, and within a step
+    micro-steps in order and seq strictly rising. A garbled step (say 2**30) would
+    otherwise pass the range checks and size every per-step array by it."""
+    if events.num_rows < 2:
+        return
+    step = events.column("step").to_numpy()
+    d_step = np.diff(step)
+    same = d_step == 0
+    micro, seq = events.column("micro_step").to_numpy(), events.column("seq").to_numpy()
+    checks = (
+        ("step", step, (d_step < 0) | (d_step > 1), "steps must follow one another (+0 or +1 per event)"),
+        ("micro_step", micro, same & (np.diff(micro) < 0), "micro-steps must not go back within a step"),
+        ("seq", seq, same & (np.diff(seq) <= 0), "seq must rise within a step"),
+    )
+    for name, values, bad, rule in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0]) + 1
+            raise TraceError(f"{path}: event {i} has {name}={int(values[i])} after {name}={int(values[i - 1])}; {rule}")
 
 
 def _check_ranges(path: Path, table: pa.Table, ranges, what: str) -> None:

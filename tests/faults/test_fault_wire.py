@@ -1,0 +1,83 @@
+"""Fuzzing the wire decoder: any frames decode to a message or a WireError, nothing else.
+
+A few hundred Hypothesis examples per property keep this to seconds in CI;
+benchmarks/fault_suite.py sends 10k+ of the same messages to a live daemon.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prefetch import wire
+from wire_strategies import any_messages, damaged_messages, noise_messages, valid_messages
+
+FUZZ = settings(max_examples=300, deadline=None, database=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _decode_or_wire_error(frames: list[bytes], num_tensors: int | None) -> object | None:
+    """The decoded message, or None after a WireError; any other exception fails the test."""
+    try:
+        msg = wire.decode(frames, num_tensors=num_tensors)
+    except wire.WireError as exc:
+        assert isinstance(exc.code, wire.ErrorCode)
+        assert "\n" not in str(exc)  # one line: it goes into an ERROR reply and a log
+        return None
+    assert isinstance(msg, (wire.Hello, wire.HelloOk, wire.Tensors, wire.Events, wire.Commands,
+                            wire.Error, wire.Bye, wire.Ping, wire.Pong))
+    return msg
+
+
+@FUZZ
+@given(valid_messages())
+def test_valid_messages_round_trip(frames):
+    """Every well-formed message decodes, and encodes back to the same bytes."""
+    msg = wire.decode(frames)
+    assert [bytes(f) for f in msg.encode()] == frames
+
+
+@FUZZ
+@given(damaged_messages(), st.none() | st.integers(0, 40))
+def test_damaged_messages_decode_or_raise_wire_error(frames, num_tensors):
+    """Flipped, cut, dropped or duplicated frames: a message or a WireError, never another exception."""
+    _decode_or_wire_error(frames, num_tensors)
+
+
+@FUZZ
+@given(noise_messages(), st.none() | st.integers(0, 40))
+def test_noise_decodes_or_raises_wire_error(frames, num_tensors):
+    """Random frames behind a plausible header: a message or a WireError."""
+    _decode_or_wire_error(frames, num_tensors)
+
+
+@FUZZ
+@given(any_messages(), st.integers(0, 40))
+def test_decoded_events_and_commands_are_in_range(frames, num_tensors):
+    """What decodes with a table size has every id, phase and access in range (the daemon relies on it)."""
+    msg = _decode_or_wire_error(frames, num_tensors)
+    if isinstance(msg, wire.Events) and len(msg.events):
+        ev = msg.events
+        assert ev["tensor_id"].min() >= 0 and ev["tensor_id"].max() < num_tensors
+        assert ev["phase"].min() >= 0 and ev["access"].min() >= 0
+        assert ev["step"].min() >= 0 and ev["micro_step"].min() >= 0
+    if isinstance(msg, wire.Commands) and len(msg.tensor_ids):
+        assert msg.tensor_ids.min() >= 0 and msg.tensor_ids.max() < num_tensors
+        if msg.next_use is not None:
+            assert not np.isnan(msg.next_use).any() and (msg.next_use >= 0).all()
+    if isinstance(msg, (wire.Hello, wire.Tensors)) and msg.tensors.num_tensors:
+        t = msg.tensors
+        assert len(t.keys) == len(t.modules) == len(t.kinds) == len(t.nbytes) == len(t.layers)
+        assert t.kinds.min() >= 0 and t.nbytes.min() >= 0 and t.layers.min() >= -1
+
+
+@FUZZ
+@given(st.binary(max_size=40))
+def test_any_header_frame_decodes_or_raises_wire_error(frame):
+    """decode_header on any bytes: a validated tuple or a WireError."""
+    try:
+        kind, *_ = wire.decode_header(frame)
+    except wire.WireError:
+        return
+    assert isinstance(kind, wire.MsgType)
