@@ -5,6 +5,7 @@
     python benchmarks/run_all.py --only daemon_latency         # one benchmark; other sections kept
     python benchmarks/run_all.py --skip record_overhead,cuda
     python benchmarks/run_all.py --workloads gpt2,llama --policies none,replay,learned:out/benchmarks/models
+    python benchmarks/run_all.py --only live,offline_eval --seeds 2,3,4
 
 Each benchmark runs as its own subprocess (from the repository root, OMP/MKL/OpenBLAS
 threads 1 unless --omp-threads says otherwise) and writes JSON under --out; this script
@@ -16,13 +17,19 @@ device, and a table per benchmark with the exact command that produced it:
   simulate_speed      benchmarks/simulate_speed.py: simulator events/s per policy
   daemon_latency      benchmarks/daemon_latency.py: round trip per transport, throughput per
                       policy (the default replay run, and the learned policy on the same models)
-  live                `prefetch run --workload W --policy P`: hit rate, late, misses, stall,
-                      slowdown vs all resident, losses identical, per workload x policy
+  offline_eval        `prefetch record --seed S` (an unseen seed) + `prefetch eval`: the learned model's
+                      next-access accuracy and recall on runs it was not trained on
+  live                `prefetch run --workload W --policy P --seed S` for each unseen seed S:
+                      hit rate, late, misses, stall, slowdown vs all resident, bit-identity;
+                      median over the seeds with min-max, per workload x policy
   cuda                where torch.cuda.is_available(): `prefetch run --device cuda` for gpt2 with
                       replay and learned (step time and peak device memory vs all resident)
 
-The learned policy needs a model folder: if --models (default out/benchmarks/models) holds
-none, `prefetch train datasets/samples/*/train --out MODELS` runs first (about a minute).
+The evaluation protocol is `prefetch demo`'s: the learned model is trained on the sample
+traces, recorded on seeds 0 (datasets/samples/*/train) and 1 (*/heldout), and scored live and
+offline only on seeds never recorded for training (--seeds, default 2,3,4; an overlap with the
+samples' seeds is refused). If --models (default out/benchmarks/models) holds no model,
+`prefetch train datasets/samples/*/train datasets/samples/*/heldout --out MODELS` runs first.
 --only / --skip take benchmark names (comma-separated); sections not run this time are
 kept from the previous results.json, with the date they ran. A failed or timed-out
 benchmark is reported with the tail of its log (out/benchmarks/logs/) and the others go on.
@@ -46,7 +53,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("record_overhead", "predictor_latency", "simulate_speed", "daemon_latency", "live", "cuda")
+BENCHMARKS = ("record_overhead", "predictor_latency", "simulate_speed", "daemon_latency", "offline_eval", "live",
+              "cuda")
+EVAL_SEEDS = (2, 3, 4)
+"""Seeds of the live and offline evaluation runs: never recorded for training (samples are seeds 0, 1)."""
 DEFAULT_OUT = Path("out/benchmarks")
 DEFAULT_MODELS = DEFAULT_OUT / "models"
 _T0 = time.monotonic()
@@ -187,6 +197,7 @@ class Plan:
     workloads: list[str]
     policies: list[str]
     steps: int
+    seeds: tuple[int, ...] = EVAL_SEEDS
     py: str = sys.executable
 
     def path(self, *parts: str) -> Path:
@@ -234,13 +245,31 @@ def _policy_label(spec: str) -> str:
     return spec.partition(":")[0]
 
 
+def plan_offline_eval(p: Plan) -> list[Command]:
+    """Record each workload on the first unseen seed, then score every policy offline on those runs."""
+    seed = p.seeds[0]
+    cmds, dirs = [], []
+    for w in p.workloads:
+        d = p.path("offline_eval", "traces", f"{w}-seed{seed}")
+        dirs.append(str(d))
+        cmds.append(Command([p.py, "-m", "prefetch", "record", "--workload", w, "--steps", str(p.steps), "--seed",
+                             str(seed), "--out", str(d), "--no-progress"], None, f"record-{w}-seed{seed}"))
+    j = p.path("offline_eval.json")
+    cmds.append(Command([p.py, "-m", "prefetch", "eval", "--model", str(p.models), *dirs, "--no-progress",
+                         "--json", str(j)], j, "eval"))
+    return cmds
+
+
 def plan_live(p: Plan) -> list[Command]:
     cmds = []
     for w in p.workloads:
         for pol in p.policies:
-            j = p.path("live", f"{w}-{_policy_label(pol)}.json")
-            cmds.append(Command([p.py, "-m", "prefetch", "run", "--workload", w, "--steps", str(p.steps),
-                                 "--policy", pol, "--no-progress", "--json", str(j)], j, f"{w}-{_policy_label(pol)}"))
+            for seed in p.seeds:
+                label = f"{w}-{_policy_label(pol)}-seed{seed}"
+                j = p.path("live", f"{label}.json")
+                cmds.append(Command([p.py, "-m", "prefetch", "run", "--workload", w, "--steps", str(p.steps),
+                                     "--policy", pol, "--seed", str(seed), "--no-progress", "--json", str(j)], j,
+                                    label))
     return cmds
 
 
@@ -259,13 +288,14 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
     "predictor_latency": plan_predictor_latency,
     "simulate_speed": plan_simulate_speed,
     "daemon_latency": plan_daemon_latency,
+    "offline_eval": plan_offline_eval,
     "live": plan_live,
     "cuda": plan_cuda,
 }
 
 
 def needs_models(name: str, p: Plan) -> bool:
-    if name in ("predictor_latency", "daemon_latency", "cuda"):
+    if name in ("predictor_latency", "daemon_latency", "offline_eval", "cuda"):
         return True
     return name == "live" and any(pol.startswith("learned:") for pol in p.policies)
 
@@ -386,20 +416,32 @@ def md_daemon_latency(s: Section) -> list[str]:
 def md_live(s: Section, out_dir: Path) -> list[str]:
     from prefetch.report import build_rows, format_table, write_report
 
-    jsons = [c.json for c in s.commands if c.data is not None and c.json is not None]
-    if not jsons:
+    runs = [c.data for c in s.commands if isinstance(c.data, dict)]
+    if not runs:
         return []
-    rows = build_rows([(str(j), json.loads(Path(j).read_text())) for j in jsons])
+    protocol = s.data.get("protocol")
+    doc_path = out_dir / "live" / "results.json"  # one document: the runs and the protocol they follow
+    doc_path.parent.mkdir(parents=True, exist_ok=True)
+    doc_path.write_text(json.dumps({"protocol": protocol, "runs": runs}, indent=2, default=str))
+    rows = build_rows([(str(doc_path), {"protocol": protocol, "runs": runs})])
+    seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
     lines = ["Live `prefetch run`: the job with managed tensors offloaded and prefetched, against its all-resident "
-             "twin stepped alternately; hit rate strict (hits / accesses), warm-up step excluded.", ""]
+             "twin stepped alternately; hit rate strict (hits / accesses), warm-up step excluded. One run per "
+             f"seed ({', '.join(map(str, seeds))}); each figure is the median over them, hit rate and slowdown "
+             "with [min-max]."
+             + (f" The learned model was trained on seeds {', '.join(map(str, protocol['train_seeds']))} only."
+                if protocol and protocol.get("train_seeds") else ""), ""]
     devices = sorted({r["device"] for r in rows})
     links = {r["workload"]: r["link"] for r in rows if r.get("link")}
     bf = {round(100 * r["budget_fraction"]) for r in rows if r.get("budget_fraction")}
     lines += [f"Device: {', '.join(devices)}; budget {', '.join(f'{b}%' for b in sorted(bf))} of managed bytes"
               + ("; link ratio " + ", ".join(sorted({str(lk.get('ratio')) for lk in links.values()})) if links else "")
-              + ".", "", format_table(rows)]
+              + ".", "", format_table(rows, protocol)]
+    refused = [r for r in rows if r.get("in_sample") is True]
+    if refused:
+        lines += ["", f"**{len(refused)} learned run(s) flagged in sample were refused (not in the figures).**"]
     try:
-        written = write_report([str(j) for j in jsons], out_dir / "live" / "report", title="live runs")
+        written = write_report([str(doc_path)], out_dir / "live" / "report", title="live runs")
         pngs = [Path(os.path.relpath(written[k], out_dir)) for k in ("hit_rate_png", "slowdown_png") if k in written]
         lines += ["", "Plots: " + ", ".join(f"[{p.name}]({p})" for p in pngs)
                   + f" (and the full report, [report.md]({Path(os.path.relpath(written['markdown'], out_dir))}))."]
@@ -410,6 +452,25 @@ def md_live(s: Section, out_dir: Path) -> list[str]:
     if notes:
         lines += ["", "Note: " + "; ".join(notes) + "."]
     return lines
+
+
+def md_offline_eval(s: Section) -> list[str]:
+    d = next((c.data for c in s.commands if c.label == "eval" and isinstance(c.data, dict)), None) or {}
+    protocol = s.data.get("protocol") or {}
+    rows = []
+    for e in d.get("summary") or []:
+        pols = e.get("policies") or {}
+        flag = e.get("in_sample")
+        rows.append([e.get("workload"), e.get("scope"), "n/a" if flag is None else ("**YES**" if flag else "no")]
+                    + [f"{100 * pols[p]['recall']:.1f}%" if pols.get(p, {}).get("recall") is not None else "n/a"
+                       for p in ("replay", "markov", "learned")]
+                    + [f"{100 * pols[p]['top1']:.1f}%" if pols.get(p, {}).get("top1") is not None else "n/a"
+                       for p in ("replay", "markov", "learned")])
+    return [f"Offline next-access scores (`prefetch eval`, lookahead {d.get('lookahead')}) on runs recorded on seed "
+            f"{', '.join(map(str, protocol.get('eval_seeds', [])[:1]))}, never recorded for training (the learned model "
+            f"was trained on seeds {', '.join(map(str, protocol.get('train_seeds', [])))}).", "",
+            table(["workload", "scope", "in sample", "recall replay", "recall markov", "recall learned",
+                   "top-1 replay", "top-1 markov", "top-1 learned"], rows, "llc" + "r" * 6)]
 
 
 def md_cuda(s: Section) -> list[str]:
@@ -441,6 +502,7 @@ TITLES = {
     "predictor_latency": "Predictor decision latency",
     "simulate_speed": "Simulator speed",
     "daemon_latency": "Daemon round trip and throughput",
+    "offline_eval": "Offline evaluation on unseen seeds",
     "live": "Live hit rate and slowdown",
     "cuda": "CUDA",
 }
@@ -460,7 +522,7 @@ def section_markdown(s: Section, out_dir: Path) -> list[str]:
     try:
         body = {"record_overhead": md_record_overhead, "predictor_latency": md_predictor_latency,
                 "simulate_speed": md_simulate_speed, "daemon_latency": md_daemon_latency,
-                "cuda": md_cuda}.get(s.name)
+                "offline_eval": md_offline_eval, "cuda": md_cuda}.get(s.name)
         content = md_live(s, out_dir) if s.name == "live" else body(s) if body else []
     except Exception as exc:  # noqa: BLE001 - a changed JSON layout must not lose the other sections
         content = [f"(could not tabulate {s.name}'s JSON: {type(exc).__name__}: {exc})"]
@@ -539,6 +601,17 @@ def kept_section(name: str, old: dict[str, Any]) -> Section | None:
 # -- main -----------------------------------------------------------------------------------------
 
 
+def sample_seeds(trace_dirs: list[str]) -> list[int]:
+    """The seeds the training traces were recorded on (from their manifests)."""
+    seeds = set()
+    for d in trace_dirs:
+        for m in (ROOT / d).glob("*.manifest.json"):
+            seed = json.loads(m.read_text()).get("seed")
+            if isinstance(seed, int):
+                seeds.add(seed)
+    return sorted(seeds)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="benchmarks: " + ", ".join(BENCHMARKS))
@@ -555,6 +628,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--policies", default=None,
                     help="policies for the live runs; default none,replay,learned:MODELS (--quick: replay,learned:MODELS)")
     ap.add_argument("--steps", type=int, default=None, help="steps per live run (default 12; --quick 8)")
+    ap.add_argument("--seeds", default=",".join(map(str, EVAL_SEEDS)),
+                    help="unseen evaluation seeds of the live and offline runs (default 2,3,4; not 0 or 1, the "
+                         "samples' training seeds)")
     ap.add_argument("--timeout", type=float, default=None,
                     help="seconds allowed to each benchmark command (default 900; --quick 300)")
     ap.add_argument("--omp-threads", default="1", help="OMP/MKL/OpenBLAS threads for every child (default 1)")
@@ -592,7 +668,20 @@ def main(argv: list[str] | None = None) -> int:
         policies = [learned if p.strip() == "learned" else p.strip() for p in args.policies.split(",") if p.strip()]
     else:
         policies = ["replay", learned] if args.quick else ["none", "replay", learned]
-    plan = Plan(out=out_rel, models=models, quick=args.quick, workloads=workloads, policies=policies, steps=steps)
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"run_all.py: --seeds takes comma-separated integers, got {args.seeds!r}") from None
+    train_dirs = sorted(str(Path(d).relative_to(ROOT)) for split in ("train", "heldout")
+                        for d in glob.glob(str(ROOT / "datasets/samples/*" / split)))
+    train_seeds = sample_seeds(train_dirs)
+    overlap = sorted(set(seeds) & set(train_seeds))
+    if not seeds or overlap:
+        raise SystemExit(f"run_all.py: --seeds must name seeds never recorded for training (the samples are seeds "
+                         f"{', '.join(map(str, train_seeds))}); got {args.seeds}")
+    protocol = {"train_seeds": train_seeds, "eval_seeds": list(seeds), "train_traces": train_dirs}
+    plan = Plan(out=out_rel, models=models, quick=args.quick, workloads=workloads, policies=policies, steps=steps,
+                seeds=seeds)
 
     machine = machine_info(str(args.omp_threads))
     say(f"threads: OMP_NUM_THREADS={env['OMP_NUM_THREADS']} MKL_NUM_THREADS={env['MKL_NUM_THREADS']} "
@@ -611,13 +700,16 @@ def main(argv: list[str] | None = None) -> int:
             old = {}
 
     pre: list[Command] = []
-    if any(needs_models(n, plan) for n in selected) and (args.retrain or not has_models(models_abs)):
-        train_dirs = sorted(str(Path(d).relative_to(ROOT)) for d in glob.glob(str(ROOT / "datasets/samples/*/train")))
+    stamp = models_abs / "trained_on.json"  # which traces the models came from: others are retrained
+    stale = not stamp.exists() or json.loads(stamp.read_text()) != train_dirs
+    if any(needs_models(n, plan) for n in selected) and (args.retrain or not has_models(models_abs) or stale):
         cmd = Command([sys.executable, "-m", "prefetch", "train", *train_dirs, "--out", str(models), "--no-progress"],
                       label="models")
         pre.append(run_command(cmd, env, timeout, log_dir, "train"))
         if cmd.status != "ok":
             say("training failed: the benchmarks that need models will fail too")
+        else:
+            stamp.write_text(json.dumps(train_dirs))
 
     import torch
 
@@ -628,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
             sections[name] = kept or Section(name, status="skipped", note="not selected (--only/--skip)")
             continue
         s = Section(name, ran_at=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"))
+        s.data["protocol"] = protocol
         sections[name] = s
         if name == "cuda" and not torch.cuda.is_available():
             s.status = "no device"

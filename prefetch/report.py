@@ -37,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,8 @@ class Parts:
     oracle: list[tuple[dict[str, Any], Source]] = field(default_factory=list)
     sweep: list[tuple[dict[str, Any], Source]] = field(default_factory=list)
     machine: dict[str, Any] | None = None
+    protocol: dict[str, Any] | None = None
+    """The evaluation protocol of a `prefetch demo` results document (training/evaluation seeds)."""
 
 
 def load_document(path: str | os.PathLike[str]) -> Any:
@@ -151,6 +154,8 @@ def split_document(doc: Any, source: Source, parts: Parts | None = None) -> Part
                     (parts.runs if key == "runs" else parts.oracle).append((r, source))
     if isinstance(doc.get("machine"), dict) and parts.machine is None:
         parts.machine = doc["machine"]
+    if isinstance(doc.get("protocol"), dict) and parts.protocol is None:
+        parts.protocol = doc["protocol"]
     if not doc.get("runs") and not doc.get("oracle") and not doc.get("sweep"):
         raise ReportError(f"{source}: no run reports in it ('runs' is empty or missing)")
     return parts
@@ -204,6 +209,16 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _bool(x: Any) -> bool | None:
+    return x if isinstance(x, bool) else None
+
+
+def _seed_list(x: Any) -> list[int] | None:
+    if isinstance(x, (list, tuple)) and x and all(isinstance(v, int) and not isinstance(v, bool) for v in x):
+        return sorted(set(x))
+    return None
+
+
 def _int(x: Any) -> int | None:
     v = _num(x)
     return int(v) if v is not None else None
@@ -234,7 +249,6 @@ def _row(d: dict[str, Any], kind: str, source: Source, known: Sequence[str]) -> 
     hit_rate = hits / accesses if (accesses and hits is not None) else _num(d.get("hit_rate"))
     managed, budget = _int(d.get("managed_bytes")), _int(d.get("budget_bytes"))
     copied = _int(d.get("bytes_copied"))
-    li = d.get("losses_identical")
     return {
         "workload": _workload_of(d, known),
         "policy": ORACLE_LABEL if kind == ORACLE else _policy_name(d["policy"]),
@@ -255,7 +269,17 @@ def _row(d: dict[str, Any], kind: str, source: Source, known: Sequence[str]) -> 
         "prefetch_issued": _int(d.get("prefetch_issued")),
         "prefetch_used": _int(d.get("prefetch_used")),
         "accuracy": _num(d.get("accuracy")),
-        "losses_identical": li if isinstance(li, bool) else None,
+        "losses_identical": _bool(d.get("losses_identical")),
+        "params_identical": _bool(d.get("params_identical")),
+        "optimizer_state_identical": _bool(d.get("optimizer_state_identical")),
+        "seed": _int(d.get("seed")),
+        "in_sample": _bool(d.get("in_sample")) if "in_sample" in d else None,
+        "in_sample_reported": "in_sample" in d,
+        "in_sample_reason": d.get("in_sample_reason"),
+        "train_seeds": _seed_list(d.get("train_seeds")) or _seed_list(d.get("demo_train_seeds")),
+        "train_seeds_from": "report" if _seed_list(d.get("train_seeds")) else
+                            ("demo" if _seed_list(d.get("demo_train_seeds")) else None),
+        "eval_seeds": _seed_list(d.get("eval_seeds")),
         "managed_bytes": managed,
         "budget_bytes": budget,
         "budget_fraction": budget / managed if (managed and budget is not None) else _num(d.get("budget_fraction")),
@@ -264,8 +288,9 @@ def _row(d: dict[str, Any], kind: str, source: Source, known: Sequence[str]) -> 
         "warmup_steps": _int(d.get("warmup_steps")),
         "link": d.get("link") if isinstance(d.get("link"), dict) else None,
         "simulated_hit_rate": _num(d.get("simulated_hit_rate")),
-        "oracle_hit_rate": None,
-        "vs_oracle_pt": None,
+        "simulated_slowdown": _num(d.get("simulated_slowdown")),
+        "oracle_hit_rate": _num(d.get("simulated_oracle_hit_rate")),
+        "sim_vs_oracle_pt": None,
         "oracle_variant": d.get("oracle_variant"),
         "timeline": d.get("timeline"),
         "served_by": d.get("policy_served_by"),
@@ -285,35 +310,117 @@ def _policy_rank(order: list[str]):
 
 
 def build_rows(docs: Any) -> list[dict[str, Any]]:
-    """The table's rows: one per run, then one per workload for the oracle (kind 'oracle').
+    """The per-run rows: one per run, then one per (workload, seed) for the oracle (kind 'oracle').
 
     docs: parsed JSON documents (run reports, lists of them, results documents), or
     (source, document) pairs, or the Parts of load_inputs(). Rows are ordered by workload
-    (first appearance) then policy (none, replay, markov, learned, others, oracle). The
-    hit rate is strict: hits / accesses (late hits are not hits)."""
+    (first appearance) then policy (none, replay, markov, learned, others, oracle), then
+    input order. The hit rate is strict: hits / accesses (late hits are not hits). The
+    oracle is simulated, so a run is set against it only through its own simulated hit rate
+    on the same trace (`sim_vs_oracle_pt`), never through its live figures."""
     parts = _as_parts(docs)
     if not parts.runs and not parts.oracle:
         raise ReportError("no run reports in the inputs")
     known = [str(r["workload"]) for r, _ in parts.runs if r.get("workload")]
     rows = [_row(r, "run", s, known) for r, s in parts.runs]
-    seen_oracle: set[str] = set()
+    seen_oracle: set[tuple[str, int | None]] = set()
+    oracle: dict[tuple[str, int | None], float | None] = {}
     for r, s in parts.oracle:
         row = _row(r, ORACLE, s, known)
-        if row["workload"] in seen_oracle:  # one oracle per workload: the first
+        key = (row["workload"], row["seed"])
+        if key in seen_oracle:  # one oracle per trace: the first
             continue
-        seen_oracle.add(row["workload"])
+        seen_oracle.add(key)
+        oracle[key] = row["hit_rate"]
         rows.append(row)
-    oracle = {r["workload"]: r["hit_rate"] for r in rows if r["kind"] == ORACLE}
     for r in rows:
-        o = oracle.get(r["workload"])
-        r["oracle_hit_rate"] = o
-        if r["kind"] != ORACLE and o is not None and r["hit_rate"] is not None:
-            r["vs_oracle_pt"] = 100 * (r["hit_rate"] - o)
+        if r["kind"] == ORACLE:
+            continue
+        if r["oracle_hit_rate"] is None and r["simulated_hit_rate"] is not None:
+            r["oracle_hit_rate"] = oracle.get((r["workload"], r["seed"]))  # the same trace only
+        if r["oracle_hit_rate"] is not None and r["simulated_hit_rate"] is not None:
+            r["sim_vs_oracle_pt"] = 100 * (r["simulated_hit_rate"] - r["oracle_hit_rate"])
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     rank = _policy_rank(policies)
     rows.sort(key=lambda r: (workloads.index(r["workload"]), rank(r["policy"])))  # stable: input order kept
     return rows
+
+
+def _spread(values: Iterable[Any]) -> dict[str, float] | None:
+    """{'median', 'min', 'max', 'n'} of the values that are numbers, or None."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def _all_true(values: Iterable[bool | None]) -> bool | None:
+    """False if any is False; True if all are True; None (not reported) otherwise."""
+    vals = list(values)
+    if any(v is False for v in vals):
+        return False
+    return True if vals and all(v is True for v in vals) else None
+
+
+def summarize(rows: list[dict[str, Any]], protocol: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One row per (workload, policy) over its runs (seeds): median with min-max.
+
+    Learned runs flagged in sample are left out of every figure (`refused` counts them): they
+    measure the training data, not the predictor. The oracle row (kind 'oracle') holds only
+    simulated figures. `fastest` marks, per workload, the policy with the lowest median live
+    slowdown, `none` included, so a table shows when prefetching does not pay."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["workload"], r["policy"]), []).append(r)
+    protocol = protocol or {}
+    out = []
+    for (workload, policy), group in groups.items():
+        kind = group[0]["kind"]
+        refused = [r for r in group if r["in_sample"] is True]
+        used = [r for r in group if r["in_sample"] is not True]
+        seeds = sorted({r["seed"] for r in used if r["seed"] is not None})
+        train = sorted({s for r in used for s in (r["train_seeds"] or [])})
+        learned = policy == "learned"
+        if learned and not train and protocol.get("train_seeds"):
+            train = list(protocol["train_seeds"])
+        srow = {
+            "workload": workload, "policy": policy, "kind": kind, "runs": len(used), "refused": len(refused),
+            "seeds": seeds,
+            "train_seeds": train if learned else None,
+            "in_sample": (True if refused else _all_false(r["in_sample"] for r in used)) if learned else None,
+            "in_sample_reported": all(r["in_sample_reported"] for r in group) if learned else None,
+            "device": ", ".join(dict.fromkeys(r["device"] for r in group)),
+            "budget_fraction": _same(r["budget_fraction"] for r in group),
+            "hit_rate": _spread(r["hit_rate"] for r in used),
+            "late": _spread(r["late"] for r in used),
+            "misses": _spread(r["misses"] for r in used),
+            "stall_s": _spread(r["stall_s"] for r in used),
+            "slowdown": _spread(r["slowdown"] for r in used),
+            "mib_copied": _spread(r["mib_copied"] for r in used),
+            "accuracy": _spread(r["accuracy"] for r in used),
+            "simulated_hit_rate": _spread((r["hit_rate"] if kind == ORACLE else r["simulated_hit_rate"]) for r in used),
+            "simulated_slowdown": _spread((r["slowdown"] if kind == ORACLE else r["simulated_slowdown"]) for r in used),
+            "sim_vs_oracle_pt": _spread(r["sim_vs_oracle_pt"] for r in used),
+            "fastest": False,
+            "served_by": sorted({_policy_name(r["served_by"]) for r in group
+                                 if r.get("served_by") and _policy_name(r["served_by"]) != policy}),
+        }
+        for key in ("losses_identical", "params_identical", "optimizer_state_identical"):
+            srow[key] = None if kind == ORACLE else _all_true(r[key] for r in used)
+        out.append(srow)
+    for workload in dict.fromkeys(s["workload"] for s in out):
+        cands = [s for s in out if s["workload"] == workload and s["kind"] == "run" and s["slowdown"]]
+        if cands:
+            min(cands, key=lambda s: s["slowdown"]["median"])["fastest"] = True
+    return out
+
+
+def _all_false(values: Iterable[bool | None]) -> bool | None:
+    vals = list(values)
+    if any(v is True for v in vals):
+        return True
+    return False if vals and all(v is False for v in vals) else None
 
 
 def _budget_fraction(d: dict[str, Any]) -> float | None:
@@ -416,72 +523,176 @@ def _same(values: Iterable[Any], tol: float = 0.005) -> Any:
     return None
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Only the Markdown table of the rows (what `prefetch demo` prints)."""
+def _seed_text(seeds: Any) -> str:
+    return ",".join(str(x) for x in seeds) if isinstance(seeds, (list, tuple)) and seeds else "?"
+
+
+def _ident(v: bool | None) -> str:
+    return "?" if v is None else ("yes" if v else "**NO**")
+
+
+def _identity_cell(r: dict[str, Any]) -> str:
+    """losses/params/optimizer state bit-identical to the all-resident twin ('?' = not reported)."""
+    return "/".join(_ident(r[k]) for k in ("losses_identical", "params_identical", "optimizer_state_identical"))
+
+
+def _med(sp: dict[str, float] | None, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    return "n/a" if sp is None else f"{scale * sp['median']:{spec}}{suffix}"
+
+
+def _range(sp: dict[str, float] | None, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+    """'median [min-max]' over the seeds; just the value for one run."""
+    if sp is None:
+        return "n/a"
+    med = f"{scale * sp['median']:{spec}}{suffix}"
+    if sp["n"] < 2:
+        return med
+    return f"{med} [{scale * sp['min']:{spec}}-{scale * sp['max']:{spec}}]"
+
+
+def _seeds_cell(s: dict[str, Any]) -> str:
+    text = ",".join(str(x) for x in s["seeds"]) or "?"
+    if s["policy"] == "learned":
+        text += "; trained " + (",".join(str(x) for x in s["train_seeds"]) if s["train_seeds"] else "?")
+        if s["refused"]:
+            text += f"; {s['refused']} in-sample run(s) refused"
+        elif not s["in_sample_reported"]:
+            text += "; in-sample not reported"
+    return text
+
+
+def format_table(rows: list[dict[str, Any]], protocol: dict[str, Any] | None = None) -> str:
+    """The summary table (what `prefetch demo` prints): one row per workload and policy.
+
+    Live figures are the median over the runs (seeds) with [min-max] for hit rate and
+    slowdown; late, misses, stall and MiB copied are medians. The simulated columns replay
+    each run's own trace; the oracle row has only simulated figures. The fastest policy
+    per workload (lowest median slowdown, `none` included) is marked."""
+    summary = summarize(rows, protocol)
+    runs = [s for s in summary if s["kind"] == "run"]
+    budget_col = _same(s["budget_fraction"] for s in runs) is None and any(s["budget_fraction"] for s in summary)
+    device_col = len({s["device"] for s in runs}) > 1
+    sim_col = any(s["simulated_hit_rate"] is not None for s in summary)
+    cols = [("workload", "---"), ("policy", "---"), ("seeds", "---")]
+    cols += [("device", "---")] if device_col else []
+    cols += [("budget", "---:")] if budget_col else []
+    cols += [(h, "---:") for h in ("hit rate", "late", "misses", "stall s", "slowdown", "MiB copied")]
+    cols += [("identical loss/param/optim", ":---:")]
+    cols += [("sim hit rate", "---:"), ("sim slowdown", "---:")] if sim_col else []
+    head, align = [c[0] for c in cols], [c[1] for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    for s in summary:
+        is_oracle = s["kind"] == ORACLE
+        name = f"*{s['policy']}*" if is_oracle else s["policy"]
+        if s["served_by"]:  # a fallback served (some of) these runs: they are not this policy's figures
+            name += f" (served by {', '.join(s['served_by'])})"
+        cells = [s["workload"], name, _seeds_cell(s)]
+        if device_col:
+            cells.append("simulated" if is_oracle else s["device"])
+        if budget_col:
+            bf = s["budget_fraction"]
+            cells.append("n/a" if bf is None else f"{100 * bf:.0f}%")
+        if is_oracle:
+            cells += ["-"] * 7
+        elif s["runs"] == 0 and s["refused"]:
+            cells += ["REFUSED: in sample"] + ["-"] * 6
+        else:
+            slow = _range(s["slowdown"], ".3f", suffix="x") + (" **fastest**" if s["fastest"] else "")
+            cells += [_range(s["hit_rate"], ".2f", 100, "%"), _med(s["late"], ".0f"), _med(s["misses"], ".0f"),
+                      _med(s["stall_s"], ".3f"), slow, _med(s["mib_copied"], ".1f"), _identity_cell(s)]
+        if sim_col:
+            cells += [_range(s["simulated_hit_rate"], ".2f", 100, "%"), _med(s["simulated_slowdown"], ".3f", suffix="x")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_runs_table(rows: list[dict[str, Any]]) -> str:
+    """Every run on its own line (report.md's detail table), with its seed."""
     runs = [r for r in rows if r["kind"] == "run"]
     budget_col = _same(r["budget_fraction"] for r in runs) is None and any(r["budget_fraction"] for r in rows)
     device_col = len({r["device"] for r in runs}) > 1
     sim_col = any(r["simulated_hit_rate"] is not None for r in rows)
-    oracle_col = any(r["vs_oracle_pt"] is not None for r in rows)
-    cols = [("workload", "---"), ("policy", "---")]
+    oracle_col = any(r["sim_vs_oracle_pt"] is not None for r in rows)
+    cols = [("workload", "---"), ("policy", "---"), ("seed", "---:")]
     cols += [("device", "---")] if device_col else []
     cols += [("budget", "---:")] if budget_col else []
     cols += [(h, "---:") for h in ("hit rate", "late", "misses", "stall s", "slowdown", "MiB copied", "accuracy")]
-    cols += [("losses identical", ":---:")]
-    cols += [("vs oracle", "---:")] if oracle_col else []
-    cols += [("simulated hit rate", "---:")] if sim_col else []
+    cols += [("identical loss/param/optim", ":---:")]
+    cols += [("sim hit rate", "---:"), ("sim slowdown", "---:")] if sim_col else []
+    cols += [("sim vs oracle", "---:")] if oracle_col else []
     head, align = [c[0] for c in cols], [c[1] for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
         is_oracle = r["kind"] == ORACLE
-        cells = [r["workload"], f"*{r['policy']}*" if is_oracle else r["policy"]]
+        cells = [r["workload"], f"*{r['policy']}*" if is_oracle else r["policy"], _fmt(r["seed"], "d")]
         if device_col:
             cells.append("simulated" if is_oracle else r["device"])
         if budget_col:
             bf = r["budget_fraction"]
             cells.append("n/a" if bf is None else f"{100 * bf:.0f}%")
-        li = r["losses_identical"]
-        cells += [
-            _pct(r["hit_rate"]),
-            _fmt(r["late"], "d"),
-            _fmt(r["misses"], "d"),
-            _fmt(r["stall_s"], ".3f"),
-            "n/a" if r["slowdown"] is None else f"{r['slowdown']:.3f}x",
-            _fmt(r["mib_copied"], ".1f"),
-            _pct(r["accuracy"], 1),
-            "-" if is_oracle else ("n/a" if li is None else ("yes" if li else "**NO**")),
-        ]
-        if oracle_col:
-            cells.append("" if r["vs_oracle_pt"] is None else f"{r['vs_oracle_pt']:+.2f} pt")
+        if is_oracle:
+            cells += ["-"] * 8
+        elif r["in_sample"] is True:
+            cells += ["REFUSED: in sample"] + ["-"] * 7
+        else:
+            cells += [
+                _pct(r["hit_rate"]),
+                _fmt(r["late"], "d"),
+                _fmt(r["misses"], "d"),
+                _fmt(r["stall_s"], ".3f"),
+                "n/a" if r["slowdown"] is None else f"{r['slowdown']:.3f}x",
+                _fmt(r["mib_copied"], ".1f"),
+                _pct(r["accuracy"], 1),
+                _identity_cell(r),
+            ]
         if sim_col:
-            cells.append("" if r["simulated_hit_rate"] is None else _pct(r["simulated_hit_rate"]))
+            sim_hit = r["hit_rate"] if is_oracle else r["simulated_hit_rate"]
+            sim_slow = r["slowdown"] if is_oracle else r["simulated_slowdown"]
+            cells += ["" if sim_hit is None else _pct(sim_hit),
+                      "" if sim_slow is None else f"{sim_slow:.3f}x"]
+        if oracle_col:
+            cells.append("" if r["sim_vs_oracle_pt"] is None else f"{r['sim_vs_oracle_pt']:+.2f} pt")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 LEGEND = """\
+- **seeds**: the runs (seeds) behind a row; every live figure is their median, hit rate and slowdown
+  with [min-max]. A learned row also names the seeds its model was trained on: the protocol keeps them
+  disjoint, and a run whose report flags `in_sample` is refused, never shown as a result.
 - **hit rate**: hits / accesses to managed tensors (parameters and saved activations) over the measured
   steps, warm-up excluded. Strict: a *late* access (its copy still in flight) is not a hit.
 - **late**: accesses that found their prefetch in flight and waited for it; **misses**: accesses that found
   the tensor absent and fetched it synchronously.
 - **stall s**: time the computation waited for copies (late + misses), summed over the measured steps.
 - **slowdown**: step time over the same job with everything resident (1.000x = no cost); for `prefetch run`,
-  the median per-step ratio against an all-resident twin stepped alternately.
+  the median per-step ratio against an all-resident twin stepped alternately. **fastest**: the lowest median
+  slowdown of the workload, `none` (no prefetching) included: when it is `none`, prefetching did not pay.
 - **MiB copied**: host-to-device bytes copied in the measured steps (MiB = 2^20 bytes).
 - **accuracy**: prefetches used / prefetches issued.
-- **losses identical**: the prefetched run's losses equal the all-resident run's, bit for bit.
-- **vs oracle**: hit rate minus the oracle's, in percentage points.
-- ***oracle (sim)***: the offline bound, simulated on the workload's trace at the same budget and link
-  (prefetch.simulate); its slowdown is simulated time over simulated compute."""
+- **identical loss/param/optim**: the prefetched run's losses, final parameters and optimizer state equal the
+  all-resident twin's, bit for bit (`?`: not reported by the run).
+- **sim hit rate / sim slowdown**: the simulator (prefetch.simulate) replaying each live run's own trace with
+  the same policy, budget and link. ***oracle (sim)***: the offline bound on those same traces; it is
+  simulated, so compare it with the sim columns only, never with live figures.
+- **sim vs oracle**: a run's simulated hit rate minus the oracle's on the same trace, in percentage points."""
 
 
 def format_markdown(rows: list[dict[str, Any]], *, title: str | None = None, machine: dict[str, Any] | None = None,
                     images: Sequence[str] = (), timeline: dict[str, Any] | None = None,
-                    inputs: Sequence[str] = (), notes: Sequence[str] = ()) -> str:
-    """The whole report.md: title, setup (device, link, budget), the table, oracle, legend, files."""
+                    inputs: Sequence[str] = (), notes: Sequence[str] = (),
+                    protocol: dict[str, Any] | None = None) -> str:
+    """The whole report.md: title, setup (protocol, device, link, budget), the summary table,
+    every run, the in-sample and bit-identity notes, legend, files."""
     runs = [r for r in rows if r["kind"] == "run"]
     out = [f"# {title or 'Prefetch report'}", ""]
-    setup = [f"- **device**: {_describe_device(rows, machine)}"]
+    setup = []
+    if protocol:
+        setup.append(f"- **protocol**: learned trained on seeds {_seed_text(protocol.get('train_seeds'))} "
+                     f"({protocol.get('train_steps', '?')} steps each); every policy run live on the unseen seeds "
+                     f"{_seed_text(protocol.get('eval_seeds'))}, one run per seed; figures are the median over "
+                     "them with [min-max]; simulated figures replay each live run's own trace")
+    setup.append(f"- **device**: {_describe_device(rows, machine)}")
     link = _describe_link(rows)
     if link:
         setup.append(f"- **link** (simulated device): {link}")
@@ -496,20 +707,40 @@ def format_markdown(rows: list[dict[str, Any]], *, title: str | None = None, mac
         facts = ", ".join(f"{k} {machine[k]}" for k in keys if machine.get(k) is not None)
         if facts:
             setup.append(f"- **machine**: {facts}")
-    out += setup + ["", format_table(rows), ""]
-    oracle = [r for r in rows if r["kind"] == ORACLE]
-    if oracle:
-        out.append("Oracle hit rate per workload (simulated): "
-                   + ", ".join(f"{r['workload']} {_pct(r['hit_rate'])}" for r in oracle) + ".")
-        out.append("")
+    summary = summarize(rows, protocol)
+    out += setup + ["", format_table(rows, protocol), ""]
+    slow = [s for s in summary if s["fastest"] and s["policy"] == "none"]
+    if slow:
+        out += ["Prefetching did not pay (no prefetching, `none`, was fastest) on: "
+                + ", ".join(s["workload"] for s in slow) + ".", ""]
+    refused = [s for s in summary if s["refused"]]
+    if refused:
+        out += ["**Refused (in sample: the evaluated run overlaps the model's training data): "
+                + ", ".join(f"{s['workload']}/{s['policy']} ({s['refused']} run(s))" for s in refused)
+                + ". Their figures are not shown.**", ""]
+    unknown = [s for s in summary if s["policy"] == "learned" and s["in_sample_reported"] is False]
+    if unknown:
+        out += ["In-sample not reported (unknown) for the learned runs of "
+                + ", ".join(s["workload"] for s in unknown)
+                + ": their reports carry no `in_sample` flag" + (
+                    f"; by the protocol the training seeds ({_seed_text(protocol.get('train_seeds'))}) and "
+                    f"evaluation seeds ({_seed_text(protocol.get('eval_seeds'))}) are disjoint" if protocol else "")
+                + ".", ""]
     for r in runs:
         served = r.get("served_by")
         if served and _policy_name(served) != r["policy"]:
             out += [f"Note: {r['workload']} / {r['policy']} was served by `{served}`"
                     + (f" ({r['policy_note']})" if r.get("policy_note") else "") + ".", ""]
-    bad = [f"{r['workload']}/{r['policy']}" for r in runs if r["losses_identical"] is False]
+    bad = [f"{r['workload']}/{r['policy']}" + (f" seed {r['seed']}" if r["seed"] is not None else "")
+           + " (" + ", ".join(k.replace("_identical", "") for k in
+                               ("losses_identical", "params_identical", "optimizer_state_identical")
+                               if r[k] is False) + ")"
+           for r in runs if False in (r["losses_identical"], r["params_identical"], r["optimizer_state_identical"])]
     if bad:
-        out += [f"**Losses differ from the all-resident run for: {', '.join(bad)}.**", ""]
+        out += [f"**Not bit-identical to the all-resident run (losses differ, or the final parameters or "
+                f"optimizer state): {', '.join(bad)}.**", ""]
+    if len(runs) > len(summary):
+        out += ["Every run:", "", format_runs_table(rows), ""]
     out += list(notes) + ([""] if notes else [])
     out += ["Legend:", "", LEGEND, ""]
     if images:
@@ -550,11 +781,15 @@ def _grouped_bars(rows: list[dict[str, Any]], path: Path, *, metric: str, title:
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     policies = list(dict.fromkeys(r["policy"] for r in runs))
     colors = _colors(policies)
-    value: dict[tuple[str, str], float] = {}
-    for r in runs:  # the first run of a (workload, policy) counts
-        value.setdefault((r["workload"], r["policy"]), 100 * r[metric] if as_pct else r[metric])
-    oracle = {r["workload"]: (100 * r[metric] if as_pct else r[metric])
-              for r in rows if r["kind"] == ORACLE and r[metric] is not None}
+    scale = 100.0 if as_pct else 1.0
+    per: dict[tuple[str, str], list[float]] = {}
+    for r in runs:  # in-sample learned runs are refused, never plotted
+        if r["in_sample"] is not True:
+            per.setdefault((r["workload"], r["policy"]), []).append(scale * r[metric])
+    value = {k: statistics.median(v) for k, v in per.items()}  # bars: the median over seeds
+    spread = {k: (value[k] - min(v), max(v) - value[k]) for k, v in per.items()}  # whiskers: min-max
+    # The oracle is simulated: it is not drawn over live bars (the table sets it beside simulated figures).
+    oracle: dict[str, float] = {}
     n = max(len(policies), 1)
     width = 0.8 / n
     fig = _figure(max(7.0, 0.5 * len(workloads) * max(n, 2) + 2.0), 4.8)
@@ -564,7 +799,10 @@ def _grouped_bars(rows: list[dict[str, Any]], path: Path, *, metric: str, title:
     for j, p in enumerate(policies):
         xs = [i + (j - (n - 1) / 2) * width for i, w in enumerate(workloads) if (w, p) in value]
         ys = [value[(w, p)] for w in workloads if (w, p) in value]
-        bars = ax.bar(xs, ys, width * 0.92, color=colors[p], label=p, zorder=2)
+        errs = [[spread[(w, p)][0] for w in workloads if (w, p) in value],
+                [spread[(w, p)][1] for w in workloads if (w, p) in value]]
+        bars = ax.bar(xs, ys, width * 0.92, color=colors[p], label=p, zorder=2,
+                      yerr=errs if any(errs[0] + errs[1]) else None, ecolor="black", capsize=2)
         for b, y in zip(bars, ys):
             text = f"{y:.1f}" if as_pct else f"{y:.2f}"
             inside = y > 0.35 * top
@@ -605,7 +843,7 @@ def _grouped_bars(rows: list[dict[str, Any]], path: Path, *, metric: str, title:
 
 
 def plot_hit_rate(rows: list[dict[str, Any]], path: str | os.PathLike[str], *, title: str | None = None) -> Path:
-    """Grouped bars: strict hit rate per policy per workload; the oracle as a dashed line per workload."""
+    """Grouped bars: strict live hit rate per policy per workload, median over seeds with min-max whiskers."""
     path = Path(path)
     sub = _subtitle(rows)
     _grouped_bars(rows, path, metric="hit_rate", as_pct=True, ylabel="hit rate (% of accesses, strict)",
@@ -614,7 +852,7 @@ def plot_hit_rate(rows: list[dict[str, Any]], path: str | os.PathLike[str], *, t
 
 
 def plot_slowdown(rows: list[dict[str, Any]], path: str | os.PathLike[str], *, title: str | None = None) -> Path:
-    """Grouped bars: step time / all resident per policy per workload (oracle: simulated)."""
+    """Grouped bars: step time / all resident per policy per workload, median over seeds with min-max."""
     path = Path(path)
     _grouped_bars(rows, path, metric="slowdown", as_pct=False, ylabel="step time / all resident (x)",
                   title=(title + ": " if title else "") + "slowdown vs all resident" + _subtitle(rows),
@@ -767,7 +1005,7 @@ def write_report(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
             notes.append(f"No timeline copied: {wanted[0]} (named by a run) was not found.")
 
     md = format_markdown(rows, title=title, machine=parts.machine, images=images, timeline=timeline_info,
-                         inputs=[str(i) for i in inputs], notes=notes)
+                         inputs=[str(i) for i in inputs], notes=notes, protocol=parts.protocol)
     (out / "report.md").write_text(md + "\n")
     written["markdown"] = out / "report.md"
     doc = {
@@ -775,6 +1013,8 @@ def write_report(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": [str(i) for i in inputs],
         "machine": parts.machine,
+        "protocol": parts.protocol,
+        "summary": summarize(rows, parts.protocol),
         "rows": rows,
         "sweep": sweep,
         "timeline": timeline_info,
@@ -783,5 +1023,5 @@ def write_report(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
     (out / "report.json").write_text(json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
     written["json"] = out / "report.json"
     if stdout is not None:
-        print(format_table(rows), file=stdout)
+        print(format_table(rows, parts.protocol), file=stdout)
     return written

@@ -24,7 +24,7 @@ def run_report(workload="gpt2", policy="replay", *, accesses=1000, hits=990, lat
              budget_bytes=40 * MiB, peak_device_bytes=39 * MiB, steps=11, warmup_steps=1, accesses=accesses,
              hits=hits, late=late, misses=misses, hit_rate=hits / accesses, stall_s=0.05, bytes_copied=10 * MiB,
              prefetch_issued=100, prefetch_used=80, accuracy=0.8, step_time_s=0.21, baseline_step_time_s=0.2,
-             slowdown=1.05, losses_identical=True)
+             slowdown=1.05, losses_identical=True, seed=2)
     d.update(kw)
     return d
 
@@ -33,7 +33,7 @@ def oracle_report(workload="gpt2", hit_rate=0.999, **kw):
     """A fake simulator report for the oracle."""
     d = dict(workload=workload, policy="oracle", device="simulated", hit_rate=hit_rate, accesses=1000,
              hits=int(round(hit_rate * 1000)), late=0, misses=1, stall_s=0.01, slowdown=1.01, bytes_copied=8 * MiB,
-             managed_bytes=100 * MiB, budget_bytes=40 * MiB)
+             managed_bytes=100 * MiB, budget_bytes=40 * MiB, seed=2)
     d.update(kw)
     return d
 
@@ -71,29 +71,37 @@ def test_markdown_has_rows_with_the_right_numbers(tmp_path):
     md = written["markdown"].read_text()
     assert md.startswith("# T")
     cells = [c.strip() for c in table_line(md, "gpt2", "replay").strip("|").split("|")]
-    assert cells[:10] == ["gpt2", "replay", "99.00%", "3", "7", "0.050", "1.050x", "10.0", "80.0%", "yes"]
+    assert cells[:10] == ["gpt2", "replay", "2", "99.00%", "3", "7", "0.050", "1.050x", "10.0", "yes/?/?"]
     assert "30.00%" in table_line(md, "gpt2", "none") and "300.0" in table_line(md, "gpt2", "none")
-    assert "-0.90 pt" in table_line(md, "gpt2", "replay")  # 99.0% - oracle 99.9%
     assert "simulated device" in md and "1.5 GB/s" in md and "40%" in md
 
 
-def test_oracle_row_per_workload(tmp_path):
-    """Each workload gets an oracle row with its hit rate, and a summary line."""
+def test_oracle_row_holds_only_simulated_figures(tmp_path):
+    """Each workload's oracle row has its simulated hit rate and no live figure to set beside live runs."""
     md = format_markdown(build_rows([results_doc()]))
-    assert "99.90%" in table_line(md, "gpt2", "*oracle (sim)*")
-    assert "98.00%" in table_line(md, "moe", "*oracle (sim)*")
-    assert "gpt2 99.90%, moe 98.00%" in md
+    head = [c.strip() for c in md.split("| workload |", 1)[1].split("\n", 1)[0].strip("|").split("|")]
+    col = {h: i + 1 for i, h in enumerate(head)}
+    for w, hit in (("gpt2", "99.90%"), ("moe", "98.00%")):
+        cells = [c.strip() for c in table_line(md, w, "*oracle (sim)*").strip("|").split("|")]
+        assert cells[col["sim hit rate"]] == hit
+        assert cells[col["hit rate"]] == "-" and cells[col["slowdown"]] == "-" and cells[col["stall s"]] == "-"
 
 
-def test_rows_order_and_oracle_gap():
-    """Rows come by workload then none, replay, markov, learned, oracle; vs_oracle_pt is in points."""
-    rows = build_rows([results_doc()])
+def test_rows_order_and_oracle_gap_on_the_same_trace_only():
+    """Rows come by workload then none, replay, markov, learned, oracle; a run is set against the oracle
+    only through its simulated hit rate on the same trace (same workload and seed)."""
+    doc = results_doc()
+    doc["runs"][4]["simulated_hit_rate"] = 0.95  # moe learned, seed 2: the oracle's trace
+    doc["runs"][3].update(simulated_hit_rate=0.5, seed=3)  # moe replay, seed 3: no oracle on that trace
+    rows = build_rows([doc])
     assert [(r["workload"], r["policy"]) for r in rows] == [
         ("gpt2", "none"), ("gpt2", "replay"), ("gpt2", "learned"), ("gpt2", "oracle (sim)"),
         ("moe", "replay"), ("moe", "learned"), ("moe", "oracle (sim)")]
-    moe_learned = rows[5]
+    moe_replay, moe_learned = rows[4], rows[5]
     assert moe_learned["oracle_hit_rate"] == pytest.approx(0.98)
-    assert moe_learned["vs_oracle_pt"] == pytest.approx(-2.0)
+    assert moe_learned["sim_vs_oracle_pt"] == pytest.approx(-3.0)  # simulated 95% - oracle 98%, never live 96%
+    assert moe_replay["oracle_hit_rate"] is None and moe_replay["sim_vs_oracle_pt"] is None
+    assert rows[1]["sim_vs_oracle_pt"] is None  # no simulated figure: no comparison with the oracle
 
 
 def test_hit_rate_is_strict():
@@ -239,7 +247,7 @@ def test_losses_differ_flagged():
     """A run whose losses differ is marked NO in the table and called out."""
     md = format_markdown(build_rows([run_report(losses_identical=False)]))
     assert "**NO**" in table_line(md, "gpt2", "replay")
-    assert "Losses differ" in md
+    assert "Not bit-identical" in md and "gpt2/replay seed 2 (losses)" in md
 
 
 def test_missing_optional_values_are_na():
@@ -251,11 +259,91 @@ def test_missing_optional_values_are_na():
     assert "n/a" in line
 
 
+def _cells(table: str, workload: str, policy: str) -> dict[str, str]:
+    """The summary row of (workload, policy) as {column header: cell}."""
+    head = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    lines = [ln for ln in table.splitlines() if ln.startswith(f"| {workload} | {policy}")]
+    assert len(lines) == 1, (workload, policy, table)
+    return dict(zip(head, (c.strip() for c in lines[0].strip().strip("|").split("|"))))
+
+
+def _seeds(policy="replay", workload="gpt2", hits=(900, 950, 990), slowdowns=(1.3, 1.1, 1.2), **kw):
+    """One run report per evaluation seed 2, 3, 4."""
+    return [run_report(workload, policy, hits=h, late=10 * i, misses=1000 - h - 10 * i, slowdown=sl, seed=2 + i, **kw)
+            for i, (h, sl) in enumerate(zip(hits, slowdowns))]
+
+
+def test_summary_is_median_with_min_max_over_seeds():
+    """One row per workload and policy: hit rate and slowdown as median [min-max], late as the median."""
+    cells = _cells(format_table(build_rows([_seeds()])), "gpt2", "replay")
+    assert cells["seeds"] == "2,3,4"
+    assert cells["hit rate"] == "95.00% [90.00-99.00]"
+    assert cells["slowdown"].startswith("1.200x [1.100-1.300]")
+    assert cells["late"] == "10"
+
+
+def test_fastest_policy_marked_none_included():
+    """The lowest median slowdown per workload is marked, `none` included, and the report says prefetching did not pay."""
+    runs = _seeds("none", hits=(300, 300, 300), slowdowns=(1.15, 1.25, 1.2)) + _seeds("replay")
+    rows = build_rows([runs])
+    table = format_table(rows)
+    assert "fastest" in _cells(table, "gpt2", "none")["slowdown"]
+    assert "fastest" not in _cells(table, "gpt2", "replay")["slowdown"]
+    assert table.count("fastest") == 1
+    assert "did not pay" in format_markdown(rows) and "gpt2" in format_markdown(rows).split("did not pay")[1]
+
+
+def test_in_sample_learned_runs_are_refused():
+    """A learned run flagged in_sample is left out of every figure; all in sample: the row says REFUSED."""
+    runs = _seeds("learned:/m", train_seeds=[0, 1], in_sample=False)
+    runs[0].update(hits=100, slowdown=9.0, in_sample=True)  # would drag the median and min-max if counted
+    table = format_table(build_rows([runs]))
+    cells = _cells(table, "gpt2", "learned")
+    assert cells["hit rate"] == "97.00% [95.00-99.00]" and "1 in-sample run(s) refused" in cells["seeds"]
+    only = [dict(r, in_sample=True) for r in runs]
+    rows = build_rows([only])
+    cells = _cells(format_table(rows), "gpt2", "learned")
+    assert cells["hit rate"] == "REFUSED: in sample" and cells["slowdown"] == "-"
+    assert "Refused (in sample" in format_markdown(rows)
+    assert "95.00%" not in format_markdown(rows)  # not in the detail table either
+
+
+def test_learned_row_states_training_and_evaluation_seeds():
+    """A learned row names the seeds it was evaluated on and those its model was trained on."""
+    runs = _seeds("learned:/m", train_seeds=[0, 1], eval_seeds=[2], in_sample=False)
+    assert _cells(format_table(build_rows([runs])), "gpt2", "learned")["seeds"] == "2,3,4; trained 0,1"
+
+
+def test_missing_in_sample_flag_is_unknown_and_said():
+    """A learned report without `in_sample` is shown as not reported, and the report says so."""
+    rows = build_rows([_seeds("learned:/m")])
+    assert "trained ?; in-sample not reported" in _cells(format_table(rows), "gpt2", "learned")["seeds"]
+    md = format_markdown(rows, protocol={"train_seeds": [0, 1], "eval_seeds": [2, 3, 4]})
+    assert "In-sample not reported (unknown)" in md and "trained 0,1" in md
+
+
+def test_identity_of_params_and_optimizer_state_shown():
+    """losses/params/optimizer state identity each get a place; a False anywhere is NO and called out."""
+    runs = _seeds(params_identical=True, optimizer_state_identical=True)
+    assert _cells(format_table(build_rows([runs])), "gpt2", "replay")["identical loss/param/optim"] == "yes/yes/yes"
+    runs[1]["params_identical"] = False
+    rows = build_rows([runs])
+    assert _cells(format_table(rows), "gpt2", "replay")["identical loss/param/optim"] == "yes/**NO**/yes"
+    md = format_markdown(rows)
+    assert "Not bit-identical" in md and "gpt2/replay seed 3 (params)" in md
+
+
+def test_fallback_served_runs_are_marked():
+    """A learned row served by a fallback policy says so in the policy cell."""
+    runs = _seeds("learned:/m", policy_served_by="replay")
+    assert "learned (served by replay)" in format_table(build_rows([runs]))
+
+
 def test_table_printed_to_stdout(tmp_path):
     """write_report(stdout=...) prints the Markdown table."""
     buf = io.StringIO()
     write_report([write_json(tmp_path / "r.json", results_doc())], tmp_path / "out", plots=False, stdout=buf)
-    assert buf.getvalue().startswith("| workload | policy | hit rate")
+    assert buf.getvalue().startswith("| workload | policy | seeds | hit rate")
 
 
 def test_cli(tmp_path):
