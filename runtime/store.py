@@ -107,6 +107,7 @@ class TensorStore:
         """When a list: ("late"|"miss", start_ns, wait_ns, tid) stalls and ("step", t_ns, 0, step) ends."""
         self._in_optimizer = False
         self._current = -1
+        self._seen_step = self._seen_micro = -1  # (step, micro-step) of the last access: a change is a new root forward
 
     # -- setup -------------------------------------------------------------------------
     def attach(self, tracker: Any) -> None:
@@ -172,13 +173,30 @@ class TensorStore:
             del self._resident[tid]
             self.device_bytes -= self._nbytes[tid]
 
-    def _drop_stale(self, tid: int) -> None:
+    def _drop_stale(self, tid: int, *, refetch: bool = False) -> None:
         """Forget a copy in flight taken before its master was written (it may even have
-        raced the write); the read fetches it again."""
+        raced the write). With `refetch`, request it again (issued at the next drain, from
+        the written master); else the read fetches it."""
         self._inflight[tid] = None
         self._prefetched[tid] = False
         self._uncount(tid)
         self.stale_copies += 1
+        if refetch:
+            when = self.policy.predicted_next_use(tid)
+            if when != NO_PREDICTION:
+                self._want(tid, self._reads + when)
+
+    def _revalidate(self) -> None:
+        """A root forward begins, and user code ran since the last one: copies in flight
+        whose master it wrote (a clamp after each step) are issued again now, in time for
+        their reads, rather than each found stale at its read (a miss)."""
+        param, ver, inflight = self._param, self._ver, self._inflight
+        stale = [t for t in self._resident if inflight[t] is not None and param[t] is not None
+                 and param[t]._version != ver[t]]
+        for tid in stale:
+            self._drop_stale(tid, refetch=True)
+        if stale:
+            self._drain()
 
     def _adopt(self, tid: int) -> None:
         """The user assigned a new tensor to `p.data`: it is the master now; whatever the
@@ -219,10 +237,7 @@ class TensorStore:
             if p.data_ptr() != self._bound_ptr[tid]:
                 self._adopt(tid)
             elif self._inflight[tid] is not None:
-                self._drop_stale(tid)
-                when = self.policy.predicted_next_use(tid)
-                if when != NO_PREDICTION:
-                    self._want(tid, self._reads + when)  # copy it again, from the written master
+                self._drop_stale(tid, refetch=True)
             elif self._bound_dev[tid]:
                 self._ver[tid] = -1  # no version matches: dirty
         self._drain()
@@ -243,6 +258,9 @@ class TensorStore:
             self._nbytes[tensor_id] = nbytes
         if not managed:
             return  # persistent (small) or not a managed kind: not an access, not in the policy's stream
+        if micro_step != self._seen_micro or step != self._seen_step:  # a root forward began
+            self._seen_step, self._seen_micro = step, micro_step
+            self._revalidate()
         if access == Access.READ:
             self._read(tensor_id)
             self._current = tensor_id  # being handed to compute: not evictable until the next access
