@@ -248,6 +248,13 @@ class Prefetcher:
 
         self.store.step_end = step_end  # type: ignore[method-assign]
 
+    def params_written(self) -> None:
+        """Call after writing parameters in place through `p.data` (`p.data.clamp_()`):
+        such writes move no version counter, so the store cannot see them. Writes through
+        the parameter itself (`with torch.no_grad(): p.clamp_()`, `load_state_dict`) and
+        `p.data = t` need no call. See docs/usage.md."""
+        self.store.params_written()
+
     # -- results -------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
         cuda = self.cuda_monitor.report() if self.cuda_monitor is not None else {}  # first: adds pending stalls
