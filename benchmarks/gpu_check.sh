@@ -19,8 +19,8 @@
 # Exit status: 0 when every run is bit-identical, within its memory bound and
 # evaluated out of sample; 1 otherwise; 2 for a setup problem (no CUDA).
 #
-# Setup (GPU mode): uses the project's .venv if its torch sees CUDA; otherwise builds
-# .venv-gpu with torch==2.13.0 from PyPI (the Linux wheel on PyPI is the CUDA build;
+# Setup (GPU mode): the project's .venv (`make setup` when there is none) if its torch
+# sees CUDA; otherwise (e.g. a CPU-only torch there) builds .venv-gpu with torch==2.13.0 from PyPI (the Linux wheel on PyPI is the CUDA build;
 # set TORCH_INDEX_URL, e.g. https://download.pytorch.org/whl/cu128, to pick another)
 # and the project with its dev extra. Pass --python PY to use an interpreter as is.
 set -euo pipefail
@@ -66,9 +66,16 @@ else
     OUT=${OUT:-out/gpu_check}
     STEPS=${STEPS:-20}
     TRAIN_STEPS=${TRAIN_STEPS:-16}
+    if ! command -v nvidia-smi >/dev/null 2>&1 && ! ls /dev/nvidia0 >/dev/null 2>&1; then
+        echo "gpu_check: no NVIDIA GPU here (no nvidia-smi, no /dev/nvidia0); run on a GPU machine, or use --dry-run" >&2
+        exit 2
+    fi
     has_cuda() { "$1" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }
     if [ -z "$PY" ]; then
-        if [ -x .venv/bin/python ] && has_cuda .venv/bin/python; then
+        if [ ! -x .venv/bin/python ]; then
+            make setup  # the project's venv; torch 2.13.0 from PyPI is the CUDA build on Linux
+        fi
+        if has_cuda .venv/bin/python; then
             PY=.venv/bin/python
         else
             echo "gpu_check: setting up .venv-gpu (torch 2.13.0, CUDA build) ..." >&2

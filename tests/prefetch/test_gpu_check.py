@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,16 @@ def test_gpu_check_refuses_unknown_option():
     """A mistyped option is one line naming it and exit status 2, before anything runs."""
     p = subprocess.run(["bash", str(SCRIPT), "--dryrun"], capture_output=True, text=True)
     assert p.returncode == 2 and "--dryrun" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None or os.path.exists("/dev/nvidia0"), reason="a GPU is here")
+def test_gpu_check_without_a_gpu_stops_before_setup(tmp_path):
+    """Without a GPU the real check stops at once (exit 2, one line), installing nothing."""
+    had_venv = (ROOT / ".venv-gpu").exists()
+    p = subprocess.run(["bash", str(SCRIPT), "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and "no NVIDIA GPU" in p.stderr and "Traceback" not in p.stderr
+    assert (ROOT / ".venv-gpu").exists() == had_venv and not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
