@@ -179,3 +179,64 @@ def test_cuda_peak_memory_within_bound():
     r = _alone("gpt2", 0.4)
     assert r["cuda_max_memory_allocated"] >= r["peak_device_bytes"] > 0
     assert r["peak_memory_within_bound"] is True, (r["cuda_max_memory_allocated"], r["cuda_memory_bound"])
+
+
+class _Allocator:
+    """Stands in for the CUDA caching allocator's statistics (the CPU CI has no GPU)."""
+
+    def __init__(self):
+        self.allocated = self.peak = 0
+
+    def alloc(self, n: int) -> None:
+        self.allocated += n
+        self.peak = max(self.peak, self.allocated)
+
+
+class _TimedDevice:
+    """Stands in for CudaDevice's stall bookkeeping: records how it was asked."""
+
+    device = torch.device("cpu")
+    stall_waits = 3
+
+    def __init__(self):
+        self.calls: list[bool] = []
+
+    def collect_stall_ns(self, block: bool = False) -> int:
+        self.calls.append(block)
+        return 1_000
+
+
+def test_cuda_monitor_bookkeeping(monkeypatch):
+    """CudaMonitor: stall timings are read without a sync except at the end of warm-up and
+    in the report, and land on the right side of it; the peak is the job's own (memory
+    another job held before the step does not count), over measured steps only."""
+    from runtime.cuda_monitor import CudaMonitor
+
+    a = _Allocator()
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: a.allocated)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: a.peak)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: setattr(a, "peak", a.allocated))
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.Linear(256, 8))
+    opt = torch.optim.AdamW(model.parameters())
+    pf = Prefetcher(model, opt, PrefetchConfig(policy="none", budget=0.5, device="simulated"))
+    try:
+        dev = _TimedDevice()
+        mon = CudaMonitor(model, opt, pf.store, dev, warmup_steps=1)
+        a.alloc(10_000_000)  # another job's memory, held throughout
+        for step, grow in enumerate((5_000_000, 300, 700)):
+            mon._step_start(model, ())
+            mon._step_start(model, ())  # a second micro-step: the same window
+            a.alloc(grow)
+            a.alloc(-grow)
+            mon.before_step_end(step)
+            mon.after_step_end(step)
+        assert dev.calls == [True, False, False]  # one sync: at the end of warm-up step 0
+        assert mon.steps_measured == 2 and mon.peak_bytes == 700 + mon.own_device_bytes()
+        r = mon.report()
+        assert dev.calls[-1] is True and r["cuda_timed_waits"] == 3
+        assert r["cuda_max_memory_allocated"] == mon.peak_bytes
+        assert r["cuda_memory_bound_bytes"] == sum(v for k, v in r["cuda_memory_bound"].items() if k != "total")
+        assert r["peak_memory_within_bound"] is True
+        mon.close()
+    finally:
+        pf.close()
