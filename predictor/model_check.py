@@ -94,6 +94,8 @@ def check_model_text(text: str, num_features: int | None = None) -> str | None:
     if not ends:
         return "no 'end of trees' line (the file is cut short)"
     end = ends[0]
+    if "parameters:" in lines[end:] and not any(ln.startswith("end of parameters") for ln in lines[end:]):
+        return "a 'parameters:' section with no 'end of parameters' line (the file is cut short)"
     starts = [s for s in starts if s < end]
     if not starts:
         return "holds no trees"
@@ -214,6 +216,9 @@ rc = lib.LGBM_BoosterPredictForMat(handle, data, 1, len(rows), n, 1, 0, 0, -1, b
                                    ctypes.byref(out_len), out)
 if rc != 0 or out_len.value != len(rows):
     sys.stderr.write("predict: " + lib.LGBM_GetLastError().decode(errors="replace") + "\n"); sys.exit(5)
+buf, buf_len = ctypes.create_string_buffer(1 << 20), ctypes.c_int64()  # lightgbm.Booster(model_str=) reads these
+if lib.LGBM_BoosterGetLoadedParam(handle, ctypes.c_int64(1 << 20), ctypes.byref(buf_len), buf) != 0:
+    sys.stderr.write("params: " + lib.LGBM_GetLastError().decode(errors="replace") + "\n"); sys.exit(6)
 lib.LGBM_BoosterFree(handle)
 sys.stdout.write("ok\n")
 """

@@ -186,3 +186,14 @@ def test_simulate_with_a_corrupt_model_exits_with_one_line(model_dir, moe_train,
                           f"learned:{folder.parent}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode > 0, out.stderr[-800:]  # negative: killed by a signal
     assert "Traceback" not in out.stderr and MODEL_FILE in out.stderr
+
+
+def test_list_artifacts_names_a_damaged_folder(model_dir, moe_train, tmp_path):
+    """list_artifacts (every architecture in MODEL_DIR) refuses a folder whose meta.json is unreadable."""
+    from predictor.artifact import list_artifacts
+
+    folder = _copy(model_dir, moe_train.architecture, tmp_path)
+    assert list_artifacts(folder.parent) == {moe_train.architecture: folder}
+    (folder / "meta.json").write_text("[]")
+    with pytest.raises(CorruptModelError, match="meta.json: not a prefetch.predictor model description"):
+        list_artifacts(folder.parent)

@@ -319,3 +319,45 @@ def test_two_artifacts_for_one_architecture_fall_back_naming_the_problem(ctx, tr
         assert "twin" not in ok.fallback_reason
     finally:
         d.stop()
+
+
+def test_any_loader_failure_falls_back_without_details(trained, tmp_path, monkeypatch):
+    """Not only PolicyError: a loader that raises anything (a bug) still means fallback, a public reason."""
+    import predictor.artifact
+    from prefetch.daemon import make_policy_factory
+
+    models, trace = trained
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+
+    def broken(*args, **kwargs):
+        raise IndexError(f"secret detail {copy}")
+
+    monkeypatch.setattr(predictor.artifact, "load_artifact", broken)  # stands in for a bug in the loader
+    choice = make_policy_factory(copy)("learned", architecture=trace.architecture,
+                                       tensors=TensorInfo.from_table(trace.tensors), lookahead=8)
+    assert choice.served == "replay" and "IndexError" in choice.fallback_reason
+    assert str(copy) not in choice.fallback_reason and "secret detail" in choice.detail
+
+
+def test_client_escapes_what_a_daemon_says_in_its_log(ctx, caplog):
+    """A hostile daemon's fallback_reason (newline, ANSI) reaches the training job's log escaped."""
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    c = DaemonClient(DaemonClientConfig(endpoint=f"tcp://127.0.0.1:{port}", architecture="A", policy="learned"),
+                     table(4), context=ctx).start()
+    try:
+        assert router.poll(RECV_TIMEOUT_MS)
+        ident = router.recv_multipart()[0]
+        evil = "ok\n2026-01-01 runtime WARNING forged \x1b[2J"
+        router.send_multipart([ident, *wire.HelloOk(session=7, policy="replay\x1b[31m", requested="learned",
+                                                    fallback_reason=evil, num_tensors=4).encode()])
+        with caplog.at_level(logging.WARNING, logger="runtime.daemon_client"):
+            assert c.wait_connected(5.0)
+        lines = [r.getMessage() for r in caplog.records if r.name == "runtime.daemon_client"]
+        assert any("forged" in line for line in lines)
+        assert all("\n" not in line and "\x1b" not in line for line in lines)
+    finally:
+        c.close()
+        router.close(linger=0)
