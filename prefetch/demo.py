@@ -1,23 +1,26 @@
-"""The whole flow in one command: record -> train per architecture -> run -> report.
+"""The whole flow in one command, under one evaluation protocol: record -> train -> run -> report.
 
-    prefetch demo --out out/demo             # what `make demo` runs (~5 min on 2 cores)
-    prefetch demo --out out/demo --quick     # gpt2 and moe only, fewer steps
+    prefetch demo --out out/demo             # what `make demo` runs (all 7 workloads)
+    prefetch demo --out out/demo --quick     # gpt2 and moe only
 
-1. records every reference workload twice: a training run (seed 0) and a held-out run
-   (seed 1);
-2. trains one predictor per architecture on the training runs and evaluates it
-   offline on the held-out runs;
-3. runs each workload live with `none`, `replay`, `markov` and `learned` at the budget
-   (default 0.4) on the available device (CUDA, else the simulated device), each
-   against the same steps all resident (losses compared bit for bit);
-4. simulates each run's own trace with the `oracle` (the bound) and with the run's
-   policies (the live-vs-simulated check), and sweeps budgets in the simulator;
-5. writes results.json and the report (Markdown, JSON, PNGs, one Perfetto timeline)
-   and prints the table.
+The protocol (issue 9): the learned model never sees the runs it is scored on.
+1. records every reference workload on the TRAINING seeds (default 0 and 1);
+2. trains one predictor per architecture on those traces only;
+3. runs every workload live on each EVALUATION seed (default 2, 3, 4; disjoint from the
+   training seeds) with `none`, `replay`, `markov` and `learned`, each against the same
+   job all resident (losses, parameters and optimizer state compared bit for bit);
+4. evaluates the learned model offline on those unseen runs' traces, and simulates each
+   live run's own trace with the same policies and the `oracle` (simulated figures are
+   only ever compared with simulated figures of the same trace), plus a budget sweep on
+   an unseen trace;
+5. writes results.json and the report (prefetch.report), and prints the table: per
+   workload and policy the median over the evaluation seeds with min-max, the oracle in
+   its own row, the fastest policy marked.
 
-Knobs that make it faster or bigger: --workloads, --steps (live steps per run),
---train-steps, --policies, --budget, --link-ratio; model sizes are in
-prefetch/workloads/.
+A learned report flagged `in_sample` (its evaluated run overlaps its training data) is
+an error: the demo refuses to report it and exits non-zero. A report without the flag is
+shown as "in-sample: not reported" (the seeds are disjoint by construction, but the run
+itself could not confirm it).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -34,6 +38,101 @@ ALL_WORKLOADS = ("gpt2", "llama", "vit", "moe", "accum-eval", "layerdrop", "gene
 QUICK_WORKLOADS = ("gpt2", "moe")
 BASE_POLICIES = ("none", "replay", "markov")
 SWEEP_BUDGETS = (0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+TRAIN_SEEDS = (0, 1)
+EVAL_SEEDS = (2, 3, 4)
+WARMUP_STEPS = 1
+IDENTITY_KEYS = ("losses_identical", "params_identical", "optimizer_state_identical")
+"""Bit-identity of the prefetched run with its all-resident twin (prefetch.run)."""
+
+
+class DemoError(RuntimeError):
+    """The demo cannot report what it measured (an in-sample learned run, a stale tensor)."""
+
+
+@dataclass(kw_only=True)
+class DemoConfig:
+    """What `prefetch demo` runs; validated before anything is recorded."""
+
+    out: Path
+    """Output folder: traces/, models/, runs/, results.json, report/."""
+    workloads: tuple[str, ...] = ALL_WORKLOADS
+    """Reference workloads, in table order."""
+    steps: int = 8
+    """Live steps per run (the first is warm-up)."""
+    train_steps: int = 12
+    """Recorded steps per training seed and workload."""
+    train_seeds: tuple[int, ...] = TRAIN_SEEDS
+    """Seeds recorded for training the learned model."""
+    eval_seeds: tuple[int, ...] = EVAL_SEEDS
+    """Seeds of the live runs; never recorded for training."""
+    policies: tuple[str, ...] | None = None
+    """Live policies; default none, replay, markov, learned:OUT/models."""
+    budget: float = 0.4
+    """Device budget, a fraction of the managed bytes."""
+    link_ratio: float = 0.5
+    """Simulated device: time to copy every managed byte once / all-resident step time."""
+    sweep_workloads: tuple[str, ...] | None = None
+    """Workloads whose first evaluation trace gets a simulated budget sweep (default: all)."""
+    plots: bool = True
+    """Write the report's PNG plots (matplotlib; a few seconds)."""
+    progress: bool = True
+    """Progress bars on stderr."""
+    check_seeds: bool = True
+    """Refuse overlapping training and evaluation seeds up front. False only to test that an
+    in-sample learned run is caught downstream (by its report's `in_sample`)."""
+    say: Callable[[str], None] = field(default=None, repr=False)  # type: ignore[assignment]
+    """Where the phase lines go (default: stderr, timestamped)."""
+
+    def __post_init__(self) -> None:
+        from prefetch.workloads import get_workload
+
+        self.out = Path(self.out)
+        self.workloads = tuple(self.workloads)
+        if not self.workloads:
+            raise ValueError("--workloads: name at least one workload")
+        for w in self.workloads:
+            get_workload(w)  # an unknown name fails before anything runs
+        if self.steps <= WARMUP_STEPS:
+            raise ValueError(f"--steps must exceed the {WARMUP_STEPS} warm-up step, got {self.steps}")
+        if self.train_steps < 2:
+            raise ValueError(f"--train-steps must be >= 2, got {self.train_steps}")
+        self.train_seeds, self.eval_seeds = tuple(self.train_seeds), tuple(self.eval_seeds)
+        for flag, seeds in (("--train-seeds", self.train_seeds), ("--seeds", self.eval_seeds)):
+            if not seeds:
+                raise ValueError(f"{flag}: name at least one seed")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"{flag}: a seed is repeated ({','.join(map(str, seeds))})")
+        overlap = sorted(set(self.train_seeds) & set(self.eval_seeds))
+        if overlap and self.check_seeds:
+            raise ValueError(f"--seeds and --train-seeds overlap ({','.join(map(str, overlap))}): the learned model "
+                             "would be scored on its own training runs")
+        if not 0 < self.budget <= 1:
+            raise ValueError(f"--budget must be in (0, 1], got {self.budget}")
+        if self.link_ratio <= 0:
+            raise ValueError(f"--link-ratio must be > 0, got {self.link_ratio}")
+        if self.policies is None:
+            self.policies = (*BASE_POLICIES, f"learned:{self.out / 'models'}")
+        self.policies = tuple(self.policies)
+        if self.sweep_workloads is None:
+            self.sweep_workloads = self.workloads
+        unknown = [w for w in self.sweep_workloads if w not in self.workloads]
+        if unknown:
+            raise ValueError(f"--sweep-workloads: {', '.join(unknown)} not among --workloads")
+        if self.say is None:
+            self.say = _say
+
+    @property
+    def learned(self) -> bool:
+        return any(p.startswith("learned:") for p in self.policies)
+
+    def protocol(self) -> dict[str, Any]:
+        """The protocol as results.json and the report state it."""
+        return {"train_seeds": list(self.train_seeds), "eval_seeds": list(self.eval_seeds),
+                "train_steps": self.train_steps, "steps": self.steps, "warmup_steps": WARMUP_STEPS,
+                "budget": self.budget, "link_ratio": self.link_ratio,
+                "policies": [p.partition(":")[0] for p in self.policies],
+                "summary": "median over the evaluation seeds with min-max; learned trained on the training seeds "
+                           "only; simulated figures (oracle included) replay each live run's own trace"}
 
 
 def _say(msg: str) -> None:
@@ -41,6 +140,7 @@ def _say(msg: str) -> None:
 
 
 def _machine() -> dict[str, Any]:
+    import os
     import platform
 
     import lightgbm
@@ -49,7 +149,7 @@ def _machine() -> dict[str, Any]:
     info = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "lightgbm": lightgbm.__version__,
@@ -65,99 +165,187 @@ def _machine() -> dict[str, Any]:
     return info
 
 
-def run_demo(out: str | Path, *, workloads: Sequence[str] = ALL_WORKLOADS, steps: int = 12,
-             train_steps: int = 16, heldout_steps: int = 8, policies: Sequence[str] | None = None,
-             budget: float = 0.4, link_ratio: float = 0.5, sweep: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Run the mission end to end into `out`; returns the results document."""
+def _label(policy: str) -> str:
+    return policy.partition(":")[0]
+
+
+def check_learned(report: dict[str, Any], where: str) -> None:
+    """Raise DemoError when a learned report says its evaluation is in sample."""
+    if _label(str(report.get("policy", ""))) != "learned":
+        return
+    if report.get("in_sample") is True:
+        raise DemoError(f"{where}: the learned policy was evaluated in sample "
+                        f"(train seeds {report.get('train_seeds')}, eval seeds {report.get('eval_seeds')}"
+                        + (f"; {report['in_sample_reason']}" if report.get("in_sample_reason") else "")
+                        + "): refusing to report it")
+
+
+def identity_failures(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """'workload seed N policy: key, key' for every run whose state is not bit-identical."""
+    bad = []
+    for r in runs:
+        keys = [k for k in IDENTITY_KEYS if r.get(k) is False]
+        if keys:
+            bad.append(f"{r.get('workload')} seed {r.get('seed')} {_label(str(r.get('policy')))}: {', '.join(keys)}")
+    return bad
+
+
+def run_demo(out: str | Path | None = None, *, config: DemoConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run the protocol end to end into `out`; returns the results document (see module doc).
+
+    Raises DemoError (after writing what was measured) when a learned run is in sample."""
     from predictor.evaluate import evaluate
     from predictor.train import TrainConfig, train
     from prefetch.recording import record_workload
     from prefetch.report import write_report
     from prefetch.run import run_policies
-    from prefetch.simulate import simulate  # noqa: F401  (imported up front: fail before the long part)
-    from prefetch.workloads import get_workload
+    from prefetch.simulate import simulate, simulate_like_run  # noqa: F401  (fail before the long part)
     from runtime.trace_format import load_traces
 
-    out = Path(out)
-    for w in workloads:
-        get_workload(w)  # unknown names fail before anything runs
+    cfg = config or DemoConfig(out=Path(out), **kwargs)
+    say, out = cfg.say, cfg.out
     t_start = time.monotonic()
+    phases: dict[str, float] = {}
+    t_phase = [t_start]
+
+    def done(name: str) -> None:  # wall seconds per phase, into results.json
+        now = time.monotonic()
+        phases[name] = round(now - t_phase[0], 1)
+        t_phase[0] = now
     out.mkdir(parents=True, exist_ok=True)
     models = out / "models"
-    policies = list(policies) if policies is not None else [*BASE_POLICIES, f"learned:{models}"]
+    seeds_txt = f"training seeds {_seeds(cfg.train_seeds)}, evaluation seeds {_seeds(cfg.eval_seeds)}"
 
-    _say(f"1/5 recording {len(workloads)} workloads: {train_steps} training steps (seed 0) + {heldout_steps} held-out (seed 1)")
-    for w in workloads:
-        for split, seed, n in (("train", 0, train_steps), ("heldout", 1, heldout_steps)):
-            folder = out / "traces" / w / split
-            for old in folder.glob("*"):
-                old.unlink()
-            record_workload(w, n, folder, seed=seed, progress=progress)
+    say(f"1/5 recording {len(cfg.workloads)} workload(s) on the training seeds {_seeds(cfg.train_seeds)}, "
+        f"{cfg.train_steps} steps each")
+    train_dirs = []
+    for w in cfg.workloads:
+        for seed in cfg.train_seeds:
+            folder = out / "traces" / w / f"seed{seed}"
+            _empty(folder)
+            record_workload(w, cfg.train_steps, folder, seed=seed, progress=cfg.progress)
+            train_dirs.append(folder)
+    done("record")
 
-    _say("2/5 training one predictor per architecture")
-    if any(p.startswith("learned:") for p in policies):
-        train([out / "traces" / w / "train" for w in workloads], models, TrainConfig(), progress=progress)
-        evaluation = evaluate(str(models), load_traces([out / "traces" / w for w in workloads], managed_only=True),
-                              progress=progress)
-        (out / "eval.json").write_text(json.dumps(evaluation, indent=2, default=str))
+    if cfg.learned:
+        say("2/5 training one predictor per architecture on the training seeds only")
+        _empty(models, recursive=True)
+        train(train_dirs, models, TrainConfig(), progress=cfg.progress, log=say)
+    else:
+        say("2/5 no learned policy: nothing to train")
+    done("train")
 
-    _say(f"3/5 running each workload live with {', '.join(p.partition(':')[0] for p in policies)} "
-         f"at budget {budget} (device: {'cuda' if torch.cuda.is_available() else 'simulated'})")
+    say(f"3/5 running each workload live with {', '.join(_label(p) for p in cfg.policies)} at budget {cfg.budget} "
+        f"on the evaluation seeds {_seeds(cfg.eval_seeds)} "
+        f"(device: {'cuda' if torch.cuda.is_available() else 'simulated'})")
     runs: list[dict[str, Any]] = []
-    for i, w in enumerate(workloads):
-        reports = run_policies(w, policies, steps=steps, budget=budget, seed=0, link_ratio=link_ratio,
-                               trace_out=out / "runs" / w, timeline_dir=out / "timelines" if i == 0 else None,
-                               progress=progress)
-        runs.extend(reports)
-        for r in reports:
-            (out / "runs" / f"{w}-{r['policy'].partition(':')[0]}.json").write_text(json.dumps(r, indent=2, default=str))
+    doc: dict[str, Any] = {"machine": _machine(), "protocol": cfg.protocol(), "budget": cfg.budget,
+                           "link_ratio": cfg.link_ratio, "steps": cfg.steps, "workloads": list(cfg.workloads),
+                           "runs": runs, "oracle": [], "simulated": [], "sweep": [], "phase_s": phases}
+    try:
+        for i, w in enumerate(cfg.workloads):
+            for j, seed in enumerate(cfg.eval_seeds):
+                run_dir = out / "runs" / w / f"seed{seed}"
+                _empty(run_dir)
+                reports = run_policies(w, list(cfg.policies), steps=cfg.steps, budget=cfg.budget, seed=seed,
+                                       link_ratio=cfg.link_ratio, warmup_steps=WARMUP_STEPS, trace_out=run_dir,
+                                       timeline_dir=out / "timelines" if i == 0 and j == 0 else None,
+                                       progress=cfg.progress)
+                for r in reports:
+                    r.setdefault("seed", seed)
+                    r["demo_train_seeds"] = list(cfg.train_seeds)
+                    (out / "runs" / f"{w}-seed{seed}-{_label(r['policy'])}.json").write_text(
+                        json.dumps(r, indent=2, default=str))
+                    check_learned(r, f"{w} seed {seed}")
+                runs.extend(reports)
+                say(f"  {w} seed {seed}: " + ", ".join(
+                    f"{_label(r['policy'])} hit {r['hit_rate']:.1%} x{r['slowdown']:.2f}" for r in reports))
+        done("live")
 
-    _say("4/5 simulating each run's trace: the oracle bound, the same policies, a budget sweep")
-    oracle, simulated, sweep_rows = _simulate(out, workloads, runs, policies, budget, link_ratio, sweep)
+        if cfg.learned:
+            say("4/5 offline evaluation of the learned model on the evaluation seeds' traces (unseen runs)")
+            traces = load_traces([out / "runs" / w for w in cfg.workloads], managed_only=True)
+            evaluation = evaluate(str(models), traces, progress=cfg.progress)
+            (out / "eval.json").write_text(json.dumps(evaluation, indent=2, default=str))
+            for t in evaluation.get("traces", []):
+                check_learned({"policy": "learned", **t}, f"offline evaluation of {t.get('trace')}")
+            doc["offline_eval"] = _offline_summary(evaluation)
+            done("offline_eval")
+        say("4/5 simulating each live run's own trace: the same policies and the oracle; a budget sweep")
+        _simulate(cfg, runs, doc)
+        done("simulate")
+    finally:
+        doc["elapsed_s"] = time.monotonic() - t_start
+        (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
 
-    doc = {"machine": _machine(), "budget": budget, "link_ratio": link_ratio, "steps": steps,
-           "workloads": list(workloads), "runs": runs, "oracle": oracle, "simulated": simulated,
-           "sweep": sweep_rows, "elapsed_s": time.monotonic() - t_start}
-    (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))
-
-    _say("5/5 writing the report")
-    learned_runs = [r for r in runs if r["policy"].startswith("learned")]
+    say("5/5 writing the report")
+    learned_runs = [r for r in runs if _label(r["policy"]) == "learned" and r.get("timeline")]
     timeline_run = f"{learned_runs[0]['workload']}/learned" if learned_runs else None
-    written = write_report([out / "results.json"], out / "report", title="prefetch demo", timeline_run=timeline_run)
+    written = write_report([out / "results.json"], out / "report", title=f"prefetch demo ({seeds_txt})",
+                           timeline_run=timeline_run, plots=cfg.plots)
     doc["report"] = {k: str(v) for k, v in written.items()}
-    _say(f"done in {time.monotonic() - t_start:.0f} s: {out / 'report' / 'report.md'}")
+    doc["identity_failures"] = identity_failures(runs)
+    done("report")
+    (out / "results.json").write_text(json.dumps(doc, indent=2, default=str))  # with the report's phase time
+    say("phases (wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
+    say(f"done in {time.monotonic() - t_start:.0f} s: {out / 'report' / 'report.md'}")
     return doc
 
 
-def _simulate(out: Path, workloads, runs, policies, budget, link_ratio, sweep) -> tuple[list, list, list]:
-    from prefetch.simulate import simulate
-    from runtime.link import LinkModel
-    from runtime.trace_format import find_traces
+def _seeds(seeds: Sequence[int]) -> str:
+    return ",".join(str(s) for s in seeds)
 
-    oracle, simulated, sweep_rows = [], [], []
-    for w in workloads:
-        w_runs = [r for r in runs if r["workload"] == w]
-        if not w_runs:
-            continue
-        stems = find_traces([out / "runs" / w])
-        first = w_runs[0]
-        link = None
-        if first.get("link"):
-            link = LinkModel(bandwidth_bytes_per_s=first["link"]["bandwidth_GBps"] * 1e9,
-                             latency_s=first["link"]["latency_us"] / 1e6)
-        kw = dict(budget=first["budget_bytes"], link=link, warmup_steps=first["warmup_steps"])
-        rep = simulate(stems, "oracle", **kw).as_dict()
-        rep["workload"] = w
-        oracle.append(rep)
-        for r in w_runs:
-            sim = simulate(stems, r["policy"], **kw).as_dict()
-            sim["workload"] = w
-            simulated.append(sim)
-            r["simulated_hit_rate"] = sim["hit_rate"]
-        if sweep:
-            for b in SWEEP_BUDGETS:
-                for p in [*policies, "oracle"]:
-                    s = simulate(stems, p, budget=b, link_ratio=link_ratio, warmup_steps=first["warmup_steps"]).as_dict()
-                    sweep_rows.append({"workload": w, "policy": p, "budget": b, "hit_rate": s["hit_rate"],
-                                       "slowdown": s["slowdown"]})
-    return oracle, simulated, sweep_rows
+
+def _empty(folder: Path, recursive: bool = False) -> None:
+    """Remove a previous demo's files from `folder` (the recorder refuses a non-empty one)."""
+    import shutil
+
+    if recursive and folder.is_dir():
+        shutil.rmtree(folder)
+        return
+    for old in folder.glob("*"):
+        if old.is_file():
+            old.unlink()
+
+
+def _offline_summary(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per trace: scope, seed and recall of each policy (the full document is eval.json)."""
+    rows = []
+    for t in evaluation.get("traces", []):
+        rows.append({"workload": t.get("workload"), "seed": t.get("seed"), "scope": t.get("scope"),
+                     "in_sample": t.get("in_sample"),
+                     "recall": {p: v.get("recall") for p, v in (t.get("policies") or {}).items()}})
+    return rows
+
+
+def _simulate(cfg: DemoConfig, runs: list[dict[str, Any]], doc: dict[str, Any]) -> None:
+    """Simulated figures, each on the trace of the live run it sits beside."""
+    from prefetch.simulate import simulate, simulate_like_run
+
+    for w in cfg.workloads:
+        for seed in cfg.eval_seeds:
+            w_runs = [r for r in runs if r["workload"] == w and r.get("seed") == seed]
+            if not w_runs:
+                continue
+            trace = w_runs[0]["trace"]
+            rep = simulate_like_run(w_runs[0], trace, policy="oracle").as_dict()
+            rep.update(workload=w, seed=seed)
+            doc["oracle"].append(rep)
+            for r in w_runs:
+                sim = simulate_like_run(r, trace).as_dict()
+                sim.update(workload=w, seed=seed)
+                check_learned(sim, f"simulated {w} seed {seed}")
+                doc["simulated"].append(sim)
+                r["simulated_hit_rate"] = sim["hit_rate"]
+                r["simulated_slowdown"] = sim.get("slowdown")
+                r["simulated_oracle_hit_rate"] = rep["hit_rate"]
+            if w in cfg.sweep_workloads and seed == cfg.eval_seeds[0]:
+                for b in SWEEP_BUDGETS:
+                    for p in [*cfg.policies, "oracle"]:
+                        s = simulate(trace, p, budget=b, link_ratio=cfg.link_ratio,
+                                     warmup_steps=WARMUP_STEPS).as_dict()
+                        doc["sweep"].append({"workload": w, "seed": seed, "trace": str(trace), "policy": p,
+                                             "budget": b, "hit_rate": s["hit_rate"], "slowdown": s["slowdown"],
+                                             "in_sample": s.get("in_sample")})
+                        check_learned({**s, "policy": p}, f"sweep {w} seed {seed} budget {b}")
+
