@@ -361,3 +361,30 @@ def test_client_escapes_what_a_daemon_says_in_its_log(ctx, caplog):
     finally:
         c.close()
         router.close(linger=0)
+
+
+def test_daemon_policy_reaches_a_curve_daemon_with_keys_from_the_environment(ctx, keys, monkeypatch):
+    """runtime's DaemonPolicy (what PrefetchConfig(daemon=..., daemon_keys=...) builds) connects to a
+    CURVE daemon with PREFETCH_DAEMON_KEYS; without keys it falls back to its local replay."""
+    from runtime.daemon_policy import DaemonPolicy
+
+    daemon_dir, client_dir = keys
+    d = run_daemon_in_thread(DaemonConfig(bind="tcp://127.0.0.1:*", poll_ms=10, curve_keys=str(daemon_dir)),
+                             policy_factory=factory)
+    try:
+        monkeypatch.setenv("PREFETCH_DAEMON_KEYS", str(client_dir))
+        pol = DaemonPolicy("learned:unused", architecture="Arch-A", endpoint=d.endpoint, lookahead=8,
+                           tensors_fn=lambda: table(4), connect_timeout_s=5.0)
+        try:
+            assert pol.served_by == "next" and pol.client.connected
+        finally:
+            pol.close()
+        monkeypatch.delenv("PREFETCH_DAEMON_KEYS")
+        plain = DaemonPolicy("learned:unused", architecture="Arch-A", endpoint=d.endpoint, lookahead=8,
+                             tensors_fn=lambda: table(4), connect_timeout_s=0.5)
+        try:
+            assert not plain.client.connected and "local" in plain.served_by
+        finally:
+            plain.close()
+    finally:
+        d.stop()
