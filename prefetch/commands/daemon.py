@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"prefetch daemon: keys written to {args.gen_keys}\n"
               f"  daemon:  --curve-keys {args.gen_keys}   (server.key_secret, {paths['authorized'].name}/)\n"
               f"  clients: copy {paths['server_public'].name} and {paths['client_secret'].name} into a folder and "
-              "pass it as PrefetchConfig(daemon_keys=...) or PREFETCH_DAEMON_KEYS", file=sys.stderr)
+              "pass it as `prefetch run --daemon-keys DIR`, PrefetchConfig(daemon_keys=...) or PREFETCH_DAEMON_KEYS", file=sys.stderr)
         return 0
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
