@@ -2,6 +2,8 @@
 
     policy="learned:models/"   ->  DaemonPolicy: starts `prefetch daemon` on a private ipc
                                    endpoint (stopped at close) unless `endpoint` is given
+                                   or $PREFETCH_DAEMON_ENDPOINT names the node's daemon
+                                   (`prefetch run` starts one for all the ranks of a job)
 
 Every observed access goes to the daemon in small batches (never blocking); commands
 that have come back are handed to the store as prefetch requests, with the daemon's
@@ -39,6 +41,7 @@ class DaemonPolicy:
         self._tensors_fn = tensors_fn
         self._daemon = None
         models_dir = spec.partition(":")[2] or None
+        endpoint = endpoint or os.environ.get("PREFETCH_DAEMON_ENDPOINT") or None  # the node's daemon (prefetch run)
         if endpoint is None:
             from prefetch.daemon import start_local_daemon
 

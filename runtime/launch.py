@@ -119,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         run = lambda: runpy.run_path(script, run_name="__main__")  # noqa: E731
         what = f"script {script}"
     signal.signal(signal.SIGTERM, _terminate)
-    rec = GlobalRecorder(args.out, args.name, progress=not args.no_progress)
+    from runtime.recorder import _rank
+
+    rec = GlobalRecorder(args.out, args.name, progress=not args.no_progress and _rank() == 0)  # one bar per job
     code = 0
     error: str | None = None
     try:

@@ -35,6 +35,15 @@ def _rank() -> int:
     return 0
 
 
+def _world_size() -> int:
+    """torch.distributed's world size when initialised, else torchrun's $WORLD_SIZE, else 1."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE", "").isdigit() else 1
+
+
 def unique_stem(out: Path, name: str) -> Path:
     """`out/<name>-r<rank>-p<pid>[-n]`: one trace per process, never overwriting."""
     base = f"{name}-r{_rank()}-p{os.getpid()}"
@@ -66,6 +75,7 @@ class Recorder:
             "workload": workload,
             "seed": seed,
             "rank": _rank(),
+            "world_size": _world_size(),
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "torch_version": torch.__version__,

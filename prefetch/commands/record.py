@@ -2,6 +2,7 @@
 
     prefetch record --workload gpt2 --steps 8 --out traces/gpt2
     prefetch record --out traces/mine -- python train.py --lr 3e-4
+    prefetch record --out traces/ddp -- torchrun --nproc-per-node 2 train.py     # a trace per rank
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--name", default=None, help="trace name for a script (default: the model class)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- python SCRIPT ARGS (a script to record)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- python SCRIPT ARGS, or -- torchrun ... SCRIPT ARGS (a trace per rank)")
     p.set_defaults(func=run)
 
 
@@ -56,27 +57,24 @@ def _record_script(command: list[str], args: argparse.Namespace) -> int:
     from runtime.trace_writer import check_output_dir
 
     check_output_dir(args.out)
-    exe = os.path.basename(command[0])
-    if not exe.startswith("python"):
-        raise CommandError(f"can only record Python scripts: expected `python SCRIPT ...`, got {command[0]!r}")
-    rest = command[1:]
-    if not rest:
-        raise CommandError("no script given after python")
-    if rest[0] != "-m" and not Path(rest[0]).is_file():
-        raise CommandError(f"script {rest[0]} not found")
+    from prefetch.script_run import parse_command
+
+    cmd = parse_command(command, "record")  # python SCRIPT|-m MODULE, or torchrun ... SCRIPT (a trace per rank)
     # The launcher runs under this interpreter (which has this package), with the
     # script's own arguments untouched.
-    launcher = [sys.executable, "-m", "runtime.launch", "--out", str(args.out)]
+    opts = ["--out", str(args.out)]
     if args.name:
-        launcher += ["--name", args.name]
+        opts += ["--name", args.name]
     if args.no_progress:
-        launcher.append("--no-progress")
+        opts.append("--no-progress")
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(args.threads))
-    proc = subprocess.run([*launcher, "--", *rest], env=env)
+    root = str(Path(__file__).resolve().parent.parent.parent)  # the launcher importable in every rank
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(cmd.argv("runtime.launch", opts), env=env)
     if proc.returncode not in (0,):
         if proc.returncode < 0:
-            raise CommandError(f"script {rest[0]} was killed by signal {-proc.returncode}; "
+            raise CommandError(f"script {cmd.script} was killed by signal {-proc.returncode}; "
                                f"its trace in {args.out} is readable up to the last complete step")
         return proc.returncode
     return 0

@@ -1,44 +1,82 @@
-"""`prefetch run`: a reference workload with prefetching, and the same job all resident."""
+"""`prefetch run`: a reference workload, or any training script unchanged, with prefetching.
+
+    prefetch run --workload gpt2 --policy replay --budget 0.4
+    prefetch run --compare --json out/tiny.json -- python examples/train_tiny.py --steps 12
+    prefetch run --policy learned:models/ -- torchrun --nproc-per-node 2 examples/train_ddp.py
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a workload with prefetching and report hit rate, stalls, slowdown",
-                       description="Run a reference workload with managed tensors offloaded and prefetched, "
-                                   "plus the same steps all resident; print the JSON report. Exit code 1 when the "
-                                   "losses, final parameters or optimizer state differ from the all-resident run "
-                                   "(bit for bit), 2 on bad input (refused before any training step).")
-    p.add_argument("--workload", required=True)
-    p.add_argument("--steps", type=int, default=12)
+    p = sub.add_parser("run", help="run a workload or a script with prefetching and report hit rate, stalls, slowdown",
+                       description="Run a reference workload (--workload) with managed tensors offloaded and "
+                                   "prefetched, plus the same steps all resident; or any Python training script, "
+                                   "unchanged, after -- (python SCRIPT ARGS, or torchrun ... SCRIPT ARGS: one report "
+                                   "per rank). Prints the JSON report. Exit code 1 when the losses, final parameters "
+                                   "or optimizer state differ from the all-resident run (bit for bit; scripts: with "
+                                   "--compare), 2 on bad input (refused before any training step); a script's own "
+                                   "non-zero exit code passes through.",
+                       epilog="examples:\n  prefetch run --workload gpt2 --policy replay\n"
+                              "  prefetch run --compare -- python examples/train_tiny.py --steps 12\n"
+                              "  prefetch run --json out/ddp.json -- torchrun --nproc-per-node 2 examples/train_ddp.py",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workload", default=None, help="a reference workload (or a script after --)")
+    p.add_argument("--steps", type=int, default=12, help="--workload only: steps to run (default 12)")
     p.add_argument("--policy", default="replay", help="none | replay | markov | learned:MODEL_DIR (default replay)")
     p.add_argument("--budget", default="0.4", help="fraction of managed bytes (0.4) or a size (2GiB)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="--workload: its seed (default 0); a script: the seed it uses, if known (provenance)")
     p.add_argument("--link-ratio", type=float, default=0.5, help="simulated device: copy-all time / step time")
     p.add_argument("--lookahead", type=int, default=64, help="future reads a policy keeps requested")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps excluded from the figures")
     p.add_argument("--device", default="auto", help="auto | simulated | cuda[:N]")
     p.add_argument("--daemon", default=None, help="endpoint of a running daemon (learned policies)")
+    p.add_argument("--daemon-keys", default=None, metavar="DIR",
+                   help="CURVE keys for a remote --daemon: DIR holds its server.key and your client.key_secret "
+                        "(sets PREFETCH_DAEMON_KEYS; see `prefetch daemon --gen-keys`)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads, >= 1 (default 1)")
     p.add_argument("--trace-out", type=Path, default=None, help="also keep the run's trace here")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--timeline", type=Path, default=None, metavar="DIR",
                    help="write a Perfetto/chrome://tracing timeline of the prefetched run into DIR")
+    p.add_argument("--compare", action="store_true",
+                   help="a script: run it all resident first, then prefetched; compare losses (every backward()'s "
+                        "tensor) and the final parameters and optimizer state bit for bit")
+    p.add_argument("--name", default=None, help="a script: the workload name in its report (default: the script's)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- python SCRIPT ARGS, or -- torchrun ... SCRIPT ARGS")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from prefetch.cli import CommandError
     from prefetch.run import bit_identical, run_workload, summary_line
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.daemon_keys is not None:  # read by runtime.daemon_policy, here and in a launched script
+        import os
+
+        from prefetch.daemon import load_client_keys
+
+        load_client_keys(args.daemon_keys)  # a missing or unreadable key file: one line naming it
+        os.environ["PREFETCH_DAEMON_KEYS"] = str(Path(args.daemon_keys).resolve())
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if bool(command) == bool(args.workload):
+        raise CommandError("give either --workload NAME or a command after -- (not both)")
+    if command:
+        return _run_script(command, args)
+    if args.compare:
+        raise CommandError("--compare is for a script: --workload runs always compare with an all-resident twin")
+    args.seed = 0 if args.seed is None else args.seed
     torch.set_num_threads(args.threads)
     budget = args.budget  # parsed (and checked) by prefetch.budget
     report = run_workload(args.workload, steps=args.steps, policy=args.policy, budget=budget, seed=args.seed,
@@ -52,3 +90,40 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text)
     return 0 if bit_identical(report) else 1  # losses, parameters and optimizer state
+
+
+def _run_script(command: list[str], args: argparse.Namespace) -> int:
+    """Every flag checked here, before the script starts; then the launch (prefetch.script_run)."""
+    from prefetch.budget import parse_budget
+    from prefetch.run import bit_identical, check_device, check_policy, summary_line
+    from prefetch.script_run import parse_command, run_script
+    from runtime.prefetcher import PrefetchConfig
+
+    check_policy(args.policy, daemon=args.daemon)  # unknown names, a missing or empty model folder
+    check_device(args.device)
+    try:
+        parse_budget(args.budget)
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from None
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    PrefetchConfig(policy=args.policy, budget=args.budget, link_ratio=args.link_ratio, lookahead=args.lookahead,
+                   device=args.device)
+    parse_command(command, "run")  # a missing script, a non-Python program
+    code, reports = run_script(command, policy=args.policy, budget=args.budget, lookahead=args.lookahead,
+                               link_ratio=args.link_ratio, warmup=args.warmup, device=args.device,
+                               daemon=args.daemon, json_out=args.json, timeline=args.timeline,
+                               compare=args.compare, threads=args.threads, seed=args.seed, name=args.name)
+    if reports:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, default=str))
+    for r in reports:
+        if r.get("accesses"):
+            tag = f"rank {r['rank']}/{r['world_size']} " if r.get("world_size", 1) > 1 else ""
+            print(f"{tag}{summary_line(r)}", file=sys.stderr)
+        for note in r.get("notes") or ():
+            print(f"prefetch run: note: {note}", file=sys.stderr)
+    if code:
+        return code  # the script's own exit code (or 2: refused, 130: interrupted)
+    if args.compare and not all(bit_identical(r) for r in reports):
+        return 1
+    return 0
