@@ -25,6 +25,7 @@ itself could not confirm it).
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -199,10 +200,10 @@ def run_demo(out: str | Path | None = None, *, config: DemoConfig | None = None,
     from prefetch.recording import record_workload
     from prefetch.report import write_report
     from prefetch.run import run_policies
-    from prefetch.simulate import simulate, simulate_like_run  # noqa: F401  (fail before the long part)
     from runtime.trace_format import load_traces
 
     cfg = config or DemoConfig(out=Path(out), **kwargs)
+    importlib.import_module("prefetch.simulate")  # a broken simulator fails here, not after the live runs
     say, out = cfg.say, cfg.out
     t_start = time.monotonic()
     phases: dict[str, float] = {}
