@@ -117,7 +117,10 @@ def test_parser_accepts_what_train_writes_and_refuses_cut_or_cyclic_trees(model_
 
 def test_probe_survives_what_kills_lightgbm(model_dir, moe_train, tmp_path, monkeypatch):
     """The child-process probe reports a LightGBM crash as a problem; a good model passes and is cached."""
+    import predictor.model_check
+
     monkeypatch.setenv("PREFETCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(predictor.model_check, "_verified", set())  # forget what earlier tests verified
     text = (model_dir / artifact_dirname(moe_train.architecture) / MODEL_FILE).read_text()
     bad = text.replace("tree_sizes=", "tree_sizes=1", 1)  # LightGBM aborts on this in-process
     problem = probe_model_text(bad, len(FEATURES), use_cache=False)
