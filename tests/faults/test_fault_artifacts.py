@@ -23,7 +23,7 @@ from predictor.artifact import META_FILE, MODEL_FILE, TABLE_FILE
 from prefetch.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
-_LOADER = """
+LOADER = """
 import json, sys
 from predictor.artifact import load_artifact
 from predictor.interface import PolicyError
@@ -36,12 +36,12 @@ for folder in sys.argv[1:]:
 """
 
 
-def _artifact_dir(models: Path) -> Path:
+def artifact_dir(models: Path) -> Path:
     (folder,) = [p for p in models.iterdir() if (p / META_FILE).exists()]
     return folder
 
 
-def _variant(src: Path, dst: Path, name: str, data: bytes, *, fix_checksum: bool = True) -> Path:
+def damaged_copy(src: Path, dst: Path, name: str, data: bytes, *, fix_checksum: bool = True) -> Path:
     shutil.copytree(src, dst)
     (dst / name).write_bytes(data)
     if fix_checksum and name != META_FILE:
@@ -51,7 +51,7 @@ def _variant(src: Path, dst: Path, name: str, data: bytes, *, fix_checksum: bool
     return dst
 
 
-def _damages(data: bytes, rng: random.Random, n: int) -> list[bytes]:
+def damages(data: bytes, rng: random.Random, n: int) -> list[bytes]:
     """n/2 cuts at random offsets and n/2 copies with 1-4 flipped bytes."""
     out = [data[: rng.randrange(len(data))] for _ in range(n // 2)]
     for _ in range(n - n // 2):
@@ -64,13 +64,13 @@ def _damages(data: bytes, rng: random.Random, n: int) -> list[bytes]:
 
 def test_damaged_artifacts_fail_cleanly_in_a_child(fault_models, tmp_path):
     """Cut/flipped model.txt, table.json, meta.json: each loads or raises a one-line PolicyError; no abort."""
-    src = _artifact_dir(fault_models)
+    src = artifact_dir(fault_models)
     rng = random.Random(14)
     folders = []
     for name, n in ((MODEL_FILE, 10), (TABLE_FILE, 6), (META_FILE, 6)):
-        for i, data in enumerate(_damages((src / name).read_bytes(), rng, n)):
-            folders.append(_variant(src, tmp_path / f"{name}-{i}", name, data))
-    proc = subprocess.run([sys.executable, "-c", _LOADER, *map(str, folders)], cwd=ROOT, capture_output=True,
+        for i, data in enumerate(damages((src / name).read_bytes(), rng, n)):
+            folders.append(damaged_copy(src, tmp_path / f"{name}-{i}", name, data))
+    proc = subprocess.run([sys.executable, "-c", LOADER, *map(str, folders)], cwd=ROOT, capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 0, f"loader died with {proc.returncode}: {proc.stderr[-2000:]}"
     results = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -93,7 +93,7 @@ def test_damaged_artifacts_fail_cleanly_in_a_child(fault_models, tmp_path):
 )
 def test_simulate_with_a_damaged_artifact_is_one_line(fault_models, tmp_path, name, data):
     """`prefetch simulate --policy learned:DIR` with a damaged artifact: exit 2, one line naming the file."""
-    folder = _variant(_artifact_dir(fault_models), tmp_path / "models" / "a", name, data)
+    folder = damaged_copy(artifact_dir(fault_models), tmp_path / "models" / "a", name, data)
     traces = fault_models.parent / "traces"
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
