@@ -14,7 +14,7 @@ import io
 import shutil
 from pathlib import Path
 
-import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -142,3 +142,67 @@ def test_trace_info_on_a_damaged_trace_is_one_line(intact, tmp_path, which, dama
     rc, err = _trace_info(stem)
     assert rc == 2
     assert err.count("\n") == 1 and err.startswith("prefetch trace: error: ") and expected in err, err
+
+
+def _rewrite_events(stem: Path, column: str, row: int, value: int) -> None:
+    """Set one event value, keeping the file a valid Arrow stream (so only validation can object)."""
+    path = Path(str(stem) + EVENTS_SUFFIX)
+    table = pa.ipc.open_stream(pa.OSFile(str(path))).read_all()
+    values = table.column(column).to_numpy().copy()
+    values[row] = value
+    field = table.schema.field(column)
+    table = table.set_column(table.schema.get_field_index(column), field, pa.array(values, type=field.type))
+    with pa.ipc.new_stream(pa.OSFile(str(path), "wb"), table.schema) as w:
+        for batch in table.to_batches():
+            w.write_batch(batch)
+
+
+@pytest.mark.parametrize(
+    "column, value, expected",
+    [
+        ("tensor_id", -5, "tensor_id=-5, must be >= 0"),
+        ("phase", 99, "phase=99, must be in [0, 4]"),
+        ("kind", 42, "kind=42, must be in [0, 3]"),
+        ("access", 7, "access=7, must be in [0, 1]"),
+        ("nbytes", -1, "nbytes=-1, must be >= 0"),
+        ("tensor_id", 10_000, "tensor_id=10000; the tensor file is cut or does not belong"),
+        ("step", 2**30, "step=1073741824 after step="),  # garbled, in range: order gives it away
+        ("seq", 0, "seq=0 after seq="),
+    ],
+)
+def test_out_of_range_events_are_refused_naming_file_column_value(intact, tmp_path, column, value, expected):
+    """A forged event value: TraceError naming the events file, the column and the value; train refuses it."""
+    stem = _damaged_copy(intact, tmp_path, EVENTS_SUFFIX, intact[1][EVENTS_SUFFIX])
+    _rewrite_events(stem, column, 7, value)
+    with pytest.raises(TraceError) as info:
+        load_trace(stem)
+    msg = str(info.value)
+    assert str(stem) + EVENTS_SUFFIX in msg or str(stem) + TENSORS_SUFFIX in msg, msg
+    assert expected in msg, msg
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = cli_main(["train", str(stem), "--out", str(tmp_path / "models"), "--no-progress"])
+    assert rc == 2 and err.getvalue().count("\n") == 1 and expected in err.getvalue()
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_a_damaged_middle_batch_is_an_error_not_a_cut(tmp_path):
+    """Garbage between two batches is damage (TraceError), not a killed recording read as a prefix."""
+    schema = pa.schema([("x", pa.int32())], metadata={b"k": b"v"})
+    sink = pa.OSFile(str(tmp_path / "s.arrow"), "wb")
+    ends = []
+    with pa.ipc.new_stream(sink, schema) as w:
+        for i in range(3):
+            w.write_batch(pa.RecordBatch.from_pylist([{"x": i}] * 100, schema=schema))
+            ends.append(sink.tell())
+    intact_bytes = (tmp_path / "s.arrow").read_bytes()
+    data = bytearray(intact_bytes)
+    data[ends[0] + 4: ends[0] + 12] = b"\xff" * 8  # the second batch's metadata length and flatbuffer
+    (tmp_path / "s.arrow").write_bytes(bytes(data))
+    from runtime.trace_format import _read_stream
+
+    with pytest.raises(TraceError, match="record batch 1 is damaged"):
+        _read_stream(tmp_path / "s.arrow")
+    (tmp_path / "s.arrow").write_bytes(intact_bytes[: ends[1] - 10])  # cut inside batch 2: a crash, read batch 1
+    table, truncated, _ = _read_stream(tmp_path / "s.arrow")
+    assert truncated and table.num_rows == 100

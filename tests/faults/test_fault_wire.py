@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from prefetch import wire
+from runtime.trace_format import Access, Phase
 from wire_strategies import any_messages, damaged_messages, noise_messages, valid_messages
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, derandomize=True,
@@ -61,6 +62,7 @@ def test_decoded_events_and_commands_are_in_range(frames, num_tensors):
         ev = msg.events
         assert ev["tensor_id"].min() >= 0 and ev["tensor_id"].max() < num_tensors
         assert ev["phase"].min() >= 0 and ev["access"].min() >= 0
+        assert ev["phase"].max() <= max(Phase) and ev["access"].max() <= max(Access)
         assert ev["step"].min() >= 0 and ev["micro_step"].min() >= 0
     if isinstance(msg, wire.Commands) and len(msg.tensor_ids):
         assert msg.tensor_ids.min() >= 0 and msg.tensor_ids.max() < num_tensors
