@@ -70,6 +70,8 @@ def tensor_digest(t: torch.Tensor) -> str:
     note: a device-to-host copy (sync point) for a CUDA tensor; called only with --state-out."""
     from runtime.state_compare import _bytes
 
+    if hasattr(t, "to_local"):  # a DTensor (FSDP2): this rank's shard
+        t = t.to_local()
     b = _bytes(t.detach().cpu())
     return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}:{hashlib.sha256(b.numpy().tobytes()).hexdigest()}"
 
@@ -84,6 +86,14 @@ def state_digests(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
         for name, v in entries.items():
             out[f"{part}:{name}"] = tensor_digest(v) if isinstance(v, torch.Tensor) else repr(v)
     return out
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed
+        return False
+    return isinstance(t, DTensor)
 
 
 class LossLog:
@@ -174,6 +184,11 @@ class GlobalPrefetcher:
         from runtime.prefetcher import Prefetcher
         from runtime.store import BudgetError
 
+        if any(_is_dtensor(p) for p in module.parameters()):
+            # FSDP2 (fully_shard) swaps sharded and unsharded parameters itself; rebinding
+            # their data under it crashed the process (SIGSEGV) when tried. Recording works.
+            raise Refused(f"{type(module).__name__} has DTensor parameters (FSDP2 fully_shard): prefetching does not "
+                          "support them yet; `prefetch record` does. Use DDP, or run without prefetching")
         try:
             pf = Prefetcher(module, None, self.config)
         except BudgetError as exc:  # parameters are known now: refuse before the first forward runs
