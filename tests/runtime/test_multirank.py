@@ -67,3 +67,39 @@ def test_python_api_inside_each_rank(tmp_path):
     for rank in (0, 1):
         r = json.loads((tmp_path / f"report.r{rank}.json").read_text())
         assert r["rank"] == rank and r["world_size"] == 2 and r["accesses"] > 0 and r["hits"] + r["late"] > 0
+
+
+RANK_CLIENT = """
+import sys, numpy as np
+from predictor.interface import TensorInfo
+from runtime.daemon_client import DaemonClient, DaemonClientConfig
+n = 4
+info = TensorInfo(keys=tuple(f"param:w{i}" for i in range(n)), kinds=np.zeros(n, np.int8),
+                  nbytes=np.full(n, 1 << 17, np.int64), layers=np.full(n, -1, np.int16), modules=("m",) * n)
+c = DaemonClient(DaemonClientConfig(endpoint=sys.argv[1], architecture="ranks-test", policy="replay"), info).start()
+assert c.wait_connected(30)
+for i in range(50):
+    c.record(i // 8, 0, 0, 0, i % n)
+c.flush()
+print("connected", flush=True)
+import os, signal
+os.kill(os.getpid(), signal.SIGKILL)  # a rank dies without a goodbye
+"""
+
+
+def test_node_daemon_survives_a_rank_killed(tmp_path):
+    """One daemon for the node: a rank killed mid-session (SIGKILL, no BYE) leaves it serving the other ranks."""
+    from prefetch.daemon import ping, start_local_daemon
+
+    endpoint, daemon = start_local_daemon(None)
+    try:
+        script = tmp_path / "rank.py"
+        script.write_text(RANK_CLIENT)
+        for _ in range(2):  # two ranks in turn, each killed
+            proc = _run(str(script), endpoint, timeout=120)
+            assert proc.returncode == -9 and "connected" in proc.stdout, proc.stderr
+        assert daemon.alive and ping(endpoint, timeout_ms=2000) is not None
+        proc = _run(str(script), endpoint, timeout=120)  # a new rank still gets a session
+        assert "connected" in proc.stdout, proc.stderr
+    finally:
+        daemon.stop()
