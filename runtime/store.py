@@ -10,9 +10,10 @@ The store is the tracker's AccessSink during `runtime.prefetching(...)`:
                  again, updated, for the next step.
     user writes  anything else that writes a parameter (a clamp, `load_state_dict`, an
                  EMA swap) is seen by the parameter's version counter: a copy issued
-                 before the write is stale (dropped, fetched again: a miss); a device copy
-                 written while bound is written back to the master, not dropped. A tensor
-                 the user assigned to `p.data` becomes the master.
+                 before the write is stale (dropped; issued again when the next forward
+                 starts, or fetched at its read: a miss); a device copy written while
+                 bound is written back to the master, not dropped. A tensor the user
+                 assigned to `p.data` becomes the master.
     activations  produced on the device by the forward (a write, no copy). Eviction
                  writes them back to the host; the backward's read fetches them again
                  unless a prefetch already did. Read once, they are freed.
@@ -229,8 +230,8 @@ class TensorStore:
     def params_written(self) -> None:
         """Treat every managed parameter as written: for writes no version counter shows
         (in place through `p.data`, whose alias PyTorch gives a fresh counter). Copies in
-        flight are dropped (fetched again when read); bound device copies are written
-        back to their masters when evicted."""
+        flight are dropped and requested again; bound device copies are written back to
+        their masters when evicted."""
         for tid, p in self.tracker.params_by_tid.items():
             if not self._managed[tid]:
                 continue
