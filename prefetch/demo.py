@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 
 ALL_WORKLOADS = ("gpt2", "llama", "vit", "moe", "accum-eval", "layerdrop", "generate-train")
 QUICK_WORKLOADS = ("gpt2", "moe")
@@ -42,6 +41,11 @@ SWEEP_BUDGETS = (0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 TRAIN_SEEDS = (0, 1)
 EVAL_SEEDS = (2, 3, 4)
 WARMUP_STEPS = 1
+STEPS, TRAIN_STEPS = 6, 8
+"""Live steps per run and recorded steps per training seed: all 7 workloads in under 10 minutes on
+2 CPU cores (about 6 min of CPU measured; docs/usage.md)."""
+QUICK_STEPS, QUICK_TRAIN_STEPS = 8, 12
+"""--quick (gpt2 and moe): more steps per run, under 4 minutes."""
 IDENTITY_KEYS = ("losses_identical", "params_identical", "optimizer_state_identical")
 """Bit-identity of the prefetched run with its all-resident twin (prefetch.run)."""
 
@@ -58,9 +62,9 @@ class DemoConfig:
     """Output folder: traces/, models/, runs/, results.json, report/."""
     workloads: tuple[str, ...] = ALL_WORKLOADS
     """Reference workloads, in table order."""
-    steps: int = 8
+    steps: int = STEPS
     """Live steps per run (the first is warm-up)."""
-    train_steps: int = 12
+    train_steps: int = TRAIN_STEPS
     """Recorded steps per training seed and workload."""
     train_seeds: tuple[int, ...] = TRAIN_SEEDS
     """Seeds recorded for training the learned model."""
@@ -145,6 +149,7 @@ def _machine() -> dict[str, Any]:
     import platform
 
     import lightgbm
+    import torch
     import zmq
 
     info = {
@@ -201,6 +206,8 @@ def run_demo(out: str | Path | None = None, *, config: DemoConfig | None = None,
     from prefetch.report import write_report
     from prefetch.run import run_policies
     from runtime.trace_format import load_traces
+
+    import torch  # here, not at import: `prefetch --help` loads this module's defaults
 
     cfg = config or DemoConfig(out=Path(out), **kwargs)
     importlib.import_module("prefetch.simulate")  # a broken simulator fails here, not after the live runs

@@ -6,9 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# Defaults sized for 2 CPU cores: all 7 workloads in under 10 minutes, --quick under 4.
-STEPS, QUICK_STEPS = 6, 8
-TRAIN_STEPS, QUICK_TRAIN_STEPS = 8, 12
+from prefetch.demo import QUICK_STEPS, QUICK_TRAIN_STEPS, STEPS, TRAIN_STEPS
 
 
 def _seeds(text: str, flag: str) -> tuple[int, ...]:
