@@ -103,6 +103,28 @@ def _progress_callback(bar):
     return callback
 
 
+def lgb_params(config: TrainConfig) -> dict[str, Any]:
+    """LightGBM's parameters for `config` (shared with predictor.train_dask)."""
+    return {
+        "objective": "binary",
+        "num_leaves": config.num_leaves,
+        "learning_rate": config.learning_rate,
+        "min_data_in_leaf": config.min_data_in_leaf,
+        "num_threads": config.num_threads,
+        "seed": config.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbose": -1,
+    }
+
+
+def fit_booster(X: np.ndarray, y: np.ndarray, params: dict[str, Any], num_trees: int, *, callbacks=()) -> lgb.Booster:
+    """One binary LightGBM model on the rows (X, y), named columns FEATURES."""
+    dataset = lgb.Dataset(X, label=y, feature_name=list(FEATURES), categorical_feature=list(CATEGORICAL),
+                          free_raw_data=True, params={"verbose": -1})  # fmt: skip
+    return lgb.train(params, dataset, num_boost_round=num_trees, callbacks=list(callbacks))
+
+
 def train_architecture(traces: Sequence[Trace], config: TrainConfig, *, progress: bool = True) -> Artifact:
     """Train the predictor for one architecture from its traces (in memory)."""
     from predictor.evaluate import HELD_OUT_STEPS, evaluate_trace, trace_fingerprint
@@ -168,19 +190,7 @@ def train_architecture(traces: Sequence[Trace], config: TrainConfig, *, progress
         X = np.concatenate([X, static[:1], static[:1]]) if len(static) else np.zeros((2, len(FEATURES)), np.float32)
         y = np.concatenate([y, [0, 1]]).astype(np.int8)
 
-    params = {
-        "objective": "binary",
-        "num_leaves": config.num_leaves,
-        "learning_rate": config.learning_rate,
-        "min_data_in_leaf": config.min_data_in_leaf,
-        "num_threads": config.num_threads,
-        "seed": config.seed,
-        "deterministic": True,
-        "force_row_wise": True,
-        "verbose": -1,
-    }
-    dataset = lgb.Dataset(X, label=y, feature_name=list(FEATURES), categorical_feature=list(CATEGORICAL),
-                          free_raw_data=True, params={"verbose": -1})  # fmt: skip
+    params = lgb_params(config)
     bar = None
     callbacks = []
     if progress:
@@ -189,7 +199,7 @@ def train_architecture(traces: Sequence[Trace], config: TrainConfig, *, progress
         bar = tqdm(total=config.num_trees, desc=f"training {arch[:40]}", unit="tree", leave=False)
         callbacks.append(_progress_callback(bar))
     try:
-        booster = lgb.train(params, dataset, num_boost_round=config.num_trees, callbacks=callbacks)
+        booster = fit_booster(X, y, params, config.num_trees, callbacks=callbacks)
     finally:
         if bar is not None:
             bar.close()

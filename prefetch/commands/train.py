@@ -9,7 +9,7 @@ import argparse
 import math
 from pathlib import Path
 
-from prefetch.cli import output_dir, positive_int
+from prefetch.cli import CommandError, output_dir, positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="LightGBM training threads (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed for subsampling and LightGBM (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dask", type=_dask_target, default=None, metavar="local:N|ADDRESS",
+                   help="train on Dask: local:N starts a LocalCluster of N worker processes here; an address "
+                        "(tcp://host:8786) joins a running scheduler whose workers see the trace paths (docs/dask.md)")
+    p.add_argument("--dask-timeout", type=positive_float, default=10.0, metavar="SECONDS",
+                   help="how long to wait for the scheduler at --dask ADDRESS and its workers (default 10)")
     p.set_defaults(func=run)
+
+
+def _dask_target(text: str):
+    """argparse type for --dask: local:N or a scheduler address."""
+    from predictor.train_dask import DaskTarget
+
+    try:
+        return DaskTarget.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _holdout(text: str) -> float:
@@ -55,5 +70,13 @@ def run(args: argparse.Namespace) -> int:
     if args.lookahead is not None:  # keep candidates per context >= the horizon
         overrides["max_candidates"] = max(TrainConfig().max_candidates, 2 * args.lookahead)
     config = TrainConfig(seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
+    if args.dask is not None:
+        from predictor.train_dask import DaskError, train_dask
+
+        try:
+            train_dask(args.traces, args.out, config, dask=args.dask, connect_timeout_s=args.dask_timeout)
+        except DaskError as exc:
+            raise CommandError(str(exc)) from None
+        return 0
     train(args.traces, args.out, config, progress=not args.no_progress)
     return 0
