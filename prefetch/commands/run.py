@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if bool(command) == bool(args.workload):
         raise CommandError("give either --workload NAME or a command after -- (not both)")
     if command:
+        if args.trace_out is not None:
+            raise CommandError("--trace-out is for --workload; record a script with `prefetch record --out DIR -- ...`")
         return _run_script(command, args)
     if args.compare:
         raise CommandError("--compare is for a script: --workload runs always compare with an all-resident twin")
