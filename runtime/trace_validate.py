@@ -77,6 +77,10 @@ def check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
 
 def check_columns(path: Path, table: pa.Table, schema: pa.Schema) -> None:
     """Every column of `schema` present with its type and without nulls."""
+    try:  # offsets and lengths inside the buffers: a garbled string column must not be read
+        table.validate(full=True)
+    except pa.ArrowException as exc:
+        raise TraceError(f"{path}: damaged ({' '.join(str(exc).split())})") from None
     names = set(table.schema.names)
     missing = [n for n in schema.names if n not in names]
     if missing:

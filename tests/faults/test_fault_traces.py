@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import runtime
+from predictor.interface import TensorInfo
 from prefetch.cli import main as cli_main
 from prefetch.trace_summary import summarize
 from runtime.trace_format import EVENTS_SUFFIX, MANIFEST_SUFFIX, TENSORS_SUFFIX, Kind, Phase, Trace, TraceError, load_trace
@@ -69,6 +70,7 @@ def _load_or_trace_error(stem: Path) -> Trace | None:
         assert trace.column("phase").max() <= max(Phase) and trace.column("kind").max() <= max(Kind)
     summarize(trace)
     trace.managed()
+    TensorInfo.from_table(trace.tensors)  # keys and modules as str: what every policy reads
     return trace
 
 
@@ -206,3 +208,23 @@ def test_a_damaged_middle_batch_is_an_error_not_a_cut(tmp_path):
     (tmp_path / "s.arrow").write_bytes(intact_bytes[: ends[1] - 10])  # cut inside batch 2: a crash, read batch 1
     table, truncated, _ = _read_stream(tmp_path / "s.arrow")
     assert truncated and table.num_rows == 100
+
+
+def test_garbled_string_offsets_are_refused_before_anything_reads_them(tmp_path):
+    """A key column whose offsets point past its data: TraceError, never a read out of bounds."""
+    import struct
+
+    from runtime.trace_writer import TraceWriter
+
+    w = TraceWriter(tmp_path / "t", {"architecture": "toy"})
+    for i, key in enumerate(("k" * 7, "q" * 9)):
+        w.add_tensor(dict(tensor_id=i, key=key, kind=0, shape=[4], dtype="float32", nbytes=16, module="m", layer=-1))
+    w.add_event((0, 0, 0, 0, 0, 0, 0, 16, 0, 0, -1))
+    w.close()
+    path = tmp_path / ("t" + TENSORS_SUFFIX)
+    data = path.read_bytes()
+    offsets = struct.pack("<3i", 0, 7, 16)
+    assert data.count(offsets) == 1
+    path.write_bytes(data.replace(offsets, struct.pack("<3i", 0, 7, 1 << 30)))
+    with pytest.raises(TraceError, match=r"t\.tensors\.arrow: damaged"):
+        load_trace(tmp_path / "t")

@@ -83,3 +83,36 @@ def test_any_header_frame_decodes_or_raises_wire_error(frame):
     except wire.WireError:
         return
     assert isinstance(kind, wire.MsgType)
+
+
+@st.composite
+def events_with_one_edit(draw):
+    """(events, num_tensors): valid rows for the table, then one field of one row set to a value near its range."""
+    n = draw(st.integers(1, 40))
+    row = st.tuples(st.integers(0, 50), st.integers(0, 5), st.integers(0, int(max(Phase))),
+                    st.integers(0, int(max(Access))), st.integers(0, n - 1))
+    events = np.array(draw(st.lists(row, min_size=1, max_size=6)), dtype=wire.EVENT_DTYPE)
+    i = draw(st.integers(0, len(events) - 1))
+    name = draw(st.sampled_from(wire.EVENT_FIELDS))
+    events[name][i] = draw(st.integers(-3, n + 3) if name == "tensor_id" else st.integers(-3, 8))
+    return events, n
+
+
+@FUZZ
+@given(events_with_one_edit())
+def test_events_decode_only_when_every_field_is_in_range(case):
+    """An EVENTS batch decodes against a table of n tensors iff every id, phase, access, step is in range."""
+    events, num_tensors = case
+    frames = [bytes(f) for f in wire.Events(session=1, seq=0, events=events).encode()]
+    in_range = bool(
+        (events["tensor_id"] >= 0).all() and (events["tensor_id"] < num_tensors).all()
+        and (events["phase"] >= 0).all() and (events["phase"] <= max(Phase)).all()
+        and (events["access"] >= 0).all() and (events["access"] <= max(Access)).all()
+        and (events["step"] >= 0).all() and (events["micro_step"] >= 0).all())
+    try:
+        wire.decode(frames, num_tensors=num_tensors)
+        decoded = True
+    except wire.WireError as exc:
+        assert exc.code is wire.ErrorCode.BAD_RANGE
+        decoded = False
+    assert decoded == in_range
