@@ -16,7 +16,14 @@ from predictor.evaluate import evaluate  # noqa: E402
 from predictor.features import KeyInfo, build_table, read_sequence, sequence_context  # noqa: E402
 from predictor.synthetic import SyntheticConfig, write_synthetic_trace  # noqa: E402
 from predictor.train import TrainConfig, train  # noqa: E402
-from predictor.train_dask import DaskTarget, TableCounts, dask_client, train_on_client  # noqa: E402
+from predictor.train_dask import (  # noqa: E402
+    DaskError,
+    DaskTarget,
+    TableCounts,
+    check_workers,
+    dask_client,
+    train_on_client,
+)
 from prefetch.cli import main  # noqa: E402
 from runtime.trace_format import TraceError, load_trace, load_traces  # noqa: E402
 
@@ -199,3 +206,24 @@ def test_scheduler_without_workers_is_one_line(tmp_path, capsys):
 def test_dask_values_parsed(text, target):
     """local:N and scheduler addresses (a bare host:port means tcp) parse to their target."""
     assert DaskTarget.parse(text) == target
+
+
+def _set_format_version(value):
+    import predictor.artifact as artifact
+
+    old, artifact.FORMAT_VERSION = artifact.FORMAT_VERSION, value
+    return old
+
+
+def test_worker_with_other_versions_is_refused(client):
+    """A worker whose artifact format (or any checked version) differs from the client's is refused, naming both."""
+    worker = sorted(client.scheduler_info()["workers"])[1]
+    old = client.run(_set_format_version, 999, workers=[worker])[worker]
+    try:
+        with pytest.raises(DaskError) as exc:
+            check_workers(client, DaskTarget(workers=2))
+    finally:
+        client.run(_set_format_version, old, workers=[worker])
+    msg = str(exc.value)
+    assert len(msg.splitlines()) == 1 and worker in msg and "format 999" in msg and f"this client {old}" in msg
+    check_workers(client, DaskTarget(workers=2))  # restored: accepted again
