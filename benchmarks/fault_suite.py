@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
              ar["seconds"]],
             ["daemon faults (runs)", d["runs"], 0 if d["bit_identical"] == d["runs"] else d["runs"] - d["bit_identical"],
              f"{d['bit_identical']}/{d['runs']} bit-identical to all resident; each run: "
-             f"{', '.join(d['per_run'][0]['faults']) if d['per_run'] else '-'}", d["seconds"]],
+             f"{', '.join(d['per_run'][0]['faults']) if d['per_run'] else '-'} (order rotates)", d["seconds"]],
         ],
     ))
     ok = (w["crashes"] == tr["crashes"] == ar["crashes"] == 0 and w["messages"] >= min(args.messages, 10_000)
