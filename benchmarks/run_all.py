@@ -612,6 +612,21 @@ def sample_seeds(trace_dirs: list[str]) -> list[int]:
     return sorted(seeds)
 
 
+def eval_protocol(seeds_text: str) -> dict[str, Any]:
+    """Training traces (the samples, seeds 0 and 1) and the evaluation seeds; SystemExit on an overlap."""
+    try:
+        seeds = [int(x) for x in seeds_text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"run_all.py: --seeds takes comma-separated integers, got {seeds_text!r}") from None
+    train_dirs = sorted(str(Path(d).relative_to(ROOT)) for split in ("train", "heldout")
+                        for d in glob.glob(str(ROOT / "datasets/samples/*" / split)))
+    train_seeds = sample_seeds(train_dirs)
+    if not seeds or set(seeds) & set(train_seeds):
+        raise SystemExit(f"run_all.py: --seeds must name seeds never recorded for training (the samples are seeds "
+                         f"{', '.join(map(str, train_seeds))}); got {seeds_text}")
+    return {"train_seeds": train_seeds, "eval_seeds": seeds, "train_traces": train_dirs}
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="benchmarks: " + ", ".join(BENCHMARKS))
@@ -668,18 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         policies = [learned if p.strip() == "learned" else p.strip() for p in args.policies.split(",") if p.strip()]
     else:
         policies = ["replay", learned] if args.quick else ["none", "replay", learned]
-    try:
-        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
-    except ValueError:
-        raise SystemExit(f"run_all.py: --seeds takes comma-separated integers, got {args.seeds!r}") from None
-    train_dirs = sorted(str(Path(d).relative_to(ROOT)) for split in ("train", "heldout")
-                        for d in glob.glob(str(ROOT / "datasets/samples/*" / split)))
-    train_seeds = sample_seeds(train_dirs)
-    overlap = sorted(set(seeds) & set(train_seeds))
-    if not seeds or overlap:
-        raise SystemExit(f"run_all.py: --seeds must name seeds never recorded for training (the samples are seeds "
-                         f"{', '.join(map(str, train_seeds))}); got {args.seeds}")
-    protocol = {"train_seeds": train_seeds, "eval_seeds": list(seeds), "train_traces": train_dirs}
+    protocol = eval_protocol(args.seeds)
+    seeds, train_dirs = tuple(protocol["eval_seeds"]), protocol["train_traces"]
     plan = Plan(out=out_rel, models=models, quick=args.quick, workloads=workloads, policies=policies, steps=steps,
                 seeds=seeds)
 

@@ -155,3 +155,34 @@ def test_default_protocol_is_disjoint():
     assert cfg.train_seeds == (0, 1) and cfg.eval_seeds == (2, 3, 4)
     assert not set(cfg.train_seeds) & set(cfg.eval_seeds)
     assert [p.partition(":")[0] for p in cfg.policies] == ["none", "replay", "markov", "learned"]
+
+
+def _run_all(monkeypatch):
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "run_all.py"
+    spec = importlib.util.spec_from_file_location("run_all_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_all_follows_the_protocol(tmp_path, monkeypatch):
+    """benchmarks/run_all.py plans its live and offline runs on the unseen seeds only, and refuses a training seed."""
+    ra = _run_all(monkeypatch)
+    plan = ra.Plan(out=tmp_path, models=tmp_path / "m", quick=True, workloads=["gpt2", "moe"],
+                   policies=["none", f"learned:{tmp_path / 'm'}"], steps=4, seeds=(2, 3, 4))
+    live = ra.plan_live(plan)
+    seeds = [int(c.argv[c.argv.index("--seed") + 1]) for c in live]
+    assert len(live) == 2 * 2 * 3 and sorted(set(seeds)) == [2, 3, 4]
+    offline = ra.plan_offline_eval(plan)
+    assert all(c.argv[c.argv.index("--seed") + 1] == "2" for c in offline if "record" in c.argv)
+    assert offline[-1].argv[3] == "eval"
+    assert ra.sample_seeds(["datasets/samples/gpt2/train", "datasets/samples/gpt2/heldout"]) == [0, 1]
+    protocol = ra.eval_protocol("2,3,4")
+    assert protocol["train_seeds"] == [0, 1] and protocol["eval_seeds"] == [2, 3, 4]
+    assert any(t.endswith("/heldout") for t in protocol["train_traces"])  # seed 1 is training data now
+    with pytest.raises(SystemExit, match="never recorded for training"):
+        ra.eval_protocol("1,2")
