@@ -1,7 +1,7 @@
 """Every benchmark, one results table: out/benchmarks/results.md (and results.json).
 
-    python benchmarks/run_all.py                      # everything (~10 min on 2 cores)
-    python benchmarks/run_all.py --quick              # fewer steps, workloads and policies (~3-4 min)
+    python benchmarks/run_all.py                      # everything (live: one run per workload, policy, seed)
+    python benchmarks/run_all.py --quick              # fewer steps, workloads and policies
     python benchmarks/run_all.py --only daemon_latency         # one benchmark; other sections kept
     python benchmarks/run_all.py --skip record_overhead,cuda
     python benchmarks/run_all.py --workloads gpt2,llama --policies none,replay,learned:out/benchmarks/models
