@@ -151,6 +151,8 @@ def _check_tree(block: list[str], max_feature_idx: int) -> str | None:
         if name not in kv or (length == 0 and name in _NODE_ARRAYS):
             continue
         parts = kv[name].split()
+        if n == 1 and not parts and name != "leaf_value":
+            continue  # LightGBM writes a single-leaf tree's leaf_weight empty
         if len(parts) != length:
             return f"{name} has {len(parts)} values, expected {length}"
         try:

@@ -115,6 +115,25 @@ def test_parser_accepts_what_train_writes_and_refuses_cut_or_cyclic_trees(model_
     assert "binary" in check_model_text(text.replace("num_class=1", "num_class=3", 1))
 
 
+def test_parser_accepts_single_leaf_trees():
+    """A tree with one leaf (LightGBM writes it with an empty leaf_weight; short traces give one) passes
+    the parser and the probe: a valid model from `prefetch train` on little data is not refused."""
+    import lightgbm as lgb
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((50, len(FEATURES))), np.zeros(50)
+    y[:2] = 1
+    booster = lgb.train({"objective": "binary", "verbose": -1, "min_data_in_leaf": 100}, lgb.Dataset(x, y),
+                        num_boost_round=2)
+    text = booster.model_to_string()
+    assert "num_leaves=1" in text and "leaf_weight=\n" in text
+    assert check_model_text(text, len(FEATURES)) is None
+    no_sizes = "\n".join(line for line in text.split("\n") if not line.startswith("tree_sizes="))
+    two_values = no_sizes.replace("leaf_value=", "leaf_value=0.5 ", 1)  # one leaf, two values
+    assert "leaf_value has 2 values" in check_model_text(two_values, len(FEATURES))
+
+
 def test_probe_survives_what_kills_lightgbm(model_dir, moe_train, tmp_path, monkeypatch):
     """The child-process probe reports a LightGBM crash as a problem; a good model passes and is cached."""
     import predictor.model_check
