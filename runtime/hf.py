@@ -94,12 +94,18 @@ class PrefetchCallback(TrainerCallback):
                  **config: Any):
         from prefetch.run import check_policy  # unknown names, learned: without a model folder
 
-        check_policy(policy, daemon=config.get("daemon"))
+        try:
+            check_policy(policy, daemon=config.get("daemon"))
+        except ValueError as exc:  # its messages name prefetch run's flag
+            raise ValueError(f"PrefetchCallback: {str(exc).replace('--policy', 'policy', 1)}") from None
         # validated now (PrefetchConfig.__post_init__): a bad budget is refused at construction
         self._config_kwargs = dict(policy=policy, budget=budget, timeline=timeline is not None, **config)
-        PrefetchConfig(**self._config_kwargs)
-        self.json_path = _check_json_path(json, "json")
-        self.timeline_path = _check_json_path(timeline, "timeline")
+        try:
+            PrefetchConfig(**self._config_kwargs)
+        except (TypeError, ValueError) as exc:  # an unknown keyword is a TypeError
+            raise ValueError(f"PrefetchCallback: {exc}") from None
+        self.json_path = _check_json_path(json, "PrefetchCallback: json")
+        self.timeline_path = _check_json_path(timeline, "PrefetchCallback: timeline")
         self.prefetcher: Prefetcher | None = None
         self.report: dict[str, Any] | None = None
         """The last train() call's report (`Prefetcher.report()` keys), set at its end."""

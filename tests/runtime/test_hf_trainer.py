@@ -189,8 +189,10 @@ def test_bad_input_refused_before_training(tmp_path):
         PrefetchCallback(policy="nope")
     with pytest.raises(ValueError, match="not found"):
         PrefetchCallback(policy=f"learned:{tmp_path / 'missing'}")
-    with pytest.raises(ValueError):
-        PrefetchCallback(budget=-1)
+    with pytest.raises(ValueError, match="PrefetchCallback: budget"):
+        PrefetchCallback(budget="lots")
+    with pytest.raises(ValueError, match="lookahed"):
+        PrefetchCallback(lookahed=3)
     with pytest.raises(ValueError, match="directory"):
         PrefetchCallback(json=tmp_path)
     model = _model()
