@@ -181,6 +181,29 @@ def test_record_callback_writes_a_trace(tmp_path):
     assert cb.stem.name.startswith("gpt2-tiny-")
 
 
+def test_record_train_then_learned_prefetch(tmp_path):
+    """The whole loop on a Trainer: RecordCallback on seed 1, a predictor trained on that
+    trace, then PrefetchCallback(learned) on seed 0 served by a local daemon: the learned
+    policy serves (not a fallback), the run is out of sample, and bit-identical."""
+    from predictor.train import TrainConfig, train
+    from prefetch.daemon import start_local_daemon
+
+    _train(tmp_path / "r", RecordCallback(out=tmp_path / "traces", workload="gpt2-tiny"), seed=1, max_steps=5)
+    train([tmp_path / "traces"], tmp_path / "models", TrainConfig(num_threads=1, num_trees=5), progress=False,
+          log=lambda *a: None)
+    endpoint, daemon = start_local_daemon(tmp_path / "models", endpoint=f"ipc://{tmp_path}/d.sock")
+    try:
+        ref = _train(tmp_path / "a")
+        cb = PrefetchCallback(policy=f"learned:{tmp_path / 'models'}", budget=0.4, daemon=endpoint,
+                              workload="gpt2-tiny")
+        _assert_identical(ref, _train(tmp_path / "b", cb))
+    finally:
+        daemon.stop()
+    r = _check_report(cb, 4)
+    assert r["policy_served_by"].startswith("learned"), r["policy_served_by"]
+    assert r["in_sample"] is False and r["train_seeds"] == [1] and r["eval_seeds"] == [0], r["in_sample_reason"]
+
+
 def test_bad_input_refused_before_training(tmp_path):
     """An unknown policy, a learned policy without a model folder, a bad budget or a report
     path that is a folder are refused at construction; a budget below the largest managed
