@@ -64,15 +64,18 @@ def _device_optimizer_times(workload, seed: int, steps: int, dev: torch.device, 
     return times
 
 
-def _plain(workload, seed: int, steps: int, bar, dev: torch.device = torch.device("cpu")) -> tuple[list[float], list[float]]:
+def _plain(workload, seed: int, steps: int, bar,
+           dev: torch.device = torch.device("cpu")) -> tuple[list[float], list[float], list[float]]:
+    """Losses, wall step times and CPU step times (the simulated device's clock counts CPU time)."""
     job = _resident(workload, seed, dev)
-    losses, times = [], []
+    losses, times, cpu = [], [], []
     for i in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses.append(job.step(i))
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         bar.update(1)
-    return losses, times
+    return losses, times, cpu
 
 
 def run_workload(name: str, *, policy: str = "replay", **kwargs: Any) -> dict[str, Any]:
@@ -108,7 +111,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
     reports = []
     tmp = None
     try:
-        base_losses, base_times = _plain(workload, seed, steps, bar, dev)
+        base_losses, base_times, base_cpu = _plain(workload, seed, steps, bar, dev)
         baseline_step = statistics.median(base_times[warmup_steps:])
         gpu_times = _device_optimizer_times(workload, seed, steps, dev, bar) if dev.type == "cuda" else None
 
@@ -132,12 +135,14 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             cfg = PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead,
                                  warmup_steps=warmup_steps, device=device, daemon=daemon,
                                  baseline_step_time_s=baseline_step, reference_tensors=reference,
+                                 baseline_step_cpu_s=statistics.median(base_cpu[warmup_steps:]),
                                  timeline=timeline_dir is not None, seed=seed, workload=name)
             pf = Prefetcher(job.model, job.optimizer, cfg)
             # The slowdown is measured against a twin all-resident job stepped alternately
             # (resident i, prefetched i, resident i+1, ...): both do identical work at step i,
             # so machine drift between passes cannot pass for a slowdown.
             twin = _resident(workload, seed, dev)
+            twin.step = pf.outside_compute(twin.step)  # simulated: its time gives copies none
             losses, twin_losses, t_twin, t_pf = [], [], [], []
             try:
                 for i in range(steps):

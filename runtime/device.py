@@ -13,8 +13,11 @@ allocator the tensor is used there.
 
 Simulated (no CUDA): real copies (`clone`) on a copy-engine thread, each *finishing*
 at the time the link model gives: a FIFO engine whose next copy starts when the last
-one ends. A consumer that needs a copy early sleeps until then, so a late prefetch
-really stalls the step and hit rates mean what they mean on a GPU.
+one ends. Times are on the device's ComputeClock (runtime.link: the job's CPU time less
+the prefetcher's own bookkeeping, plus stalls), so neither overhead nor a busy machine
+buys copies time. A consumer that needs a copy early sleeps (in wall time) until
+then, so a late prefetch really stalls the step and hit rates mean what they mean on a
+GPU. docs/simulated-device.md has the rules and their measured effect.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
-from runtime.link import LinkModel
+from runtime.link import ComputeClock, LinkModel
 
 _SPIN_BELOW_NS = 200_000  # time.sleep overshoots by ~60 µs here; spin for short waits
 
@@ -62,33 +65,65 @@ class Device(Protocol):
 
 
 # -- simulated ----------------------------------------------------------------------------
+def _work_clock(engine: threading.Thread) -> Callable[[], int]:
+    """CPU time of this process less the copy-engine thread's: the job's work (ComputeClock).
+    Process CPU time alone where a thread's CPU clock cannot be read."""
+    try:
+        engine_clock = time.pthread_getcpuclockid(engine.ident)  # type: ignore[arg-type]
+        time.clock_gettime_ns(engine_clock)
+    except (AttributeError, OSError):
+        return time.process_time_ns
+    process, thread = time.process_time_ns, time.clock_gettime_ns
+    engine_ns = [0]
+
+    def work() -> int:
+        try:
+            engine_ns[0] = thread(engine_clock)
+        except OSError:  # the engine has exited: its CPU time is final
+            pass
+        return process() - engine_ns[0]
+
+    return work
+
+
 @dataclass(eq=False)
 class SimCopy:
     src: torch.Tensor
     nbytes: int
+    clock: ComputeClock
     done_at_ns: int = 0
+    """On `clock`: when the link model says the copy has finished."""
     result: torch.Tensor | None = None
     copied: threading.Event = field(default_factory=threading.Event)
 
     def done(self) -> bool:
-        return self.copied.is_set() and time.monotonic_ns() >= self.done_at_ns
+        """Finished on the link model's clock (the real clone may still be running: `wait` waits)."""
+        return self.clock.now_ns() >= self.done_at_ns
 
 
 class SimulatedDevice:
-    """The simulated device: a copy-engine thread and a link model."""
+    """The simulated device: a copy-engine thread, a link model and a compute clock.
+
+    A copy submitted at clock time t starts at max(t, end of the copy queued before it)
+    and is done at start + link.copy_ns(nbytes), both on `clock`.
+    """
 
     name = "simulated"
 
-    def __init__(self, link: LinkModel):
+    def __init__(self, link: LinkModel, clock: ComputeClock | None = None):
         self.link = link
-        self._free_at_ns = 0  # when the FIFO engine finishes its last queued copy
+        self._free_at_ns = 0  # clock time the FIFO engine finishes its last queued copy
+        self.copy_lag_ns = 0
+        """Wall time waits spent on real clones running behind the model (a busy CPU)."""
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[SimCopy | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._engine, name="prefetch-copy-engine", daemon=True)
         self._thread.start()
+        self.clock = clock or ComputeClock(_work_clock(self._thread))
         self._closed = False
         self.timeline: list[tuple[int, int, int, str]] | None = None
-        """When a list: (start_ns, end_ns, nbytes, direction) of every copy, for timelines."""
+        """When a list: (start_ns, end_ns, nbytes, direction) of every copy, for timelines
+        (monotonic ns, placed as if no bookkeeping followed the submit)."""
 
     def set_link(self, link: LinkModel) -> None:
         self.link = link
@@ -96,11 +131,13 @@ class SimulatedDevice:
     def _submit(self, src: "torch.Tensor | SimCopy", direction: str) -> SimCopy:
         nbytes = src.nbytes if isinstance(src, SimCopy) else src.numel() * src.element_size()
         with self._lock:  # note: the engine's timeline is shared by both directions (one DMA engine)
-            start = max(time.monotonic_ns(), self._free_at_ns)
+            now = self.clock.now_ns()
+            start = max(now, self._free_at_ns)
             self._free_at_ns = start + self.link.copy_ns(nbytes)
-            c = SimCopy(src=src, nbytes=nbytes, done_at_ns=self._free_at_ns)
+            c = SimCopy(src=src, nbytes=nbytes, clock=self.clock, done_at_ns=self._free_at_ns)
         if self.timeline is not None:
-            self.timeline.append((start, self._free_at_ns, nbytes, direction))
+            wall = time.monotonic_ns() - now
+            self.timeline.append((start + wall, self._free_at_ns + wall, nbytes, direction))
         self._jobs.put(c)
         return c
 
@@ -118,9 +155,22 @@ class SimulatedDevice:
         return copy
 
     def wait(self, copy: SimCopy) -> tuple[torch.Tensor, int]:
+        """Block (wall time) until the copy is done on the clock, which runs meanwhile;
+        returns the tensor and that stall. Waiting for a real clone that runs behind the
+        model first is the simulator's cost, not the link's: off the clock, not a stall
+        (counted in `copy_lag_ns`)."""
+        if not copy.copied.is_set():
+            t0 = time.monotonic_ns()
+            self.clock.pause()
+            try:
+                copy.copied.wait()
+            finally:
+                self.clock.resume()
+            self.copy_lag_ns += time.monotonic_ns() - t0
         t0 = time.monotonic_ns()
-        copy.copied.wait()
-        sleep_until(copy.done_at_ns)
+        left = copy.done_at_ns - self.clock.now_ns()
+        with self.clock.running():
+            sleep_until(t0 + left)
         assert copy.result is not None
         return copy.result, time.monotonic_ns() - t0
 
@@ -142,8 +192,15 @@ class SimulatedDevice:
             self._jobs.put(None)
             self._thread.join(timeout=5)
 
+    def describe_link(self) -> dict:
+        """The link and the clock its copies run on (the report's `link`)."""
+        return {**self.link.describe(),
+                "clock": "compute: CPU time less the prefetcher's bookkeeping, plus stalls (runtime.link.ComputeClock)",
+                "clock_rate": self.clock.rate, "off_clock_cpu_s": self.clock.off_clock_ns / 1e9,
+                "copy_lag_s": self.copy_lag_ns / 1e9}
+
     def describe(self) -> dict:
-        return {"device": self.name, "link": self.link.describe()}
+        return {"device": self.name, "link": self.describe_link()}
 
 
 # -- CUDA ---------------------------------------------------------------------------------

@@ -8,7 +8,12 @@ PCIe 5 against an H100 step on 16k tokens is about 0.35.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import wraps
+from typing import Any
 
 DEFAULT_LINK_RATIO = 0.5
 DEFAULT_LATENCY_S = 5e-6
@@ -53,3 +58,104 @@ class LinkModel:
             "latency_us": self.latency_s * 1e6,
             "ratio": self.ratio,
         }
+
+
+class ComputeClock:
+    """The simulated device's time base: the job's compute, not wall time.
+
+    The link is fixed in bytes per second of the *all-resident* job's step time. When
+    copies progressed in wall time, everything else the process and the machine did
+    handed the copy engine free time: the prefetcher's own Python, a twin job stepped in
+    between (`prefetch run`), other jobs holding the cores (a slice lost to them is
+    wall time without compute). Hit rates moved with the machine's load. So copies
+    progress on this clock instead:
+
+        now = rate x (work spent computing) + wall time spent stalled
+
+    `work_ns` is CPU time (SimulatedDevice: the process's, less the copy-engine thread's),
+    so time the job spends descheduled is no compute. Off the clock entirely: work inside
+    `excluding` / `pause` (the store's entry points, the policy inside them: on a GPU that
+    host work overlaps device compute; a twin's steps; a wait for a real clone behind the
+    model). `rate` (wall seconds per CPU second of the all-resident step, set with the
+    link) keeps the clock in the link's units. A stall is on the clock at wall speed:
+    while a read waits the copy engine runs (`running()`), so a late read stalls the step
+    in wall time for exactly the copy time left. Rule: a copy submitted at clock time t
+    is done at max(t, end of the copy before it) + latency + nbytes / bandwidth on this
+    clock; a read finding it done is a hit, else it is late and waits. Training thread only.
+    """
+
+    def __init__(self, work_ns: Callable[[], int] = time.monotonic_ns, wall_ns: Callable[[], int] = time.monotonic_ns):
+        self._work = work_ns
+        self._wall = wall_ns
+        self.rate = 1.0
+        """Clock ns per ns of work (set_rate)."""
+        self._base_ns = 0.0  # clock value when work was at _mark
+        self._mark = work_ns()  # work reading the clock counts from (moved past excluded work)
+        self._depth = 0  # nesting of excluding(); > 0: the clock stands still
+        self._since = 0  # work reading the outermost excluding() began at
+        self._off_work_ns = 0  # work left off the clock so far
+
+    def work_ns(self) -> int:
+        """The work counter itself (CPU ns), for timing a step in the clock's units."""
+        return self._work()
+
+    def _work_now(self) -> int:
+        return self._since if self._depth else self._work()
+
+    def now_ns(self) -> int:
+        return int(self._base_ns + self.rate * (self._work_now() - self._mark))
+
+    def set_rate(self, rate: float) -> None:
+        """From now on one ns of work advances the clock `rate` ns (no jump at the change)."""
+        if not rate > 0:
+            raise ValueError(f"clock rate must be > 0, got {rate}")
+        self._base_ns += self.rate * (self._work_now() - self._mark)
+        self._mark = self._work_now()
+        self.rate = rate
+
+    @property
+    def off_clock_ns(self) -> int:
+        """Work left off the clock so far (bookkeeping, twin steps, clone lag), for reports."""
+        return self._off_work_ns + (self._work() - self._since if self._depth else 0)
+
+    def pause(self) -> None:
+        if self._depth == 0:
+            self._since = self._work()
+        self._depth += 1
+
+    def resume(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            off = self._work() - self._since
+            self._off_work_ns += off
+            self._mark += off
+
+    def excluding(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn` wrapped so that the time spent in it does not advance the clock."""
+
+        @wraps(fn)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            self.pause()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.resume()
+
+        return wrapped
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """A stall: inside, the clock advances by wall time (even within `excluding`)."""
+        depth = self._depth
+        if depth:
+            self._depth = 1
+            self.resume()
+        w0, k0 = self._wall(), self._work()
+        try:
+            yield
+        finally:
+            self._base_ns += self._wall() - w0
+            self._mark += self._work() - k0  # work done while waiting is not compute
+            if depth:
+                self.pause()
+                self._depth = depth

@@ -19,7 +19,7 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -33,6 +33,10 @@ from runtime.trace_identity import StepOrderHasher, key_hash
 from runtime.tracker import AccessTracker, TrackerConfig
 
 _WARMUP_LINK = LinkModel(bandwidth_bytes_per_s=1e12, latency_s=0.0)  # until step 0 is timed
+_BOOKKEEPING = ("new_tensor", "access", "pack", "unpack", "step_end",
+                "before_optimizer_step", "after_optimizer_step")
+"""The store's entry points: time in them is not compute time on the simulated device."""
+
 
 
 def parse_budget(budget: float | int | str) -> tuple[int | None, float]:
@@ -67,6 +71,9 @@ class PrefetchConfig:
     """Events per message to the daemon: fewer means fresher commands, more CPU per event."""
     baseline_step_time_s: float | None = None
     """Step time of the same job with everything resident, for `slowdown`."""
+    baseline_step_cpu_s: float | None = None
+    """CPU time (all threads) of that step: with baseline_step_time_s it fixes how much
+    wall time a CPU second of compute stands for on the simulated device's clock."""
     reference_tensors: list[dict[str, Any]] | None = None
     """A tensor table (from a trace) fixing tensor ids and the managed bytes up front."""
     timeline: bool = False
@@ -229,21 +236,28 @@ class Prefetcher:
         store.access, store.step_end = access, step_end  # type: ignore[method-assign]
 
     def _wrap_step_end(self) -> None:
+        if isinstance(self.device, SimulatedDevice):  # bookkeeping gives copies no time (ComputeClock)
+            for name in _BOOKKEEPING:
+                setattr(self.store, name, self.device.clock.excluding(getattr(self.store, name)))
         inner = self.store.step_end
+        work = self.device.clock.work_ns if isinstance(self.device, SimulatedDevice) else time.process_time_ns
+        self._step_cpu: list[float] = []
+        w_step = [work()]
 
         def step_end(step: int) -> None:
             now = time.perf_counter()
             self._step_times.append(now - self._t_step)
             self._t_step = now
+            w = work()
+            self._step_cpu.append((w - w_step[0]) / 1e9)
+            w_step[0] = w
             if self.cuda_monitor is not None:
                 self.cuda_monitor.before_step_end(step)
             inner(step)
             if self.cuda_monitor is not None:
                 self.cuda_monitor.after_step_end(step)
             if not self._link_fixed:  # the first step is timed: the link follows from it
-                managed = self.store.managed_bytes()
-                step_s = self.config.baseline_step_time_s or self._step_times[0]
-                self.device.set_link(LinkModel.from_ratio(self.config.link_ratio, managed_bytes=managed, step_compute_s=step_s))
+                self._fix_link()
                 self._link_fixed = True
 
         self.store.step_end = step_end  # type: ignore[method-assign]
@@ -254,6 +268,28 @@ class Prefetcher:
         the parameter itself (`with torch.no_grad(): p.clamp_()`, `load_state_dict`) and
         `p.data = t` need no call. See docs/usage.md."""
         self.store.params_written()
+
+    def outside_compute(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, whose time gives the simulated device's copies none (`prefetch run`'s
+        all-resident twin, stepped between this job's steps). Unchanged on CUDA."""
+        if isinstance(self.device, SimulatedDevice):
+            return self.device.clock.excluding(fn)
+        return fn
+
+    def _fix_link(self) -> None:
+        """The link from the link ratio: copying every managed byte once takes `link_ratio`
+        x the all-resident step time. The clock's rate turns the job's CPU time into that
+        step's wall time: wall / CPU time of the all-resident step when both are given,
+        else of this job's first step."""
+        cfg = self.config
+        wall = cfg.baseline_step_time_s or self._step_times[0]
+        if cfg.baseline_step_time_s and cfg.baseline_step_cpu_s:
+            rate = cfg.baseline_step_time_s / cfg.baseline_step_cpu_s
+        else:
+            rate = self._step_times[0] / max(self._step_cpu[0], 1e-9)
+        self.device.set_link(LinkModel.from_ratio(cfg.link_ratio, managed_bytes=self.store.managed_bytes(),
+                                                  step_compute_s=wall))
+        self.device.clock.set_rate(rate)
 
     # -- results -------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
@@ -268,7 +304,7 @@ class Prefetcher:
             "policy": self.config.policy,
             "policy_served_by": getattr(self.store.policy, "served_by", self.store.policy.name),
             "device": self.device.name,
-            "link": self.device.link.describe() if isinstance(self.device, SimulatedDevice) else None,
+            "link": self.device.describe_link() if isinstance(self.device, SimulatedDevice) else None,
             "managed_bytes": managed,
             "managed_kinds": [Kind(k).name.lower() for k in MANAGED_KINDS],
             "min_managed_bytes": MIN_MANAGED_BYTES,

@@ -51,7 +51,9 @@ def _run(policy, *, budget, bandwidth: float, pause_s: float = 0.0, steps: int =
             opt.zero_grad()
             model(torch.randn(8, 256, generator=g)).pow(2).mean().backward()
             opt.step()
-            time.sleep(pause_s)  # the user's loop between steps: time for copies to land
+            end = time.thread_time() + pause_s
+            while time.thread_time() < end:  # the user's loop computing between steps: time for copies to
+                pass  # land (CPU work: the simulated device's clock counts compute, not sleep)
     keys = pf.tracker.tensor_keys
     steps_seen, stalls = 0, []
     for what, _, _, tid in pf.store.timeline:
