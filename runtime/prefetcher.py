@@ -38,7 +38,6 @@ _BOOKKEEPING = ("new_tensor", "access", "pack", "unpack", "step_end",
 """The store's entry points: time in them is not compute time on the simulated device."""
 
 
-
 def parse_budget(budget: float | int | str) -> tuple[int | None, float]:
     """(absolute bytes or None, fraction) from 0.4, '40%', 2_000_000, '2GiB', '512MB'.
     The one parser is prefetch.budget's (the simulator's too)."""
@@ -67,6 +66,8 @@ class PrefetchConfig:
     """auto (CUDA when the model is on a GPU, else simulated), cuda[:N], or simulated."""
     daemon: str | None = None
     """Endpoint of a running daemon for learned policies (default: start one locally)."""
+    daemon_keys: str | None = None
+    """CURVE keys for a remote `daemon` (server.key + client.key_secret; else $PREFETCH_DAEMON_KEYS)."""
     daemon_batch_events: int = 2
     """Events per message to the daemon: fewer means fresher commands, more CPU per event."""
     baseline_step_time_s: float | None = None
@@ -184,7 +185,7 @@ class Prefetcher:
 
             pol = DaemonPolicy(spec, architecture=self.tracker.architecture, endpoint=self.config.daemon,
                                lookahead=self.config.lookahead, tensors_fn=self._tensor_info,
-                               batch_events=self.config.daemon_batch_events)
+                               batch_events=self.config.daemon_batch_events, curve_keys=self.config.daemon_keys)
             self.policy_note = pol.note
             return pol
         return make_policy(spec, lookahead=self.config.lookahead)
@@ -335,14 +336,25 @@ class Prefetcher:
             "slowdown": (step_time / base) if (step_time and base) else None,
             "warmup": (self.store.warmup_stats.as_dict() if self.store.warmup_stats else None),
         }
-        if self.config.policy.startswith("learned:"):
-            d.update(self.provenance().as_dict())
         d.update(self.identity)
         d.update(cuda)
+        if self.config.policy.startswith("learned:"):
+            d.update(self.provenance().as_dict())
         note = getattr(self.store.policy, "note", None) or self.policy_note
         if note:
             d["policy_note"] = note
         return d
+
+    def compare_state(self, reference: Any, *, losses: Any = None, reference_losses: Any = None) -> dict[str, Any]:
+        """Compare the model and optimizer now, bit for bit, with `reference` (a
+        `runtime.state_compare.snapshot` of the same job all resident); `report()` carries
+        `params_identical`, `optimizer_state_identical`, `state_mismatches` (and
+        `losses_identical` with both loss lists) from then on. Call it after the `with` block."""
+        from runtime.state_compare import identity_report, snapshot
+
+        self.identity = identity_report(reference, snapshot(self.model, self.optimizer), losses=losses,
+                                        reference_losses=reference_losses)
+        return self.identity
 
     def provenance(self) -> Any:
         """Whether the learned model was trained on this run (a predictor.provenance
@@ -355,17 +367,6 @@ class Prefetcher:
         prov = assess_model_dir(self.config.policy.partition(":")[2], self.tracker.architecture, run)
         warn_if_in_sample(prov, f"learned policy on {self.config.workload or type(self.model).__name__}")
         return prov
-
-    def compare_state(self, reference: Any, *, losses: Any = None, reference_losses: Any = None) -> dict[str, Any]:
-        """Compare the model and optimizer now, bit for bit, with `reference` (a
-        `runtime.state_compare.snapshot` of the same job all resident); `report()` carries
-        `params_identical`, `optimizer_state_identical`, `state_mismatches` (and
-        `losses_identical` with both loss lists) from then on. Call it after the `with` block."""
-        from runtime.state_compare import identity_report, snapshot
-
-        self.identity = identity_report(reference, snapshot(self.model, self.optimizer), losses=losses,
-                                        reference_losses=reference_losses)
-        return self.identity
 
     def chrome_trace(self) -> dict[str, Any]:
         """The run as Chrome trace-event JSON (open in Perfetto or chrome://tracing): a
