@@ -6,6 +6,7 @@ trace. Tiny GPT-2 built from a config (no downloads), CPU, simulated device.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -17,12 +18,31 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _hide_repo_datasets_folder() -> None:
+    """Under pytest the repository root is on sys.path (pyproject's `pythonpath`), so its
+    `datasets/` folder of sample traces is importable as a namespace package named
+    `datasets`; transformers takes that for Hugging Face `datasets` (`find_spec` finds
+    it) and the Trainer crashes on `datasets.Dataset`. Hide it (only it: a real install
+    is left alone) so `is_datasets_available()` says False, as it does outside pytest."""
+    spec = importlib.util.find_spec("datasets")
+    if spec is None or spec.origin not in (None, "namespace"):
+        return  # not there, or the real package
+    if all(Path(p).resolve().is_relative_to(ROOT) for p in spec.submodule_search_locations or ()):
+        sys.modules["datasets"] = None  # type: ignore[assignment]  # find_spec -> None, import -> ImportError
+        from transformers.utils import import_utils
+
+        import_utils.is_datasets_available.cache_clear()
+
+
+_hide_repo_datasets_folder()
 
 from runtime import state_compare  # noqa: E402
 from runtime.hf import PrefetchCallback, RecordCallback, torch_optimizer  # noqa: E402
 from runtime.trace_format import load_trace  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 V, T, N = 256, 32, 24  # vocab, sequence length, examples; hidden states (4, 32, 128) fp32 = 64 KiB: managed
 LOGGED = ("loss", "grad_norm", "eval_loss")
 
