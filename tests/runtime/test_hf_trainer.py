@@ -178,6 +178,16 @@ def test_load_best_model_at_end_identical(tmp_path):
     _check_report(cb, 4)
 
 
+@pytest.mark.parametrize("feature", [dict(gradient_checkpointing=True), dict(bf16=True)], ids=["grad-ckpt", "bf16"])
+def test_recompute_and_autocast_identical(tmp_path, feature):
+    """Gradient checkpointing (the forward recomputed inside backward: saved tensors
+    packed twice) and bf16 autocast (CPU) under prefetching equal the resident run."""
+    ref = _train(tmp_path / "a", **feature)
+    cb = _prefetched()
+    _assert_identical(ref, _train(tmp_path / "b", cb, **feature))
+    _check_report(cb, 4)
+
+
 def test_one_callback_two_train_calls(tmp_path):
     """The same callback instance serves a second train() with a fresh prefetcher and report."""
     cb = _prefetched()
