@@ -204,7 +204,7 @@ def damage_artifacts(models: Path, trials: int, seed_value: int) -> dict[str, An
             folders.append(damaged_copy(src, work / f"{name}-{i}", name, data))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-c", LOADER, *map(str, folders)], cwd=ROOT, capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", LOADER, *map(str, folders)], cwd=ROOT, capture_output=True, errors="replace",
                               text=True, timeout=1200)
     finally:
         shutil.rmtree(work, ignore_errors=True)
