@@ -73,7 +73,7 @@ def rss_bytes(pid: int) -> int | None:
 def train_models(root: Path) -> Path:
     """A learned predictor for the fault suite's job (tests/faults/conftest.py)."""
     import runtime
-    from conftest import make_job
+    from fault_job import make_job
     from predictor.train import TrainConfig, train
 
     model, opt, step = make_job(1)

@@ -56,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
 def _record_script(command: list[str], args: argparse.Namespace) -> int:
     from runtime.trace_writer import check_output_dir
 
+    check_output_dir(args.out)
     from prefetch.script_run import parse_command
 
     cmd = parse_command(command, "record")  # python SCRIPT|-m MODULE, or torchrun ... SCRIPT (a trace per rank)
-    check_output_dir(args.out)  # after the command is checked: a refused command leaves no folder behind
     # The launcher runs under this interpreter (which has this package), with the
     # script's own arguments untouched.
     opts = ["--out", str(args.out)]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import runtime
-from conftest import make_job
+from fault_job import make_job
 from prefetch.daemon import start_local_daemon
 from runtime.link import LinkModel
 
