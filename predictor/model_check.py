@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,11 +49,17 @@ _HEADER_REQUIRED = ("version", "num_class", "num_tree_per_iteration", "max_featu
 _verified: set[str] = set()  # sha256 of model texts that passed the probe in this process
 
 
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
 def check_model_text(text: str, num_features: int | None = None) -> str | None:
     """None when `text` is a model LightGBM loads and predicts with safely, else a one-line
     description of the first problem found (no path: the caller names the file)."""
     if not text.isascii():
         return "not ASCII text (LightGBM writes ASCII)"
+    bad = _CONTROL.search(text)
+    if bad:  # a NUL ends LightGBM's C string early and its tree_sizes offsets then read past it
+        return f"control character {bad.group()!r} at offset {bad.start()} (LightGBM writes none)"
     lines = text.split("\n")
     if not lines or lines[0].strip() != "tree":
         return "does not start with LightGBM's 'tree' line"

@@ -134,6 +134,23 @@ def test_parser_accepts_single_leaf_trees():
     assert "leaf_value has 2 values" in check_model_text(two_values, len(FEATURES))
 
 
+def test_parser_refuses_control_characters():
+    """A NUL (or other control byte) in model.txt is refused: LightGBM's C parser stops at a NUL and then
+    follows tree_sizes past the end of the string into heap memory (undefined behaviour a probe can miss)."""
+    import lightgbm as lgb
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    x = rng.random((200, len(FEATURES)))
+    booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(x, (x[:, 0] > 0.5).astype(float)),
+                        num_boost_round=3)
+    text = booster.model_to_string()
+    assert check_model_text(text, len(FEATURES)) is None
+    for bad in ("\x00", "\x1b", "\r"):
+        cut = text.replace("Tree=1", "Tree=" + bad + "1", 1)
+        assert "control character" in check_model_text(cut, len(FEATURES)), repr(bad)
+
+
 def test_probe_survives_what_kills_lightgbm(model_dir, moe_train, tmp_path, monkeypatch):
     """The child-process probe reports a LightGBM crash as a problem; a good model passes and is cached."""
     import predictor.model_check
