@@ -481,6 +481,13 @@ def build_table(
     uniq, first_i, count = np.unique(pk, return_index=True, return_counts=True)
     median_off = po[first_i + (count - 1) // 2].astype(np.float64)
     ctx_codes, ctx_n = np.unique(np.concatenate(ctx_all), return_counts=True)
+    return rank_candidates(uniq, count, median_off, ctx_codes, ctx_n, V, lookahead, max_candidates)
+
+
+def rank_candidates(uniq: np.ndarray, count: np.ndarray, median_off: np.ndarray, ctx_codes: np.ndarray,
+                    ctx_n: np.ndarray, V: int, lookahead: int, max_candidates: int) -> CandidateTable:
+    """The table from per-pair statistics (pair code ctx * V + cand, its count and median
+    distance; each context's count): shared by local and Dask training, so both rank alike."""
     u_ctx, u_cand = uniq // V, uniq % V
     n_of = ctx_n[np.searchsorted(ctx_codes, u_ctx)]
     # rank by frequency (then nearness) within each context; keep the first max_candidates

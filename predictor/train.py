@@ -125,6 +125,18 @@ def fit_booster(X: np.ndarray, y: np.ndarray, params: dict[str, Any], num_trees:
     return lgb.train(params, dataset, num_boost_round=num_trees, callbacks=list(callbacks))
 
 
+def out_of_fold_stats(ex, seq, sc, fold_tables, second_half_steps, keyinfo) -> None:
+    """Candidate statistics (p, rank, log_n) of each row from the table of the other fold,
+    so the model never sees a statistic computed from its own row (local and Dask training)."""
+    fold = np.isin(seq.step[ex.t], np.asarray(second_half_steps, dtype=np.int64)).astype(np.int64)
+    for f in (0, 1):
+        m = fold == f
+        p, rank, n = fold_tables[f].stats(sc.ctx[ex.t[m]], ex.cand[m], keyinfo.size)
+        ex.X[m, FEATURES.index("p")] = p
+        ex.X[m, FEATURES.index("rank")] = rank
+        ex.X[m, FEATURES.index("log_n")] = np.log2(1.0 + n)
+
+
 def train_architecture(traces: Sequence[Trace], config: TrainConfig, *, progress: bool = True) -> Artifact:
     """Train the predictor for one architecture from its traces (in memory)."""
     from predictor.evaluate import HELD_OUT_STEPS, evaluate_trace, trace_fingerprint
@@ -170,13 +182,7 @@ def train_architecture(traces: Sequence[Trace], config: TrainConfig, *, progress
         ex = pair_features(seq, sc, table, keyinfo, static, positions=pos)
         y = pair_labels(seq, ex.t, ex.cand, config.lookahead)
         if fold_tables is not None:
-            fold = np.isin(seq.step[ex.t], np.asarray(parts[1], dtype=np.int64)).astype(np.int64)
-            for f in (0, 1):
-                m = fold == f
-                p, rank, n = fold_tables[f].stats(sc.ctx[ex.t[m]], ex.cand[m], keyinfo.size)
-                ex.X[m, FEATURES.index("p")] = p
-                ex.X[m, FEATURES.index("rank")] = rank
-                ex.X[m, FEATURES.index("log_n")] = np.log2(1.0 + n)
+            out_of_fold_stats(ex, seq, sc, fold_tables, parts[1], keyinfo)
         Xs.append(ex.X)
         ys.append(y)
     X = np.concatenate(Xs) if Xs else np.zeros((0, len(FEATURES)), np.float32)

@@ -57,11 +57,12 @@ from predictor.features import (
     SeqContext,
     pair_features,
     pair_labels,
+    rank_candidates,
     read_sequence,
     sequence_context,
     static_columns,
 )
-from predictor.train import TrainConfig, _weighted, lgb_params, split_steps
+from predictor.train import TrainConfig, _weighted, lgb_params, out_of_fold_stats, split_steps
 from runtime.trace_format import Trace, TraceError
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -250,32 +251,7 @@ class TableCounts:
         base = np.concatenate([[0], cum[:-1]])[first_i]
         count = np.append(base[1:], cum[-1]) - base
         median_off = self.off[np.searchsorted(cum, base + (count - 1) // 2, side="right")].astype(np.float64)
-        ctx_codes, ctx_n = self.ctx, self.ctx_n
-        # from here on, build_table's ranking and ordering, line for line
-        u_ctx, u_cand = uniq // V, uniq % V
-        n_of = ctx_n[np.searchsorted(ctx_codes, u_ctx)]
-        order = np.lexsort((median_off, -count, u_ctx))
-        u_ctx, u_cand, count, median_off, n_of = u_ctx[order], u_cand[order], count[order], median_off[order], n_of[order]
-        first = np.ones(len(u_ctx), dtype=bool)
-        first[1:] = u_ctx[1:] != u_ctx[:-1]
-        group_start = np.maximum.accumulate(np.where(first, np.arange(len(u_ctx)), 0))
-        rank = np.arange(len(u_ctx)) - group_start
-        keep = rank < max_candidates
-        u_ctx, u_cand, count, median_off, n_of, rank = (a[keep] for a in (u_ctx, u_cand, count, median_off, n_of, rank))
-        order = np.lexsort((u_cand, median_off, u_ctx))
-        u_ctx, u_cand, count, median_off, n_of, rank = (a[order] for a in (u_ctx, u_cand, count, median_off, n_of, rank))
-        ctx, start = np.unique(u_ctx, return_index=True)
-        return CandidateTable(
-            lookahead=self.lookahead,
-            max_candidates=max_candidates,
-            ctx=ctx.astype(np.int64),
-            start=np.append(start, len(u_ctx)).astype(np.int64),
-            n=ctx_n[np.searchsorted(ctx_codes, ctx)].astype(np.int64),
-            cand=u_cand.astype(np.int64),
-            p=(count / n_of).astype(np.float32),
-            off=median_off.astype(np.float32),
-            rank=rank.astype(np.int16),
-        )
+        return rank_candidates(uniq, count, median_off, self.ctx, self.ctx_n, V, self.lookahead, max_candidates)
 
 
 # --- tasks (run on the workers; module-level so Dask ships them by reference) ----------------
@@ -388,13 +364,7 @@ def _rows(trace: Trace, keyinfo: KeyInfo, table: CandidateTable, fold_tables: li
     ex = pair_features(seq, sc, table, keyinfo, static_columns(table, keyinfo), positions=pos)
     y = pair_labels(seq, ex.t, ex.cand, config.lookahead)
     if fold_tables is not None:
-        fold = np.isin(seq.step[ex.t], np.asarray(halves[1], dtype=np.int64)).astype(np.int64)
-        for f in (0, 1):
-            m = fold == f
-            p, rank, n = fold_tables[f].stats(sc.ctx[ex.t[m]], ex.cand[m], keyinfo.size)
-            ex.X[m, FEATURES.index("p")] = p
-            ex.X[m, FEATURES.index("rank")] = rank
-            ex.X[m, FEATURES.index("log_n")] = np.log2(1.0 + n)
+        out_of_fold_stats(ex, seq, sc, fold_tables, halves[1], keyinfo)
     for name in config.drop_features:
         ex.X[:, FEATURES.index(name)] = 0
     return ex.X, y

@@ -18,7 +18,8 @@ import runpy
 import signal
 import sys
 import traceback
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
@@ -27,6 +28,46 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from runtime.recorder import Recorder
 
 EXIT_SCRIPT_FAILED = 3
+
+
+def script_target(target: list[str], parser: argparse.ArgumentParser, verb: str) -> tuple[Callable[[], Any], str, str] | None:
+    """(run, what, name) for `script.py ARGS` or `-m module ARGS`, with sys.argv and sys.path
+    set as `python` would set them; None, after a one-line error, when the script is missing."""
+    if not target:
+        parser.error("nothing to run: give a script or -m module after --")
+    if target[0] == "-m":
+        if len(target) < 2:
+            parser.error("-m needs a module name")
+        sys.argv = [target[1], *target[2:]]
+        return (lambda: runpy.run_module(target[1], run_name="__main__", alter_sys=True),
+                f"module {target[1]}", target[1].rpartition(".")[2])
+    script = target[0]
+    if not os.path.isfile(script):
+        print(f"{verb}: error: script {script} not found", file=sys.stderr)
+        return None
+    sys.argv = list(target)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    return lambda: runpy.run_path(script, run_name="__main__"), f"script {script}", Path(script).stem
+
+
+def run_script(run: Callable[[], Any], passthrough: tuple[type[BaseException], ...] = ()) -> tuple[int, str | None]:
+    """Run the script: (exit code, what went wrong or None). Its own exit code passes through;
+    an interrupt (SIGINT, SIGTERM) is 130, an exception EXIT_SCRIPT_FAILED with its traceback
+    printed; `passthrough` exceptions propagate."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        run()
+    except passthrough:
+        raise
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code, (f"exited with code {code}" if code else None)
+    except KeyboardInterrupt as exc:
+        return 130, f"interrupted ({exc})"
+    except BaseException as exc:  # noqa: BLE001 - the script's own failure, reported by the caller
+        traceback.print_exc()
+        return EXIT_SCRIPT_FAILED, f"raised {type(exc).__name__}: {exc}"
+    return 0, None
 
 
 class GlobalRecorder:
@@ -101,40 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out.strip():  # Path("") is the current folder: never a silent default
         print("prefetch record: error: --out must name a folder, got an empty string", file=sys.stderr)
         return 2
-    if not target:
-        parser.error("nothing to run: give a script or -m module after --")
-    if target[0] == "-m":
-        if len(target) < 2:
-            parser.error("-m needs a module name")
-        run = lambda: runpy.run_module(target[1], run_name="__main__", alter_sys=True)  # noqa: E731
-        sys.argv = [target[1], *target[2:]]
-        what = f"module {target[1]}"
-    else:
-        script = target[0]
-        if not os.path.isfile(script):
-            print(f"prefetch record: error: script {script} not found", file=sys.stderr)
-            return 2
-        sys.argv = list(target)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-        run = lambda: runpy.run_path(script, run_name="__main__")  # noqa: E731
-        what = f"script {script}"
-    signal.signal(signal.SIGTERM, _terminate)
+    found = script_target(target, parser, "prefetch record")
+    if found is None:
+        return 2
+    run, what, _ = found
     from runtime.recorder import _rank
 
     rec = GlobalRecorder(args.out, args.name, progress=not args.no_progress and _rank() == 0)  # one bar per job
-    code = 0
-    error: str | None = None
     try:
-        run()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if code:
-            error = f"exited with code {code}"
-    except KeyboardInterrupt as exc:
-        code, error = 130, f"interrupted ({exc})"
-    except BaseException as exc:  # noqa: BLE001 - the script's own failure, reported below
-        traceback.print_exc()
-        code, error = EXIT_SCRIPT_FAILED, f"raised {type(exc).__name__}: {exc}"
+        code, error = run_script(run)
     finally:
         rec.close(**({"error": error} if error else {}))
     if rec.recorder is None:

@@ -22,12 +22,9 @@ import argparse
 import hashlib
 import json
 import os
-import runpy
-import signal
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +32,7 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from runtime.launch import EXIT_SCRIPT_FAILED
+from runtime.launch import run_script, script_target
 
 EXIT_REFUSED = 2
 DAEMON_ENV = "PREFETCH_DAEMON_ENDPOINT"
@@ -302,10 +299,6 @@ class GlobalPrefetcher:
         return d
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def build_config(args: argparse.Namespace) -> Any:
     from runtime.prefetcher import PrefetchConfig
 
@@ -340,39 +333,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"prefetch run: error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    if target[0] == "-m":
-        if len(target) < 2:
-            parser.error("-m needs a module name")
-        run = lambda: runpy.run_module(target[1], run_name="__main__", alter_sys=True)  # noqa: E731
-        sys.argv = [target[1], *target[2:]]
-        what, name = f"module {target[1]}", target[1].rpartition(".")[2]
-    else:
-        script = target[0]
-        if not os.path.isfile(script):
-            print(f"prefetch run: error: script {script} not found", file=sys.stderr)
-            return EXIT_REFUSED
-        sys.argv = list(target)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-        run = lambda: runpy.run_path(script, run_name="__main__")  # noqa: E731
-        what, name = f"script {script}", Path(script).stem
+    found = script_target(target, parser, "prefetch run")
+    if found is None:
+        return EXIT_REFUSED
+    run, what, name = found
     name = args.name or name
-    signal.signal(signal.SIGTERM, _terminate)
     losses = LossLog() if args.state_out is not None else None
     gp = GlobalPrefetcher(config, resident=args.resident)
     code, error, refused = 0, None, None
     try:
-        run()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if code:
-            error = f"exited with code {code}"
+        code, error = run_script(run, passthrough=(Refused,))
     except Refused as exc:
         code, refused = EXIT_REFUSED, str(exc)
-    except KeyboardInterrupt as exc:
-        code, error = 130, f"interrupted ({exc})"
-    except BaseException as exc:  # noqa: BLE001 - the script's own failure, reported below
-        traceback.print_exc()
-        code, error = EXIT_SCRIPT_FAILED, f"raised {type(exc).__name__}: {exc}"
     finally:
         if losses is not None:
             losses.close()
