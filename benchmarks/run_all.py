@@ -22,6 +22,10 @@ device, and a table per benchmark with the exact command that produced it:
   live                `prefetch run --workload W --policy P --seed S` for each unseen seed S:
                       hit rate, late, misses, stall, slowdown vs all resident, bit-identity;
                       median over the seeds with min-max, per workload x policy
+  oracle_search       benchmarks/oracle_search.py: random dynamic traces where a policy might beat the oracle
+  daemon_flood        benchmarks/daemon_flood.py: another client's round trip while one client floods
+  daemon_ranks        benchmarks/daemon_ranks.py: one daemon serving 1, 2 and 4 local ranks
+  fault_suite         benchmarks/fault_suite.py: fuzzed wire messages, damaged files, daemon faults
   cuda                where torch.cuda.is_available(): `prefetch run --device cuda` for gpt2 with
                       replay and learned (step time and peak device memory vs all resident)
 
@@ -54,7 +58,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("record_overhead", "predictor_latency", "simulate_speed", "daemon_latency", "offline_eval", "live",
-              "cuda")
+              "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite", "cuda")
 EVAL_SEEDS = (2, 3, 4)
 """Seeds of the live and offline evaluation runs: never recorded for training (samples are seeds 0, 1)."""
 DEFAULT_OUT = Path("out/benchmarks")
@@ -283,6 +287,14 @@ def plan_cuda(p: Plan) -> list[Command]:
     return cmds
 
 
+def _script(name: str, *args: str) -> Callable[[Plan], list[Command]]:
+    """A benchmark whose own printed tables are its section (its stdout, kept in its log)."""
+    def plan(p: Plan) -> list[Command]:
+        j = p.path(f"{name}.json")
+        return [Command([p.py, f"benchmarks/{name}.py", *args, "--json", str(j)], j)]
+    return plan
+
+
 PLANS: dict[str, Callable[[Plan], list[Command]]] = {
     "record_overhead": plan_record_overhead,
     "predictor_latency": plan_predictor_latency,
@@ -290,6 +302,10 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
     "daemon_latency": plan_daemon_latency,
     "offline_eval": plan_offline_eval,
     "live": plan_live,
+    "oracle_search": _script("oracle_search", "--cases", "4000"),
+    "daemon_flood": _script("daemon_flood", "--seconds", "4"),
+    "daemon_ranks": _script("daemon_ranks"),
+    "fault_suite": _script("fault_suite"),
     "cuda": plan_cuda,
 }
 
@@ -504,8 +520,23 @@ TITLES = {
     "daemon_latency": "Daemon round trip and throughput",
     "offline_eval": "Offline evaluation on unseen seeds",
     "live": "Live hit rate and slowdown",
+    "oracle_search": "How good a bound the oracle is",
+    "daemon_flood": "Daemon under a flooding client",
+    "daemon_ranks": "One daemon, several local ranks",
+    "fault_suite": "Fault suite",
     "cuda": "CUDA",
 }
+
+
+def md_printed(s: Section) -> list[str]:
+    """The script's own printed output (from its log), as it printed it."""
+    out = []
+    for c in s.commands:
+        if c.log and Path(c.log).exists():
+            text = [ln for ln in Path(c.log).read_text(errors="replace").splitlines()
+                    if not ln.startswith(("[LightGBM]", "Warning"))]
+            out += ["```", *text[-60:], "```"]
+    return out
 
 
 def section_markdown(s: Section, out_dir: Path) -> list[str]:
@@ -522,7 +553,8 @@ def section_markdown(s: Section, out_dir: Path) -> list[str]:
     try:
         body = {"record_overhead": md_record_overhead, "predictor_latency": md_predictor_latency,
                 "simulate_speed": md_simulate_speed, "daemon_latency": md_daemon_latency,
-                "offline_eval": md_offline_eval, "cuda": md_cuda}.get(s.name)
+                "offline_eval": md_offline_eval, "cuda": md_cuda, "oracle_search": md_printed,
+                "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed}.get(s.name)
         content = md_live(s, out_dir) if s.name == "live" else body(s) if body else []
     except Exception as exc:  # noqa: BLE001 - a changed JSON layout must not lose the other sections
         content = [f"(could not tabulate {s.name}'s JSON: {type(exc).__name__}: {exc})"]
