@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import lightgbm as lgb
 import numpy as np
@@ -253,28 +253,43 @@ def train_architecture(traces: Sequence[Trace], config: TrainConfig, *, progress
     held = [(t, ho) for t, (_, ho) in zip(traces, splits) if ho]
     metrics: dict[str, Any] = {"scope": HELD_OUT_STEPS, "lookahead": config.lookahead}
     if held:
-        best = None
-        for thr in sorted(config.thresholds, reverse=True):
-            results = [
-                evaluate_trace(t, {"learned": LearnedPolicy(artifact, config.lookahead, threshold=thr)},
-                               scope=HELD_OUT_STEPS, steps=ho, lookahead=config.lookahead)  # fmt: skip
-                for t, ho in held
-            ]
-            recall = _weighted(results, "learned", "recall")
-            metrics.setdefault("threshold_search", {})[str(thr)] = recall
-            if best is None or recall > best[0] + 1e-9:
-                best = (recall, thr, results)
-        artifact.threshold = best[1]
         policies = {"replay": make_policy("replay", lookahead=config.lookahead),
                     "markov": make_policy("markov", lookahead=config.lookahead)}  # fmt: skip
+        learned = pick_threshold(artifact, config.thresholds, metrics, lambda thr: [
+            evaluate_trace(t, {"learned": LearnedPolicy(artifact, config.lookahead, threshold=thr)},
+                           scope=HELD_OUT_STEPS, steps=ho, lookahead=config.lookahead)  # fmt: skip
+            for t, ho in held])
         base = [evaluate_trace(t, policies, scope=HELD_OUT_STEPS, steps=ho, lookahead=config.lookahead) for t, ho in held]
-        for name, results in (("learned", best[2]), ("replay", base), ("markov", base)):
-            metrics[name] = {m: _weighted(results, name, m) for m in ("top1", "topk", "recall", "coverage")}
+        held_out_metrics(metrics, learned, base)
+    finish_meta(artifact, meta, metrics, fit_s, t0)
+    return artifact
+
+
+def pick_threshold(artifact: Artifact, thresholds: Sequence[float], metrics: dict[str, Any],
+                   learned_at: Callable[[float], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Set the threshold with the best held-out recall (the highest on a tie), record the
+    search in `metrics`, and return the learned results at it (local and Dask training)."""
+    best = None
+    for thr in sorted(thresholds, reverse=True):
+        results = learned_at(thr)
+        recall = _weighted(results, "learned", "recall")
+        metrics.setdefault("threshold_search", {})[str(thr)] = recall
+        if best is None or recall > best[0] + 1e-9:
+            best = (recall, thr, results)
+    artifact.threshold = best[1]
+    return best[2]
+
+
+def held_out_metrics(metrics: dict[str, Any], learned: list[dict[str, Any]], base: list[dict[str, Any]]) -> None:
+    for name, results in (("learned", learned), ("replay", base), ("markov", base)):
+        metrics[name] = {m: _weighted(results, name, m) for m in ("top1", "topk", "recall", "coverage")}
+
+
+def finish_meta(artifact: Artifact, meta: dict[str, Any], metrics: dict[str, Any], fit_s: float, t0: float) -> None:
     metrics["threshold"] = artifact.threshold
     meta["metrics"] = metrics
     meta["training"]["fit_seconds"] = round(fit_s, 3)
     meta["training"]["seconds"] = round(time.perf_counter() - t0, 3)
-    return artifact
 
 
 def _weighted(results: list[dict[str, Any]], name: str, metric: str) -> float:

@@ -62,7 +62,8 @@ from predictor.features import (
     sequence_context,
     static_columns,
 )
-from predictor.train import TrainConfig, _weighted, lgb_params, out_of_fold_stats, split_steps
+from predictor.train import (TrainConfig, finish_meta, held_out_metrics, lgb_params, out_of_fold_stats, pick_threshold,
+                             split_steps)
 from runtime.trace_format import Trace, TraceError
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
@@ -561,21 +562,9 @@ def _train_group(client, arch: str, traces: list, infos: list[dict[str, Any]], c
         af = client.scatter(artifact, broadcast=True)
         scores = client.gather([client.submit(_evaluate, t, af, list(config.thresholds), ho, D, pure=False)
                                 for t, ho in held])  # fmt: skip
-        best = None
-        for thr in sorted(config.thresholds, reverse=True):
-            results = [s["learned"][thr] for s in scores]
-            recall = _weighted(results, "learned", "recall")
-            metrics.setdefault("threshold_search", {})[str(thr)] = recall
-            if best is None or recall > best[0] + 1e-9:
-                best = (recall, thr, results)
-        artifact.threshold = best[1]
-        base = [s["base"] for s in scores]
-        for name, results in (("learned", best[2]), ("replay", base), ("markov", base)):
-            metrics[name] = {m: _weighted(results, name, m) for m in ("top1", "topk", "recall", "coverage")}
-    metrics["threshold"] = artifact.threshold
-    meta["metrics"] = metrics
-    meta["training"]["fit_seconds"] = round(fit_s, 3)
-    meta["training"]["seconds"] = round(time.perf_counter() - t0, 3)
+        learned = pick_threshold(artifact, config.thresholds, metrics, lambda thr: [s["learned"][thr] for s in scores])
+        held_out_metrics(metrics, learned, [s["base"] for s in scores])
+    finish_meta(artifact, meta, metrics, fit_s, t0)
     return artifact
 
 
