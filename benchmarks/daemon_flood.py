@@ -26,7 +26,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # o
 
 import argparse  # noqa: E402
 import multiprocessing as mp  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -39,32 +38,13 @@ import zmq  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info, markdown_table, write_json  # noqa: E402
+from benchmarks.daemon_latency import free_tcp_endpoint, load_events  # noqa: E402
 from predictor.interface import TensorInfo  # noqa: E402
 from prefetch import wire  # noqa: E402
 from prefetch.daemon import ping  # noqa: E402
-from runtime.trace_format import load_traces  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRACE = ROOT / "datasets" / "samples" / "gpt2" / "train"
-
-
-def free_tcp_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-def load_events(path: Path, repeat_to: int) -> tuple[np.ndarray, TensorInfo, str]:
-    """The trace's events as EVENT_DTYPE, repeated (steps renumbered) to >= repeat_to rows."""
-    trace = load_traces([path])[0]
-    one = np.zeros(trace.num_events, dtype=wire.EVENT_DTYPE)
-    for name in wire.EVENT_FIELDS:
-        one[name] = trace.column(name)
-    steps = int(one["step"].max()) + 1
-    reps = max(1, -(-repeat_to // len(one)))
-    out = np.concatenate([one] * reps)
-    out["step"] += np.repeat(np.arange(reps, dtype=np.int32) * steps, len(one))
-    return out, TensorInfo.from_table(trace.tensors), trace.architecture
 
 
 def big_table(n: int) -> TensorInfo:
