@@ -170,6 +170,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             report = pf.report()
             measured = slice(warmup_steps, None)
             report.update(
+                overhead=pf.overhead(statistics.median(t_pf[measured]), statistics.median(t_twin[measured])).as_dict(),
                 step_time_s=statistics.median(t_pf[measured]),
                 baseline_step_time_s=statistics.median(t_twin[measured]),
                 slowdown=statistics.median([p / b for p, b in zip(t_pf[measured], t_twin[measured])]),

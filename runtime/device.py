@@ -31,6 +31,7 @@ from typing import Callable, Protocol
 import torch
 
 from runtime.link import ComputeClock, LinkModel
+from runtime.overhead import clock_read_cost_ns
 
 _SPIN_BELOW_NS = 200_000  # time.sleep overshoots by ~60 µs here; spin for short waits
 
@@ -120,7 +121,10 @@ class SimulatedDevice:
         self._thread = threading.Thread(target=self._engine, name="prefetch-copy-engine", daemon=True)
         self._thread.start()
         self.clock = clock or ComputeClock(_work_clock(self._thread))
+        self.clock_read_ns = clock_read_cost_ns(self.clock._work)
+        """What one read of the clock's work counter costs here (emulation overhead, runtime.overhead)."""
         self._closed = False
+        self._engine_cpu_final = 0
         self.timeline: list[tuple[int, int, int, str]] | None = None
         """When a list: (start_ns, end_ns, nbytes, direction) of every copy, for timelines
         (monotonic ns, placed as if no bookkeeping followed the submit)."""
@@ -186,8 +190,16 @@ class SimulatedDevice:
             c.src = None  # type: ignore[assignment]
             c.copied.set()
 
+    def engine_cpu_ns(self) -> int:
+        """CPU time of the copy-engine thread so far (its real clones), 0 where unreadable."""
+        try:
+            return time.clock_gettime_ns(time.pthread_getcpuclockid(self._thread.ident))  # type: ignore[arg-type]
+        except (AttributeError, OSError, TypeError):
+            return self._engine_cpu_final
+
     def close(self) -> None:
         if not self._closed:
+            self._engine_cpu_final = self.engine_cpu_ns()
             self._closed = True
             self._jobs.put(None)
             self._thread.join(timeout=5)

@@ -73,10 +73,11 @@ class ComputeClock:
         now = rate x (work spent computing) + wall time spent stalled
 
     `work_ns` is CPU time (SimulatedDevice: the process's, less the copy-engine thread's),
-    so time the job spends descheduled is no compute. Off the clock entirely: work inside
-    `excluding` / `pause` (the store's entry points, the policy inside them: on a GPU that
-    host work overlaps device compute; a twin's steps; a wait for a real clone behind the
-    model). `rate` (wall seconds per CPU second of the all-resident step, set with the
+    so time the job spends descheduled is no compute. Off the clock entirely: the
+    prefetcher's hooks (`hot_enter`/`hot_leave`, timed in wall time: the tracker, the
+    store and the policy inside them; on a GPU that host work overlaps device compute),
+    and work inside `excluding` / `pause` (a twin's steps; a wait for a real clone behind
+    the model), timed exactly in CPU time. `rate` (wall seconds per CPU second of the all-resident step, set with the
     link) keeps the clock in the link's units. A stall is on the clock at wall speed:
     while a read waits the copy engine runs (`running()`), so a late read stalls the step
     in wall time for exactly the copy time left. Rule: a copy submitted at clock time t
@@ -94,16 +95,34 @@ class ComputeClock:
         self._depth = 0  # nesting of excluding(); > 0: the clock stands still
         self._since = 0  # work reading the outermost excluding() began at
         self._off_work_ns = 0  # work left off the clock so far
+        self._hot = 0  # nesting of hot_enter(); > 0: in the prefetcher's hooks, off the clock
+        self._hot_t0 = 0  # wall reading the outermost hot_enter() began at
+        self._hot_ext = 0  # wall inside the current hot interval that is not bookkeeping (stalls, pauses)
+        self._pause_wall = -1  # wall at an outermost pause() begun inside a hot interval, else -1
+        self._last_now = 0  # now_ns() never runs backwards
+        self.work_reads = 0
+        """Reads of the work counter so far (each a CPU-clock syscall on the simulated device)."""
 
     def work_ns(self) -> int:
         """The work counter itself (CPU ns), for timing a step in the clock's units."""
+        self.work_reads += 1
         return self._work()
 
     def _work_now(self) -> int:
-        return self._since if self._depth else self._work()
+        if self._depth:
+            return self._since
+        self.work_reads += 1
+        w = self._work()
+        if self._hot:  # the hooks' own time so far is not compute
+            w -= max(0, self._wall() - self._hot_t0 - self._hot_ext)
+        return w
 
     def now_ns(self) -> int:
-        return int(self._base_ns + self.rate * (self._work_now() - self._mark))
+        now = int(self._base_ns + self.rate * (self._work_now() - self._mark))
+        if now < self._last_now:  # wall taken for work in a hot interval the job was descheduled in
+            return self._last_now
+        self._last_now = now
+        return now
 
     def set_rate(self, rate: float) -> None:
         """From now on one ns of work advances the clock `rate` ns (no jump at the change)."""
@@ -119,16 +138,48 @@ class ComputeClock:
         return self._off_work_ns + (self._work() - self._since if self._depth else 0)
 
     def pause(self) -> None:
+        """Off the clock, exactly (two CPU-clock reads): for long or rare intervals."""
         if self._depth == 0:
+            self.work_reads += 1
             self._since = self._work()
+            self._pause_wall = self._wall() if self._hot else -1
         self._depth += 1
 
     def resume(self) -> None:
         self._depth -= 1
         if self._depth == 0:
+            self.work_reads += 1
             off = self._work() - self._since
             self._off_work_ns += off
             self._mark += off
+            if self._pause_wall >= 0:  # inside a hot interval: this wall was not bookkeeping
+                self._hot_ext += self._wall() - self._pause_wall
+                self._pause_wall = -1
+
+    def hot_enter(self) -> None:
+        """The training thread enters the prefetcher's hooks. Off the clock until the
+        matching `hot_leave`, timed in wall time: two vDSO reads per hook instead of the
+        four CPU-clock syscalls (~2 us) `pause`/`resume` cost. Bookkeeping runs on the CPU
+        it is timed on; only a job descheduled inside a hook is over-counted, and `now_ns`
+        never runs backwards for it."""
+        if self._hot == 0:
+            self._hot_t0 = self._wall()
+            self._hot_ext = 0
+        self._hot += 1
+
+    def hot_leave(self) -> int:
+        """Leave the hooks. Returns the wall ns of bookkeeping in the interval just closed
+        (its stalls and pauses left out), or 0 while nested or inside a `pause` (a twin's
+        step, already off the clock)."""
+        self._hot -= 1
+        if self._hot:
+            return 0
+        off = self._wall() - self._hot_t0 - self._hot_ext
+        if self._depth:
+            return 0
+        self._mark += off
+        self._off_work_ns += off
+        return off
 
     def excluding(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """`fn` wrapped so that the time spent in it does not advance the clock."""
@@ -154,8 +205,11 @@ class ComputeClock:
         try:
             yield
         finally:
-            self._base_ns += self._wall() - w0
+            waited = self._wall() - w0
+            self._base_ns += waited
             self._mark += self._work() - k0  # work done while waiting is not compute
+            if self._hot:
+                self._hot_ext += waited  # a stall, not bookkeeping
             if depth:
                 self.pause()
                 self._depth = depth

@@ -26,6 +26,7 @@ import torch
 from predictor.interface import Policy, TensorInfo
 from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
+from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
 from runtime.store import StoreConfig, TensorStore, check_budget
 from runtime.trace_format import MANAGED_KINDS, MIN_MANAGED_BYTES, is_managed
 from runtime.trace_format import Kind
@@ -33,9 +34,6 @@ from runtime.trace_identity import StepOrderHasher, key_hash
 from runtime.tracker import AccessTracker, TrackerConfig
 
 _WARMUP_LINK = LinkModel(bandwidth_bytes_per_s=1e12, latency_s=0.0)  # until step 0 is timed
-_BOOKKEEPING = ("new_tensor", "access", "pack", "unpack", "step_end",
-                "before_optimizer_step", "after_optimizer_step")
-"""The store's entry points: time in them is not compute time on the simulated device."""
 
 
 def parse_budget(budget: float | int | str) -> tuple[int | None, float]:
@@ -155,9 +153,15 @@ class Prefetcher:
         if policy is None:
             self.store.policy = self._make_policy(config.policy)
         self.store.policy.start(self._tensor_info())
+        # Every hook is timed (bookkeeping) and, on the simulated device, off the copy clock.
+        self.hooks = HookTimer(self.device.clock if isinstance(self.device, SimulatedDevice) else None)
+        self.tracker.wrap = self.hooks.wrap
+        self._warm_counters: OverheadCounters | None = None
         if optimizer is not None:  # registered before the tracker's hooks: runs first
-            self._handles.append(optimizer.register_step_pre_hook(lambda *a: self.store.before_optimizer_step()))
-            self._handles.append(optimizer.register_step_post_hook(lambda *a: self.store.after_optimizer_step()))
+            self._handles.append(optimizer.register_step_pre_hook(
+                self.hooks.wrap(lambda *a: self.store.before_optimizer_step())))
+            self._handles.append(optimizer.register_step_post_hook(
+                self.hooks.wrap(lambda *a: self.store.after_optimizer_step())))
         if config.timeline:
             self.store.timeline = []
             if isinstance(self.device, SimulatedDevice):
@@ -237,9 +241,6 @@ class Prefetcher:
         store.access, store.step_end = access, step_end  # type: ignore[method-assign]
 
     def _wrap_step_end(self) -> None:
-        if isinstance(self.device, SimulatedDevice):  # bookkeeping gives copies no time (ComputeClock)
-            for name in _BOOKKEEPING:
-                setattr(self.store, name, self.device.clock.excluding(getattr(self.store, name)))
         inner = self.store.step_end
         work = self.device.clock.work_ns if isinstance(self.device, SimulatedDevice) else time.process_time_ns
         self._step_cpu: list[float] = []
@@ -257,6 +258,8 @@ class Prefetcher:
             inner(step)
             if self.cuda_monitor is not None:
                 self.cuda_monitor.after_step_end(step)
+            if step + 1 == self.config.warmup_steps:
+                self._warm_counters = self._counters()
             if not self._link_fixed:  # the first step is timed: the link follows from it
                 self._fix_link()
                 self._link_fixed = True
@@ -293,6 +296,23 @@ class Prefetcher:
         self.device.clock.set_rate(rate)
 
     # -- results -------------------------------------------------------------------------
+    def _counters(self) -> OverheadCounters:
+        dev = self.device
+        sim = isinstance(dev, SimulatedDevice)
+        return OverheadCounters(
+            hook_ns=self.hooks.ns, hook_calls=self.hooks.calls, stall_ns=self.store.stats.stall_ns,
+            managed_accesses=self.store.managed_events, clock_reads=dev.clock.work_reads if sim else 0,
+            copy_lag_ns=dev.copy_lag_ns if sim else 0, engine_cpu_ns=dev.engine_cpu_ns() if sim else 0)
+
+    def overhead(self, step_s: float | None = None, baseline_step_s: float | None = None) -> OverheadSplit:
+        """Where the measured steps' extra time went (runtime.overhead): per step, stall,
+        bookkeeping and emulation; `step_s - baseline_step_s` less those is unattributed."""
+        warm = self._warm_counters or OverheadCounters()
+        sim = isinstance(self.device, SimulatedDevice)
+        steps = self.store.stats.steps - (self.config.warmup_steps if self._warm_counters is not None else 0)
+        return split(self._counters() - warm, steps, read_cost_ns=self.device.clock_read_ns if sim else 0.0,
+                     step_s=step_s, baseline_step_s=baseline_step_s, simulated=sim)
+
     def report(self) -> dict[str, Any]:
         cuda = self.cuda_monitor.report() if self.cuda_monitor is not None else {}  # first: adds pending stalls
         st = self.store.measured_stats()
@@ -335,6 +355,7 @@ class Prefetcher:
             "baseline_step_time_s": base,
             "slowdown": (step_time / base) if (step_time and base) else None,
             "warmup": (self.store.warmup_stats.as_dict() if self.store.warmup_stats else None),
+            "overhead": self.overhead(step_time, base).as_dict(),
         }
         d.update(self.identity)
         d.update(cuda)

@@ -77,6 +77,8 @@ class TensorStore:
         self.warmup_stats: AccessStats | None = None
         self._kind: list[int] = []
         self._managed: list[bool | None] = []
+        self.managed_flags = self._managed
+        """Shared with the tracker (AccessSink): events of ids flagged False are not sent."""
         self._nbytes: list[int] = []
         self._host: list[Any] = []  # master copy (parameters) or written-back copy (activations)
         self._dev: list[torch.Tensor | None] = []
@@ -103,6 +105,7 @@ class TensorStore:
         self.persistent_bytes = 0  # small parameters kept resident (not managed)
         self.budget_overflows = 0  # times a needed tensor did not fit even after evicting all else
         self.prefetch_refused = 0
+        self.managed_events = 0  # managed accesses (reads and writes) acted on: the policy's stream
         self.step = 0
         self.timeline: list[tuple[str, int, int, int]] | None = None
         """When a list: ("late"|"miss", start_ns, wait_ns, tid) stalls and ("step", t_ns, 0, step) ends."""
@@ -259,6 +262,7 @@ class TensorStore:
             self._nbytes[tensor_id] = nbytes
         if not managed:
             return  # persistent (small) or not a managed kind: not an access, not in the policy's stream
+        self.managed_events += 1
         if micro_step != self._seen_micro or step != self._seen_step:  # a root forward began
             self._seen_step, self._seen_micro = step, micro_step
             self._revalidate()

@@ -124,6 +124,10 @@ class AccessTracker:
         self._calls: dict[int, int] = {}  # module index -> grad-enabled calls this step
         self._act_tid: dict[tuple[int, int, int], int] = {}
         self._min_act_bytes = self.config.min_activation_bytes
+        self._managed: list[bool | None] | None = getattr(sink, "managed_flags", None)
+        """A sink that acts only on managed tensors (the store) shares its per-id flags:
+        events of ids flagged False never reach it, and it gets no gradient or optimizer
+        state events (never managed). None (the recorder): every event."""
         self._buffer: list | None = getattr(sink, "event_buffer", None)
         self._flush_every = getattr(sink, "flush_every", 1 << 30)
         self._direct_params: dict[int, tuple[int, ...]] = {-1: ()}
@@ -137,6 +141,10 @@ class AccessTracker:
         self._saved_hooks: torch.autograd.graph.saved_tensors_hooks | None = None
         self._pack_counts: dict[tuple[int, int], int] = {}
         self._attached = False
+        self.wrap: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda fn: fn
+        """Applied to every hook before it is installed (the prefetcher times them: runtime.overhead)."""
+        self._pack_fn: Callable[[torch.Tensor], Any] = self._pack
+        self._unpack_fn: Callable[[Any], torch.Tensor] = self._unpack
 
     # -- tensor table ------------------------------------------------------------------
     def _tensor_id(self, key: str, kind: int, t: torch.Tensor | None, module_idx: int,
@@ -275,6 +283,9 @@ class AccessTracker:
         if tid is None:
             tid = self._tensor_id(f"act:{self.module_paths[mod]}:{call}:{pack_idx}", Kind.ACTIVATION, t, mod)
             self._act_tid[(mod, call, pack_idx)] = tid
+        managed = self._managed
+        if managed is not None and managed[tid] is False:
+            return t  # the sink keeps it where it is: no event, nothing to unpack
         self._emit(self._forward_phase(), _ACTIVATION, _WRITE, tid, mod, nbytes)
         return ("a", tid, self.sink.pack(_ACTIVATION, tid, t))
 
@@ -295,7 +306,14 @@ class AccessTracker:
         return self._tensor_id(f"grad:{self._param_name[id(p)]}", Kind.GRADIENT, p, self._param_module[id(p)])
 
     def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if self.config.track_optimizer_state:
+        if self._managed is not None:  # the managed parameters' writes only, in the same order
+            managed, ptid = self._managed, self._param_tid
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    tid = ptid.get(id(p))
+                    if tid is not None and p.grad is not None and managed[tid] is not False:
+                        self._emit(_OPTIMIZER, _PARAMETER, _WRITE, tid, self._param_module[id(p)])
+        elif self.config.track_optimizer_state:
             seen_state = self._opt_state_seen
             for group in optimizer.param_groups:
                 for p in group["params"]:
@@ -329,22 +347,31 @@ class AccessTracker:
         if self._attached:
             return self
         self._opt_state_seen: set[int] = set()
-        self._handles.append(self.model.register_forward_pre_hook(self._root_pre))
+        w = self.wrap
+        self._handles.append(self.model.register_forward_pre_hook(w(self._root_pre)))
+        pre, post = w(self._pre), w(self._post)
         for mod in self.model.modules():
             # Leaves without parameters (activation functions, dropout, rotary tables) get
             # no hooks: a hooked module call costs ~5 µs, and what they save is attributed
             # to their parent, which keeps keys stable and layer-specific.
             if mod is not self.model and not mod._parameters and not mod._modules:
                 continue
-            self._handles.append(mod.register_forward_pre_hook(self._pre))
-            self._handles.append(mod.register_forward_hook(self._post, always_call=True))
-        for p in self.model.parameters():
-            if p.requires_grad:
-                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook))
+            self._handles.append(mod.register_forward_pre_hook(pre))
+            self._handles.append(mod.register_forward_hook(post, always_call=True))
+        managed = self._managed
+        if managed is not None:  # the sink's parameter flags are set by now (TensorStore.attach)
+            self._direct_params = {idx: tuple(t for t in tids if managed[t] is not False)
+                                   for idx, tids in self._direct_params.items()}
+        else:  # gradients are never managed: only a logging sink wants them
+            grad_hook = w(self._grad_hook)
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    self._handles.append(p.register_post_accumulate_grad_hook(grad_hook))
         if self.optimizer is not None:
-            self._handles.append(self.optimizer.register_step_post_hook(self._optimizer_post))
+            self._handles.append(self.optimizer.register_step_post_hook(w(self._optimizer_post)))
+        self._pack_fn, self._unpack_fn = w(self._pack), w(self._unpack)
         if saved_tensor_hooks:
-            self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+            self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_fn, self._unpack_fn)
             self._saved_hooks.__enter__()
         self._attached = True
         return self
@@ -354,19 +381,20 @@ class AccessTracker:
         if self.optimizer is optimizer:
             return
         self.optimizer = optimizer
-        self._handles.append(optimizer.register_step_post_hook(self._optimizer_post))
-        self._optimizer_post(optimizer, (), {})  # this step's post-hook already passed
+        post = self.wrap(self._optimizer_post)
+        self._handles.append(optimizer.register_step_post_hook(post))
+        post(optimizer, (), {})  # this step's post-hook already passed
 
     def optimizer_owns_params(self, optimizer: torch.optim.Optimizer) -> bool:
         return any(id(p) in self._param_tid for g in optimizer.param_groups for p in g["params"])
 
     @property
     def pack_hook(self) -> Callable[[torch.Tensor], Any]:
-        return self._pack
+        return self._pack_fn
 
     @property
     def unpack_hook(self) -> Callable[[Any], torch.Tensor]:
-        return self._unpack
+        return self._unpack_fn
 
     @property
     def step(self) -> int:
