@@ -475,40 +475,37 @@ class TensorStore:
             if self.device_bytes > self.peak_device_bytes:
                 self.peak_device_bytes = self.device_bytes
 
-    def _protected(self, tid: int) -> bool:
-        if self._inflight[tid] is not None or tid == self._current:
-            return True
-        if self._kind[tid] == Kind.PARAMETER:  # its module may still be running
-            return self.tracker.param_in_use(tid)
-        return False
-
     def _make_room(self, need: int, *, protect: int = -1, refuse: bool = False, limit: float = NO_PREDICTION) -> bool:
-        """Evict until `need` more bytes fit. With `refuse`, never evict a tensor the
-        policy expects sooner than `limit` reads from now (ChampSim-style refusal)."""
+        """Evict until `need` more bytes fit: first, in LRU order, tensors outside the
+        policy's horizon; then the furthest predicted use first. With `refuse`, never
+        evict a tensor the policy expects sooner than `limit` reads from now
+        (ChampSim-style refusal). One pass asks the policy once per candidate."""
         budget = self.budget_bytes
         if budget is None:
             return True
         if self.device_bytes + need <= budget:
             return True
         nxt = self.policy.predicted_next_use
-        # pass 1 (cheap, the common case): LRU order, tensors outside the policy's horizon
+        inflight, current = self._inflight, self._current
+        busy = self.tracker.params_in_use()  # parameters of modules still in their forward
+        ranked = []
         for tid in list(self._resident):
-            if self.device_bytes + need <= budget:
-                return True
-            if tid == protect or self._protected(tid):
+            if tid == protect or tid == current or inflight[tid] is not None or tid in busy:
                 continue
-            if nxt(tid) == NO_PREDICTION:
+            when = nxt(tid)
+            if when == NO_PREDICTION:
                 self._evict(tid)
-        # pass 2: furthest predicted use first (one ranking per call, not per eviction)
-        if self.device_bytes + need > budget:
-            cands = sorted(((nxt(t), t) for t in self._resident if t != protect and not self._protected(t)),
-                           reverse=True)
-            for far, tid in cands:
                 if self.device_bytes + need <= budget:
-                    break
-                if refuse and far <= limit:
-                    return False
-                self._evict(tid)
+                    return True
+            else:
+                ranked.append((when, tid))
+        ranked.sort(reverse=True)  # one ranking per call, not per eviction
+        for far, tid in ranked:
+            if self.device_bytes + need <= budget:
+                break
+            if refuse and far <= limit:
+                return False
+            self._evict(tid)
         if self.device_bytes + need > budget:
             if refuse:
                 return False

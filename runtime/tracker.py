@@ -114,6 +114,7 @@ class AccessTracker:
                 qual = f"{mod_path}.{pname}" if mod_path else pname
                 self._param_name[id(p)] = qual
                 self._param_module[id(p)] = self._module_index[id(mod)]
+        self._owned_params: dict[int, list[int]] = {}  # module index -> parameters it owns (_param_module)
         for name, p in model.named_parameters():
             self._register_param(p)
         # step state (plain attributes: read on every event)
@@ -172,6 +173,7 @@ class AccessTracker:
         tid = self._tensor_id(f"param:{name}", Kind.PARAMETER, p, self._param_module[key])
         self._param_tid[key] = tid
         self.params_by_tid[tid] = p
+        self._owned_params.setdefault(self._param_module[key], []).append(tid)
         self._storage_param[_storage_key(p)] = tid
         self._param_storage[tid] = _storage_key(p)
         return tid
@@ -191,6 +193,13 @@ class AccessTracker:
     @property
     def tensor_keys(self) -> list[str]:
         return list(self._keys)
+
+    def params_in_use(self) -> frozenset[int] | set[int]:
+        """Ids of the parameters whose owning module is in its forward (param_in_use, for all at once)."""
+        if not self._stack:
+            return frozenset()
+        owned = self._owned_params
+        return {t for m in self._stack for t in owned.get(m, ())}
 
     def param_in_use(self, tid: int) -> bool:
         """True while the module owning parameter `tid` is in its forward."""

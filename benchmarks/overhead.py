@@ -1,0 +1,134 @@
+"""Where a prefetched step's extra time goes, per workload, policy and budget (issue 12).
+
+    python benchmarks/overhead.py [--workloads gpt2,llama,vit] [--budgets 0.4,1.0]
+        [--policies none,replay,learned:out/benchmarks/models] [--seeds 2,3,4] [--steps 8]
+        [--json out/benchmarks/overhead.json]
+
+Each (workload, budget, seed) is one `prefetch run` (prefetch.run.run_policies): the job
+prefetched and an all-resident twin stepped alternately. The seeds are the repeats; the
+learned model must not have been trained on them (the row says `in_sample` if it was).
+Per measured step (warm-up excluded), runtime.overhead splits the extra time over the
+twin into stall (waiting for copies), bookkeeping (our hooks, store and policy on the
+training thread), emulation (the simulated device's clock reads and waits for real
+clones) and the unattributed rest (torch's hook dispatch, the copy engine's real copies
+competing for memory and cores). Figures are medians over the seeds, slowdown with
+[min-max]. One torch thread; the machine's load is printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from common import machine_info, markdown_table, write_json  # noqa: E402
+
+STATIC = ("gpt2", "llama", "vit")
+"""The workloads the slowdown targets are for (their access order does not change)."""
+TARGETS = {0.4: 1.08, 1.0: 1.02}
+"""Issue 12: learned slowdown on the static workloads, by budget."""
+BOOKKEEPING_TARGET_US = 3.0
+
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _med(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _row(workload: str, budget: float, policy: str, reports: list[dict[str, Any]]) -> dict[str, Any]:
+    ov = [r["overhead"] for r in reports]
+    slow = [r["slowdown"] for r in reports]
+    row = {
+        "workload": workload, "budget": budget, "policy": policy, "seeds": [r["seed"] for r in reports],
+        "slowdown": _med(slow), "slowdown_min": min(slow), "slowdown_max": max(slow),
+        "hit_rate": _med([r["hit_rate"] for r in reports]),
+        "in_sample": any(r.get("in_sample") for r in reports),
+        "bit_identical": all(r.get(k) is True for r in reports
+                             for k in ("losses_identical", "params_identical", "optimizer_state_identical")),
+    }
+    for key in ("step_s", "baseline_step_s", "extra_s", "stall_s", "bookkeeping_s", "emulation_s", "unattributed_s",
+                "copy_engine_cpu_s", "managed_accesses", "hook_calls", "bookkeeping_us_per_access"):
+        row[key] = _med([o.get(key) for o in ov])
+    target = TARGETS.get(budget) if workload in STATIC and policy.startswith("learned") else None
+    row["slowdown_target"] = target
+    row["slowdown_ok"] = None if target is None else row["slowdown"] <= target
+    row["bookkeeping_ok"] = (row["bookkeeping_us_per_access"] or 0.0) <= BOOKKEEPING_TARGET_US
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workloads", default=",".join(STATIC))
+    ap.add_argument("--budgets", default="0.4,1.0")
+    ap.add_argument("--policies", default="none,replay,learned:out/benchmarks/models")
+    ap.add_argument("--seeds", default="2,3,4", help="repeats, on seeds the learned model never saw")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    from prefetch.run import check_policy, run_policies
+
+    policies = [p for p in args.policies.split(",") if p]
+    for p in list(policies):
+        try:
+            check_policy(p)
+        except ValueError as exc:  # no trained model: say so and run the rest
+            print(f"skipping {p}: {exc} (python benchmarks/run_all.py trains out/benchmarks/models)", file=sys.stderr)
+            policies.remove(p)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    load_before = _load()
+    rows = []
+    for w in args.workloads.split(","):
+        for b in (float(x) for x in args.budgets.split(",")):
+            per_policy: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+            for seed in seeds:
+                for r in run_policies(w, policies, steps=args.steps, budget=b, seed=seed, progress=False):
+                    per_policy[r["policy"]].append(r)
+            for p in policies:
+                row = _row(w, b, p, per_policy[p])
+                rows.append(row)
+                print(f"  {w} budget {b} {p}: {row['slowdown']:.3f}x, {row['bookkeeping_us_per_access']:.1f} us/access",
+                      file=sys.stderr)
+    ms = lambda v: None if v is None else round(1e3 * v, 2)  # noqa: E731
+    print(f"Overhead per measured step, median over seeds {args.seeds} ({args.steps} steps each, warm-up 1); "
+          f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
+          f"load average before {load_before}, after {_load()}. Device: simulated (link ratio 0.5). "
+          f"Targets: learned on {', '.join(STATIC)} <= {TARGETS[0.4]}x at budget 0.4, <= {TARGETS[1.0]}x at 1.0; "
+          f"bookkeeping <= {BOOKKEEPING_TARGET_US} us per managed access.")
+    print()
+    print(markdown_table(
+        ["workload", "budget", "policy", "hit rate", "slowdown [min-max]", "step ms", "resident ms", "stall ms",
+         "bookkeeping ms", "emulation ms", "unattributed ms", "copy engine CPU ms", "managed accesses", "us/access",
+         "target"],
+        [[r["workload"], r["budget"], r["policy"].split(":")[0], f"{r['hit_rate']:.2%}",
+          f"{r['slowdown']:.3f}x [{r['slowdown_min']:.3f}-{r['slowdown_max']:.3f}]", ms(r["step_s"]),
+          ms(r["baseline_step_s"]), ms(r["stall_s"]), ms(r["bookkeeping_s"]), ms(r["emulation_s"]),
+          ms(r["unattributed_s"]), ms(r["copy_engine_cpu_s"]), round(r["managed_accesses"] or 0),
+          round(r["bookkeeping_us_per_access"] or 0.0, 1),
+          ("" if r["slowdown_ok"] is None else ("ok" if r["slowdown_ok"] else "**miss**"))
+          + ("" if r["bookkeeping_ok"] else " (us/access **miss**)")
+          + (" IN SAMPLE" if r["in_sample"] else "") + ("" if r["bit_identical"] else " NOT IDENTICAL")]
+         for r in rows],
+    ))
+    write_json(args.json, {"machine": machine_info(), "load_before": load_before, "load_after": _load(),
+                           "seeds": seeds, "steps": args.steps, "results": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
