@@ -142,7 +142,11 @@ class Replay:
         # O(1): the window's due times are kept by `pending_` (eviction asks this a lot)
         if not self.valid_:
             return NO_PREDICTION
-        return self.pending_.next_use(tensor_id, self.now_)
+        when = self.pending_.due.get(tensor_id)  # Outstanding.next_use, inlined: the hottest call
+        now = self.now_
+        if when is None or when < now - self.lookahead:
+            return NO_PREDICTION
+        return float(max(1, when - now))
 
 
 class Markov:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
@@ -87,19 +87,28 @@ def _work_clock(engine: threading.Thread) -> Callable[[], int]:
     return work
 
 
-@dataclass(eq=False)
 class SimCopy:
-    src: torch.Tensor
-    nbytes: int
-    clock: ComputeClock
-    done_at_ns: int = 0
-    """On `clock`: when the link model says the copy has finished."""
-    result: torch.Tensor | None = None
-    copied: threading.Event = field(default_factory=threading.Event)
+    """One copy on the simulated device: done on the clock at `done_at_ns`; its real clone
+    is `result` once the engine has made it (None before)."""
+
+    __slots__ = ("src", "nbytes", "clock", "done_at_ns", "result")
+
+    def __init__(self, src: "torch.Tensor | SimCopy", nbytes: int, clock: ComputeClock, done_at_ns: int):
+        self.src = src
+        self.nbytes = nbytes
+        self.clock = clock
+        self.done_at_ns = done_at_ns
+        """On `clock`: when the link model says the copy has finished."""
+        self.result: torch.Tensor | None = None
 
     def done(self) -> bool:
-        """Finished on the link model's clock (the real clone may still be running: `wait` waits)."""
-        return self.clock.now_ns() >= self.done_at_ns
+        """Finished on the link model's clock (the real clone may still be running: `wait` waits).
+        No clock read when the clock has already been seen past it."""
+        return self.done_at_ns <= self.clock.last_ns or self.clock.now_ns() >= self.done_at_ns
+
+    def copied(self) -> bool:
+        """The real clone exists (the engine has made it)."""
+        return self.result is not None
 
 
 class SimulatedDevice:
@@ -116,7 +125,8 @@ class SimulatedDevice:
         self._free_at_ns = 0  # clock time the FIFO engine finishes its last queued copy
         self.copy_lag_ns = 0
         """Wall time waits spent on real clones running behind the model (a busy CPU)."""
-        self._lock = threading.Lock()
+        self._copied = threading.Condition()  # the engine made a clone (for `wait_copied`)
+        self._waiting = 0  # training-thread waits on `_copied` under way
         self._jobs: queue.SimpleQueue[SimCopy | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._engine, name="prefetch-copy-engine", daemon=True)
         self._thread.start()
@@ -134,11 +144,12 @@ class SimulatedDevice:
 
     def _submit(self, src: "torch.Tensor | SimCopy", direction: str) -> SimCopy:
         nbytes = src.nbytes if isinstance(src, SimCopy) else src.numel() * src.element_size()
-        with self._lock:  # note: the engine's timeline is shared by both directions (one DMA engine)
-            now = self.clock.now_ns()
-            start = max(now, self._free_at_ns)
-            self._free_at_ns = start + self.link.copy_ns(nbytes)
-            c = SimCopy(src=src, nbytes=nbytes, clock=self.clock, done_at_ns=self._free_at_ns)
+        # Training thread only (as the clock), so no lock; one timeline for both
+        # directions (one DMA engine).
+        now = self.clock.now_ns()
+        start = max(now, self._free_at_ns)
+        self._free_at_ns = start + self.link.copy_ns(nbytes)
+        c = SimCopy(src, nbytes, self.clock, self._free_at_ns)
         if self.timeline is not None:
             wall = time.monotonic_ns() - now
             self.timeline.append((start + wall, self._free_at_ns + wall, nbytes, direction))
@@ -163,20 +174,32 @@ class SimulatedDevice:
         returns the tensor and that stall. Waiting for a real clone that runs behind the
         model first is the simulator's cost, not the link's: off the clock, not a stall
         (counted in `copy_lag_ns`)."""
-        if not copy.copied.is_set():
+        if copy.result is None:
             t0 = time.monotonic_ns()
             self.clock.pause()
             try:
-                copy.copied.wait()
+                self.wait_copied(copy)
             finally:
                 self.clock.resume()
             self.copy_lag_ns += time.monotonic_ns() - t0
+        if copy.done():  # a hit: nothing to wait for, no stall to time
+            return copy.result, 0  # type: ignore[return-value]
         t0 = time.monotonic_ns()
         left = copy.done_at_ns - self.clock.now_ns()
         with self.clock.running():
             sleep_until(t0 + left)
         assert copy.result is not None
         return copy.result, time.monotonic_ns() - t0
+
+    def wait_copied(self, copy: SimCopy) -> None:
+        """Block until the engine has made the copy's real clone (no clock accounting)."""
+        with self._copied:
+            self._waiting += 1
+            try:
+                while copy.result is None:
+                    self._copied.wait()
+            finally:
+                self._waiting -= 1
 
     def _engine(self) -> None:
         while True:
@@ -186,9 +209,12 @@ class SimulatedDevice:
             src = c.src
             if isinstance(src, SimCopy):  # fetching back a write-back queued before it (FIFO)
                 src = src.result
-            c.result = src.detach().clone()  # the real copy
+            result = src.detach().clone()  # the real copy
             c.src = None  # type: ignore[assignment]
-            c.copied.set()
+            with self._copied:  # under the lock: a waiter cannot miss it
+                c.result = result
+                if self._waiting:
+                    self._copied.notify_all()
 
     def engine_cpu_ns(self) -> int:
         """CPU time of the copy-engine thread so far (its real clones), 0 where unreadable."""

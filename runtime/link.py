@@ -99,7 +99,8 @@ class ComputeClock:
         self._hot_t0 = 0  # wall reading the outermost hot_enter() began at
         self._hot_ext = 0  # wall inside the current hot interval that is not bookkeeping (stalls, pauses)
         self._pause_wall = -1  # wall at an outermost pause() begun inside a hot interval, else -1
-        self._last_now = 0  # now_ns() never runs backwards
+        self.last_ns = 0
+        """The latest now_ns() returned: the clock is at least this (now_ns never runs backwards)."""
         self.work_reads = 0
         """Reads of the work counter so far (each a CPU-clock syscall on the simulated device)."""
 
@@ -119,9 +120,9 @@ class ComputeClock:
 
     def now_ns(self) -> int:
         now = int(self._base_ns + self.rate * (self._work_now() - self._mark))
-        if now < self._last_now:  # wall taken for work in a hot interval the job was descheduled in
-            return self._last_now
-        self._last_now = now
+        if now < self.last_ns:  # wall taken for work in a hot interval the job was descheduled in
+            return self.last_ns
+        self.last_ns = now
         return now
 
     def set_rate(self, rate: float) -> None:

@@ -90,7 +90,7 @@ def test_copy_done_at_start_plus_link_time_on_the_clock():
         t = dev.clock.now_ns()
         a = dev.copy_in(torch.zeros(MB // 4))  # 1 MB: 1 ms + 1 µs
         b = dev.copy_in(torch.zeros(MB // 4))
-        a.copied.wait(), b.copied.wait()  # the real clones are done; the modelled copies are not
+        dev.wait_copied(a), dev.wait_copied(b)  # the real clones are done; the modelled copies are not
         d = a.done_at_ns - t
         assert abs(d - 1_001_000) <= 1 and b.done_at_ns == a.done_at_ns + d  # int ns of a float
         dev.clock.excluding(lambda: setattr(work, "t", work.t + 10_000_000))()  # 10 ms of bookkeeping
@@ -114,7 +114,7 @@ def test_late_read_stalls_wall_time_for_the_copy_time_left():
 
         def prefetch_then_bookkeeping():
             c = dev.copy_in(src)
-            c.copied.wait()
+            dev.wait_copied(c)
             spin(0.12)  # 120 ms of bookkeeping: on the wall clock or as compute the copy would be done
             return c
 
@@ -138,7 +138,7 @@ def test_a_clone_behind_the_model_is_neither_clock_time_nor_stall():
         big = torch.ones(50 * MB)  # 200 MB: its real clone takes far longer than the model's ~20 µs
         copy = dev.copy_in(big)
         time.sleep(0.001)
-        assert copy.done() and not copy.copied.is_set()
+        assert copy.done() and not copy.copied()
         c0 = dev.clock.now_ns()
         out, waited = dev.wait(copy)
         lag = dev.copy_lag_ns
@@ -231,7 +231,7 @@ def test_default_clock_counts_neither_idle_time_nor_the_copy_engine():
         c0, t0 = dev.clock.now_ns(), time.monotonic_ns()
         copy = dev.copy_in(big)  # a 200 MB clone on the engine thread
         time.sleep(0.05)
-        copy.copied.wait()
+        dev.wait_copied(copy)
         assert time.monotonic_ns() - t0 >= 50e6 and dev.clock.now_ns() - c0 < 10e6
     finally:
         dev.close()
