@@ -22,6 +22,8 @@ device, and a table per benchmark with the exact command that produced it:
   live                `prefetch run --workload W --policy P --seed S` for each unseen seed S:
                       hit rate, late, misses, stall, slowdown vs all resident, bit-identity;
                       median over the seeds with min-max, per workload x policy
+  overhead            benchmarks/overhead.py: the slowdown split into stall, bookkeeping, emulation and
+                      the rest, for gpt2, llama, vit at budgets 0.4 and 1.0 (none, replay, learned)
   oracle_search       benchmarks/oracle_search.py: random dynamic traces where a policy might beat the oracle
   daemon_flood        benchmarks/daemon_flood.py: another client's round trip while one client floods
   daemon_ranks        benchmarks/daemon_ranks.py: one daemon serving 1, 2 and 4 local ranks
@@ -287,6 +289,13 @@ def plan_cuda(p: Plan) -> list[Command]:
     return cmds
 
 
+def plan_overhead(p: Plan) -> list[Command]:
+    """benchmarks/overhead.py: the split of the slowdown, on the unseen seeds, with the learned models."""
+    j = p.path("overhead.json")
+    return [Command([p.py, "benchmarks/overhead.py", "--policies", f"none,replay,learned:{p.models}",
+                     "--seeds", ",".join(map(str, p.seeds)), "--json", str(j)], j)]
+
+
 def _script(name: str, *args: str) -> Callable[[Plan], list[Command]]:
     """A benchmark whose own printed tables are its section (its stdout, kept in its log)."""
     def plan(p: Plan) -> list[Command]:
@@ -302,6 +311,7 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
     "daemon_latency": plan_daemon_latency,
     "offline_eval": plan_offline_eval,
     "live": plan_live,
+    "overhead": plan_overhead,
     "oracle_search": _script("oracle_search", "--cases", "4000"),
     "daemon_flood": _script("daemon_flood", "--seconds", "4"),
     "daemon_ranks": _script("daemon_ranks"),
@@ -311,7 +321,7 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
 
 
 def needs_models(name: str, p: Plan) -> bool:
-    if name in ("predictor_latency", "daemon_latency", "offline_eval", "cuda"):
+    if name in ("predictor_latency", "daemon_latency", "offline_eval", "cuda", "overhead"):
         return True
     return name == "live" and any(pol.startswith("learned:") for pol in p.policies)
 
@@ -520,6 +530,7 @@ TITLES = {
     "daemon_latency": "Daemon round trip and throughput",
     "offline_eval": "Offline evaluation on unseen seeds",
     "live": "Live hit rate and slowdown",
+    "overhead": "Where the slowdown goes",
     "oracle_search": "How good a bound the oracle is",
     "daemon_flood": "Daemon under a flooding client",
     "daemon_ranks": "One daemon, several local ranks",
@@ -554,7 +565,7 @@ def section_markdown(s: Section, out_dir: Path) -> list[str]:
         body = {"record_overhead": md_record_overhead, "predictor_latency": md_predictor_latency,
                 "simulate_speed": md_simulate_speed, "daemon_latency": md_daemon_latency,
                 "offline_eval": md_offline_eval, "cuda": md_cuda, "oracle_search": md_printed,
-                "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed}.get(s.name)
+                "overhead": md_printed, "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed}.get(s.name)
         content = md_live(s, out_dir) if s.name == "live" else body(s) if body else []
     except Exception as exc:  # noqa: BLE001 - a changed JSON layout must not lose the other sections
         content = [f"(could not tabulate {s.name}'s JSON: {type(exc).__name__}: {exc})"]
