@@ -261,6 +261,8 @@ def _row(d: dict[str, Any], kind: str, source: Source, known: Sequence[str]) -> 
         "late": _int(d.get("late")),
         "misses": _int(d.get("misses")),
         "stall_s": _num(d.get("stall_s")),
+        "bookkeeping_ms": (1e3 * b if (b := _num((d.get("overhead") or {}).get("bookkeeping_s"))) is not None
+                           else None),  # per step (runtime.overhead)
         "slowdown": _num(d.get("slowdown")),
         "step_time_s": _num(d.get("step_time_s")),
         "baseline_step_time_s": _num(d.get("baseline_step_time_s")),
@@ -613,10 +615,13 @@ def format_runs_table(rows: list[dict[str, Any]]) -> str:
     device_col = len({r["device"] for r in runs}) > 1
     sim_col = any(r["simulated_hit_rate"] is not None for r in rows)
     oracle_col = any(r["sim_vs_oracle_pt"] is not None for r in rows)
+    book_col = any(r.get("bookkeeping_ms") is not None for r in runs)
     cols = [("workload", "---"), ("policy", "---"), ("seed", "---:")]
     cols += [("device", "---")] if device_col else []
     cols += [("budget", "---:")] if budget_col else []
-    cols += [(h, "---:") for h in ("hit rate", "late", "misses", "stall s", "slowdown", "MiB copied", "accuracy")]
+    cols += [(h, "---:") for h in ("hit rate", "late", "misses", "stall s")]
+    cols += [("bookkeeping ms/step", "---:")] if book_col else []
+    cols += [(h, "---:") for h in ("slowdown", "MiB copied", "accuracy")]
     cols += [("identical loss/param/optim", ":---:")]
     cols += [("sim hit rate", "---:"), ("sim slowdown", "---:")] if sim_col else []
     cols += [("sim vs oracle", "---:")] if oracle_col else []
@@ -631,15 +636,16 @@ def format_runs_table(rows: list[dict[str, Any]]) -> str:
             bf = r["budget_fraction"]
             cells.append("n/a" if bf is None else f"{100 * bf:.0f}%")
         if is_oracle:
-            cells += ["-"] * 8
+            cells += ["-"] * (8 + book_col)
         elif r["in_sample"] is True:
-            cells += ["REFUSED: in sample"] + ["-"] * 7
+            cells += ["REFUSED: in sample"] + ["-"] * (7 + book_col)
         else:
             cells += [
                 _pct(r["hit_rate"]),
                 _fmt(r["late"], "d"),
                 _fmt(r["misses"], "d"),
                 _fmt(r["stall_s"], ".3f"),
+                *([_fmt(r.get("bookkeeping_ms"), ".2f")] if book_col else []),
                 "n/a" if r["slowdown"] is None else f"{r['slowdown']:.3f}x",
                 _fmt(r["mib_copied"], ".1f"),
                 _pct(r["accuracy"], 1),
@@ -665,6 +671,8 @@ LEGEND = """\
 - **late**: accesses that found their prefetch in flight and waited for it; **misses**: accesses that found
   the tensor absent and fetched it synchronously.
 - **stall s**: time the computation waited for copies (late + misses), summed over the measured steps.
+- **bookkeeping ms/step**: the prefetcher's own code on the training thread (hooks, store, policy), per
+  measured step; with stall and emulation it is the run's `overhead` split (docs/overhead.md).
 - **slowdown**: step time over the same job with everything resident (1.000x = no cost); for `prefetch run`,
   the median per-step ratio against an all-resident twin stepped alternately. **fastest**: the lowest median
   slowdown of the workload, `none` (no prefetching) included: when it is `none`, prefetching did not pay.

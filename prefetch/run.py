@@ -169,11 +169,14 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             del twin
             report = pf.report()
             measured = slice(warmup_steps, None)
+            slowdown = statistics.median([p / b for p, b in zip(t_pf[measured], t_twin[measured])])
+            base_step = statistics.median(t_twin[measured])
             report.update(
-                overhead=pf.overhead(statistics.median(t_pf[measured]), statistics.median(t_twin[measured])).as_dict(),
+                # the split's extra time is the headline slowdown's: (slowdown - 1) x the twin's median step
+                overhead=pf.overhead(slowdown * base_step, base_step).as_dict(),
                 step_time_s=statistics.median(t_pf[measured]),
-                baseline_step_time_s=statistics.median(t_twin[measured]),
-                slowdown=statistics.median([p / b for p, b in zip(t_pf[measured], t_twin[measured])]),
+                baseline_step_time_s=base_step,
+                slowdown=slowdown,
                 slowdown_note="median over measured steps of (prefetched step / all-resident twin step), "
                               "stepped alternately",
             )
@@ -211,12 +214,24 @@ def bit_identical(r: dict[str, Any]) -> bool:
 
 def summary_line(r: dict[str, Any]) -> str:
     slow = f"{r['slowdown']:.3f}x" if r.get("slowdown") else "n/a"
-    ident = "bit-identical" if bit_identical(r) else (
+    ident = "bit-identical" if bit_identical(r) else "identity not compared (--compare)" if all(
+        r.get(k) is None for k in IDENTITY_KEYS) else (
         "NOT bit-identical: " + ", ".join(k.removesuffix("_identical") for k in IDENTITY_KEYS if r.get(k) is not True)
         + (f" ({', '.join(r['state_mismatches'])})" if r.get("state_mismatches") else ""))
-    return (f"{r['workload']:<15} {r['policy']:<22} hit {r['hit_rate']:7.2%}  late {r['late']:>5}  miss {r['misses']:>5}  "
+    line = (f"{r['workload']:<15} {r['policy']:<22} hit {r['hit_rate']:7.2%}  late {r['late']:>5}  miss {r['misses']:>5}  "
             f"stall {r['stall_s']:.3f}s  slowdown {slow}  copied {r['bytes_copied'] / 2**20:8.1f} MiB  "
             f"{ident}  [{r['device']}]")
+    return line + ("\n" + overhead_line(r["overhead"]) if r.get("overhead") else "")
+
+
+def overhead_line(o: dict[str, Any]) -> str:
+    """The report's `overhead` (runtime.overhead) as one line, in ms per measured step."""
+    ms = lambda v: "n/a" if v is None else f"{1e3 * v:.2f}"  # noqa: E731
+    per = o.get("bookkeeping_us_per_access")
+    return (f"  per step: extra {ms(o.get('extra_s'))} ms = stall {ms(o.get('stall_s'))} + bookkeeping "
+            f"{ms(o.get('bookkeeping_s'))}" + (f" ({per:.1f} us/managed access)" if per is not None else "")
+            + f" + emulation {ms(o.get('emulation_s'))} + unattributed {ms(o.get('unattributed_s'))} "
+            f"(docs/overhead.md)")
 
 
 # -- validation: every refusal happens before a training step runs ----------------------------

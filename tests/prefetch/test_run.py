@@ -37,24 +37,31 @@ def test_cli_run_report_keys_and_identity(tmp_path, capsys):
     assert r["device"] == "simulated" and r["workload"] == WORKLOAD and r["steps"] == 1
     assert r["hits"] + r["late"] + r["misses"] == r["accesses"] > 0
     assert r["peak_device_bytes"] <= r["budget_bytes"] < r["managed_bytes"]
-    assert "bit-identical" in out.splitlines()[-1]
+    summary, split = out.splitlines()[-2:]
+    assert "bit-identical" in summary
+    o = r["overhead"]  # the slowdown's extra time, split (runtime.overhead); the same figures printed
+    assert o["extra_s"] == pytest.approx((r["slowdown"] - 1) * r["baseline_step_time_s"])
+    assert o["unattributed_s"] == pytest.approx(o["extra_s"] - o["stall_s"] - o["bookkeeping_s"] - o["emulation_s"])
+    assert o["stall_s"] == pytest.approx(r["stall_s"] / r["steps"]) and o["managed_accesses"] > 0
+    assert split.strip().startswith("per step:") and f"stall {1e3 * o['stall_s']:.2f}" in split
 
 
 def _serve_stale_copies(monkeypatch) -> None:
     """Inject a stale tensor: every later copy of a host tensor hands back its first copy's
     values (as if device copies were never refreshed after the optimizer updated the master)."""
     first: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+    stale_key: dict[SimCopy, tuple[int, tuple[int, ...]]] = {}  # SimCopy is slotted: marks live here
     copy_in, wait = SimulatedDevice.copy_in, SimulatedDevice.wait
 
     def stale_copy_in(self, host):
         c = copy_in(self, host)
         if isinstance(host, torch.Tensor):
-            c.stale_key = (host.data_ptr(), tuple(host.shape))
+            stale_key[c] = (host.data_ptr(), tuple(host.shape))
         return c
 
     def stale_wait(self, c):
         t, waited = wait(self, c)
-        key = getattr(c, "stale_key", None)
+        key = stale_key.get(c)
         return (first.setdefault(key, t) if key is not None else t), waited
 
     monkeypatch.setattr(SimulatedDevice, "copy_in", stale_copy_in)
@@ -70,7 +77,7 @@ def test_stale_device_copy_is_caught(monkeypatch, tmp_path, capsys):
     assert r["params_identical"] is False and r["losses_identical"] is False
     assert r["optimizer_state_identical"] is False  # the moments saw gradients of stale weights
     assert r["state_mismatches"] and all(n.startswith(("model:", "optimizer:")) for n in r["state_mismatches"])
-    assert "NOT bit-identical" in out.splitlines()[-1]
+    assert "NOT bit-identical" in out.splitlines()[-2]  # the last line is the overhead split
 
 
 def test_wrong_activation_in_the_last_backward_is_caught_by_state_not_losses(monkeypatch, tmp_path, capsys):
@@ -82,14 +89,17 @@ def test_wrong_activation_in_the_last_backward_is_caught_by_state_not_losses(mon
         steps_done["n"] += 1
         return step_end(self, step)
 
+    corrupt: set[SimCopy] = set()
+
     def marking_copy_in(self, host):
         c = copy_in(self, host)
-        c.corrupt = isinstance(host, SimCopy) and steps_done["n"] == 1  # a write-back fetched again, last step
+        if isinstance(host, SimCopy) and steps_done["n"] == 1:  # a write-back fetched again, last step
+            corrupt.add(c)
         return c
 
     def corrupting_wait(self, c):
         t, waited = wait(self, c)
-        return (t * 1.5 if getattr(c, "corrupt", False) else t), waited
+        return (t * 1.5 if c in corrupt else t), waited
 
     monkeypatch.setattr(TensorStore, "step_end", counting_step_end)
     monkeypatch.setattr(SimulatedDevice, "copy_in", marking_copy_in)
@@ -98,7 +108,7 @@ def test_wrong_activation_in_the_last_backward_is_caught_by_state_not_losses(mon
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["losses_identical"] is True
     assert r["params_identical"] is False and r["optimizer_state_identical"] is False
-    assert rc == 1 and "NOT bit-identical: params, optimizer_state" in out.splitlines()[-1]
+    assert rc == 1 and "NOT bit-identical: params, optimizer_state" in out.splitlines()[-2]
 
 
 @pytest.fixture
