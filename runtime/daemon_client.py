@@ -211,6 +211,11 @@ class DaemonClient:
         return self.hello.policy if self.hello is not None else None
 
     @property
+    def buffered(self) -> int:
+        """Events recorded and not yet sent (record() sends every `batch_events`)."""
+        return len(self._pending)
+
+    @property
     def outstanding(self) -> int:
         """EVENTS batches sent and not yet answered."""
         return self._seq - self._acked

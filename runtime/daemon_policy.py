@@ -83,9 +83,9 @@ class DaemonPolicy:
             self._num_tensors = info.num_tensors
             client.update_tensors(info)
         client.record(step, micro_step, phase, access, tensor_id)
-        # Replies only answer batches sent: with none outstanding there is nothing to read
-        # (a BYE or an error waits for the next send's poll); ~15 us saved per event.
-        commands = client.poll_commands() if client.outstanding or not client.connected else ()
+        # Replies only answer batches sent: read them once per batch, right after a send
+        # (a BYE or an error waits for that poll too). Down, every event polls (reconnects).
+        commands = client.poll_commands() if (client.outstanding and not client.buffered) or not client.connected else ()
         self._up = client.connected
         if not self._up:
             if not self._was_down:
