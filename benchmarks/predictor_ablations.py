@@ -1,6 +1,6 @@
 """The framing and feature ablations behind docs/predictor.md.
 
-    python -m predictor.experiments --traces /tmp/traces --json ablations.json
+    python benchmarks/predictor_ablations.py --traces datasets/samples --json ablations.json
 
 Expects TRACES/<workload>/train (training run) and TRACES/<workload>/heldout (another
 seed). For each workload, trains every variant on the training run and scores it on
@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import lightgbm as lgb
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: run as a script
 
-from predictor.artifact import save_artifact
-from predictor.evaluate import HELD_OUT_RUN, WARMUP_STEPS, evaluate_trace
-from predictor.features import F, FEATURES, KeyInfo, read_sequence, sequence_context
-from predictor.model import LearnedPolicy
-from predictor.train import TrainConfig, _vocabulary, split_steps, train_architecture
-from runtime.trace_format import load_traces
+import lightgbm as lgb  # noqa: E402
+import numpy as np  # noqa: E402
+
+from predictor.artifact import save_artifact  # noqa: E402
+from predictor.evaluate import HELD_OUT_RUN, WARMUP_STEPS, evaluate_trace  # noqa: E402
+from predictor.features import F, FEATURES, KeyInfo, read_sequence, sequence_context  # noqa: E402
+from predictor.model import LearnedPolicy  # noqa: E402
+from predictor.train import TrainConfig, _vocabulary, split_steps, train_architecture  # noqa: E402
+from runtime.trace_format import load_traces  # noqa: E402
 
 HISTORY = tuple(n for n in FEATURES if n.startswith(("h_", "e_")))
 EXPERT = tuple(n for n in FEATURES if n.startswith("e_"))
