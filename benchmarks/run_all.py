@@ -483,20 +483,23 @@ def md_live(s: Section, out_dir: Path) -> list[str]:
 def md_offline_eval(s: Section) -> list[str]:
     d = next((c.data for c in s.commands if c.label == "eval" and isinstance(c.data, dict)), None) or {}
     protocol = s.data.get("protocol") or {}
+    from predictor.policies import POLICIES
+
+    scored = [p for p in POLICIES if p != "none"]  # the registry's order; none predicts nothing
     rows = []
     for e in d.get("summary") or []:
         pols = e.get("policies") or {}
         flag = e.get("in_sample")
         rows.append([e.get("workload"), e.get("scope"), "n/a" if flag is None else ("**YES**" if flag else "no")]
                     + [f"{100 * pols[p]['recall']:.1f}%" if pols.get(p, {}).get("recall") is not None else "n/a"
-                       for p in ("replay", "markov", "learned")]
+                       for p in scored]
                     + [f"{100 * pols[p]['top1']:.1f}%" if pols.get(p, {}).get("top1") is not None else "n/a"
-                       for p in ("replay", "markov", "learned")])
+                       for p in scored])
     return [f"Offline next-access scores (`prefetch eval`, lookahead {d.get('lookahead')}) on runs recorded on seed "
             f"{', '.join(map(str, protocol.get('eval_seeds', [])[:1]))}, never recorded for training (the learned model "
             f"was trained on seeds {', '.join(map(str, protocol.get('train_seeds', [])))}).", "",
-            table(["workload", "scope", "in sample", "recall replay", "recall markov", "recall learned",
-                   "top-1 replay", "top-1 markov", "top-1 learned"], rows, "llc" + "r" * 6)]
+            table(["workload", "scope", "in sample"] + [f"recall {p}" for p in scored] + [f"top-1 {p}" for p in scored],
+                  rows, "llc" + "r" * (2 * len(scored)))]
 
 
 def md_cuda(s: Section) -> list[str]:

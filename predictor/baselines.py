@@ -3,8 +3,8 @@
     from predictor.policies import make_policy
     policy = make_policy("replay", lookahead=16)
 
-All three implement predictor.interface.Policy, plus `upcoming(k)`: the next k reads
-the policy currently predicts, soonest first (offline evaluation scores it). Reads are
+All three subclass predictor.interface.BasePolicy and define `upcoming(k)`: the next k
+reads the policy currently predicts, soonest first (offline evaluation scores it). Reads are
 events with access == READ; writes are context and never requested.
 
 Replay follows DeepSpeed ZeRO-3's PartitionedParameterCoordinator: the trace is valid
@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from predictor.horizon import DEFAULT_LOOKAHEAD, Outstanding
-from predictor.interface import NO_PREDICTION, TensorInfo
+from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
 from runtime.trace_format import Access
 
 _READ = int(Access.READ)
@@ -32,7 +32,7 @@ def _check_lookahead(lookahead: int) -> None:
         raise ValueError(f"lookahead must be >= 1, got {lookahead}")
 
 
-class NoPrefetch:
+class NoPrefetch(BasePolicy):
     """Never prefetches: every access is a demand fetch. The floor of every comparison."""
 
     name = "none"
@@ -67,7 +67,7 @@ def _cyclic_next_gap(trace: list[int]) -> list[int]:
     return gap
 
 
-class Replay:
+class Replay(BasePolicy):
     """The previous step's read order, invalidated for the rest of a step on divergence."""
 
     name = "replay"
@@ -149,7 +149,7 @@ class Replay:
         return float(max(1, when - now))
 
 
-class Markov:
+class Markov(BasePolicy):
     """A bounded successor table learnt online (DeepUM's correlation table): from the
     last read, follow the most frequent successor, up to the lookahead."""
 

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from predictor.horizon import DEFAULT_LOOKAHEAD
-from predictor.interface import Policy, TensorInfo
+from predictor.interface import Policy, TensorInfo, check_policy
 from runtime.trace_format import Access, Kind, Phase, Trace
 
 HELD_OUT_STEPS = "held-out steps"
@@ -72,7 +72,7 @@ def run_policy(policy: Policy, trace: Trace, lookahead: int = DEFAULT_LOOKAHEAD)
     covered = np.zeros(R, dtype=bool)
     requested: dict[int, int] = {}
     last_read: dict[int, int] = {}
-    upcoming = getattr(policy, "upcoming", None)
+    upcoming = check_policy(policy).upcoming
     policy.start(TensorInfo.from_table(trace.tensors))
     cols = [trace.column(c).tolist() for c in ("step", "micro_step", "phase", "access", "tensor_id")]
     READ = int(Access.READ)
@@ -83,7 +83,9 @@ def run_policy(policy: Policy, trace: Trace, lookahead: int = DEFAULT_LOOKAHEAD)
     observe = policy.observe
     for step, micro, phase, acc, tid in zip(*cols):
         if acc == READ:
-            up = upcoming(D) if upcoming is not None else list(requested)[:D]
+            up = upcoming(D)
+            if up is None:  # no ranked view (BasePolicy's default): its outstanding requests, oldest first
+                up = list(requested)[:D]
             if up:
                 pred[r, : len(up)] = up[:D]
             covered[r] = requested.pop(tid, None) is not None or r - last_read.get(tid, -(10**12)) <= D
@@ -187,15 +189,17 @@ def evaluate(
     *,
     lookahead: int = DEFAULT_LOOKAHEAD,
     topk: int = 5,
-    baselines: Sequence[str] = ("none", "replay", "markov"),
+    baselines: Sequence[str] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate the learned predictor in model_dir (if given) and the baselines on `traces`."""
-    from predictor.policies import load_learned, make_policy
+    """Evaluate the learned predictor in model_dir (if given) and the baselines on `traces`
+    (default: every registered policy but learned, predictor.policies.baseline_names)."""
+    from predictor.policies import baseline_names, load_learned, make_policy
     from predictor.provenance import assess, combine, training_data, warn_if_in_sample
     from runtime.trace_identity import trace_identity
 
     traces = list(traces)
+    baselines = baseline_names() if baselines is None else tuple(baselines)
     provs = []
     results = []
     it = traces

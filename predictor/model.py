@@ -23,7 +23,7 @@ import numpy as np
 from predictor.artifact import Artifact, ArchitectureMismatchError
 from predictor.features import OnlineState, static_columns
 from predictor.horizon import DEFAULT_LOOKAHEAD, Outstanding
-from predictor.interface import TensorInfo
+from predictor.interface import BasePolicy, TensorInfo
 from runtime.trace_format import Access
 
 _READ = int(Access.READ)
@@ -115,7 +115,7 @@ def prepared(artifact: Artifact) -> Prepared:
     return p
 
 
-class LearnedPolicy:
+class LearnedPolicy(BasePolicy):
     """The learned predictor behind the Policy interface (see the module docstring)."""
 
     name = "learned"

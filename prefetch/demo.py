@@ -7,7 +7,7 @@ The protocol (issue 9): the learned model never sees the runs it is scored on.
 1. records every reference workload on the TRAINING seeds (default 0 and 1);
 2. trains one predictor per architecture on those traces only;
 3. runs every workload live on each EVALUATION seed (default 2, 3, 4; disjoint from the
-   training seeds) with `none`, `replay`, `markov` and `learned`, each against the same
+   training seeds) with every registered policy (`none`, `replay`, ... and `learned`), each against the same
    job all resident (losses, parameters and optimizer state compared bit for bit);
 4. evaluates the learned model offline on those unseen runs' traces, and simulates each
    live run's own trace with the same policies and the `oracle` (simulated figures are
@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from predictor.policies import baseline_names
 
 ALL_WORKLOADS = ("gpt2", "llama", "vit", "moe", "accum-eval", "layerdrop", "generate-train")
 QUICK_WORKLOADS = ("gpt2", "moe")
-BASE_POLICIES = ("none", "replay", "markov")
+BASE_POLICIES = baseline_names()  # every registered policy that needs no model folder
 SWEEP_BUDGETS = (0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 TRAIN_SEEDS = (0, 1)
 EVAL_SEEDS = (2, 3, 4)
@@ -71,7 +72,7 @@ class DemoConfig:
     eval_seeds: tuple[int, ...] = EVAL_SEEDS
     """Seeds of the live runs; never recorded for training."""
     policies: tuple[str, ...] | None = None
-    """Live policies; default none, replay, markov, learned:OUT/models."""
+    """Live policies; default every registered baseline (none, replay, ...) and learned:OUT/models."""
     budget: float = 0.4
     """Device budget, a fraction of the managed bytes."""
     link_ratio: float = 0.5

@@ -58,7 +58,7 @@ from typing import Sequence
 
 import numpy as np
 
-from predictor.interface import NO_PREDICTION, PolicyError, TensorInfo
+from predictor.interface import INF_POS, NO_PREDICTION, BasePolicy, PolicyError, TensorInfo
 from runtime.trace_format import Access, Kind, Phase, Trace
 
 _READ = int(Access.READ)
@@ -70,8 +70,7 @@ VARIANTS: tuple[dict, ...] = (
     dict(window="accesses", drop_late=True, horizon=True),
 )
 """The strategies (OraclePolicy keyword arguments) the simulator tries; it keeps the best per trace."""
-INF_POS = 1 << 62
-"""A position after every event: 'never read again'."""
+# INF_POS (predictor.interface): a position after every event, "never read again".
 
 
 def compute_deltas(trace: Trace) -> np.ndarray:
@@ -176,7 +175,7 @@ def future_tables(tensor_ids: np.ndarray, is_read: np.ndarray, is_write: np.ndar
     return {"value_next_read": value_next_read, "prev_write": prev_write, "initial_next_read": initial}
 
 
-class OraclePolicy:
+class OraclePolicy(BasePolicy):
     """Perfect future knowledge of one trace: Belady eviction, aggressive in-order prefetching.
 
     Feed it that trace's managed events in order (the simulator does); anything else is an
@@ -285,8 +284,8 @@ class OraclePolicy:
         return float(self._reads[d] - self._reads[self._pos - 1])
 
     def admit_prefetch(self, tensor_id: int, end_ns: int, now_ns: int, compute_ns: int) -> bool:
-        """Optional hook, called by the simulator before it issues a prefetch completing at end_ns
-        (now_ns: the simulated time; compute_ns: the trace's compute time elapsed, no stalls):
+        """Policy.admit_prefetch (the simulator, before it issues a prefetch completing at end_ns;
+        now_ns: the simulated time; compute_ns: the trace's compute time elapsed, no stalls):
         with drop_late, refuse one that would be late even if the compute never stalled again."""
         if not self.drop_late:
             return True
@@ -304,7 +303,7 @@ class OraclePolicy:
         return False
 
     def next_read_key(self, tensor_id: int) -> int:
-        """Optional fast path: the read count at the next read of `tensor_id` (INF_POS: never).
+        """Policy.next_read_key, the simulator's fast path: the read count at the next read of `tensor_id` (INF_POS: never).
 
         It changes only when `tensor_id` itself is observed, and predicted_next_use is this
         minus the reads so far, so the simulator can keep residents in a heap instead of
@@ -315,7 +314,7 @@ class OraclePolicy:
         return self._reads[d]
 
     def rekeyed(self) -> list[int]:
-        """Optional, with next_read_key: tensors whose key changed since the last call without being
+        """Policy.rekeyed, with next_read_key: tensors whose key changed since the last call without being
         observed (with `horizon`, those whose next read entered the window)."""
         out, self._entered = self._entered, []
         return out

@@ -43,8 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
 
-POLICY_ORDER = ("none", "replay", "markov", "learned")
-"""Table and plot order of the policies; others follow in order of appearance, the oracle last."""
+from predictor.policies import POLICIES
+
+POLICY_ORDER = tuple(POLICIES)
+"""Table and plot order of the policies (the registry's); others follow in order of appearance, the oracle last."""
 ORACLE = "oracle"
 ORACLE_LABEL = "oracle (sim)"
 MiB = 2**20
@@ -436,7 +438,7 @@ def _budget_fraction(d: dict[str, Any]) -> float | None:
         return b / managed if managed else None
     if isinstance(b, str):
         try:
-            from prefetch.budget import parse_budget
+            from runtime.budget import parse_budget
 
             pb = parse_budget(b)
         except ValueError:
