@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine_info, markdown_table, write_json  # noqa: E402
 from benchmarks.daemon_latency import free_tcp_endpoint, load_events  # noqa: E402
 from predictor.interface import TensorInfo  # noqa: E402
-from prefetch import wire  # noqa: E402
-from prefetch.daemon import ping  # noqa: E402
+from runtime import wire  # noqa: E402
+from runtime.daemon_launch import ping  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRACE = ROOT / "datasets" / "samples" / "gpt2" / "train"

@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info, markdown_table, write_json  # noqa: E402
 from predictor.interface import TensorInfo  # noqa: E402
-from prefetch import wire  # noqa: E402
-from prefetch.daemon import start_local_daemon  # noqa: E402
+from runtime import wire  # noqa: E402
 from runtime.daemon_client import DaemonClient, DaemonClientConfig  # noqa: E402
+from runtime.daemon_launch import start_local_daemon  # noqa: E402
 from runtime.trace_format import load_traces  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

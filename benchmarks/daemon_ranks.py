@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=None, help="MODEL_DIR for --policy learned")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    from prefetch.daemon import start_local_daemon
+    from runtime.daemon_launch import start_local_daemon
 
     counts = [int(x) for x in args.ranks.split(",") if x.strip()]
     endpoint, daemon = start_local_daemon(args.models)

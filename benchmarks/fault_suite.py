@@ -50,9 +50,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from benchmarks.common import machine_info, markdown_table, write_json  # noqa: E402
-from prefetch import wire  # noqa: E402
-from prefetch.daemon import ping, start_local_daemon  # noqa: E402
 from prefetch.trace_summary import summarize  # noqa: E402
+from runtime import wire  # noqa: E402
+from runtime.daemon_launch import ping, start_local_daemon  # noqa: E402
 from runtime.trace_format import TraceError, load_trace  # noqa: E402
 
 DEFAULT_TRACE = ROOT / "datasets" / "samples" / "gpt2" / "train" / "gpt2-train"

@@ -81,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from prefetch.run import check_policy, run_policies
+    from prefetch.run import run_policies
+    from runtime.policy_spec import check_policy_spec
 
     policies = [p for p in args.policies.split(",") if p]
     for p in list(policies):
         try:
-            check_policy(p)
+            check_policy_spec(p)
         except ValueError as exc:  # no trained model: say so and run the rest
             print(f"skipping {p}: {exc} (python benchmarks/run_all.py trains out/benchmarks/models)", file=sys.stderr)
             policies.remove(p)

@@ -5,7 +5,7 @@
 A client (runtime/daemon_client.py, a DEALER) says HELLO with its architecture signature
 and tensor table; the daemon makes the policy it asked for (or the fallback, saying
 why), then answers every EVENTS batch with one COMMANDS message: the ids the policy
-requested while observing that batch, in order. prefetch/wire.py has the format.
+requested while observing that batch, in order. runtime/wire.py has the format.
 
 One thread serves every session in turn: a policy's observe() holds the GIL anyway, so
 more threads would only add switching. It sleeps in zmq poll (timeout `poll_ms`, to
@@ -34,12 +34,10 @@ keys are in DIR/authorized_clients/.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,19 +51,21 @@ import numpy as np
 import zmq
 
 from predictor.interface import Policy, PolicyError, TensorInfo
-from prefetch import wire
-from prefetch.wire import ErrorCode, MsgType, WireError, log_field
+from runtime import wire
+from runtime.daemon_launch import (
+    AUTHORIZED_CLIENTS,
+    DEFAULT_FALLBACK,
+    FALLBACK_CHOICES,
+    SERVER_SECRET,
+    check_endpoint,
+    load_cert,
+    ping,
+)
+from runtime.wire import ErrorCode, MsgType, WireError, log_field
 
 log = logging.getLogger("prefetch.daemon")
 
-DEFAULT_FALLBACK = "replay"
-FALLBACK_CHOICES = ("replay", "markov", "none", "error")  # "error": refuse instead of falling back
 DEFAULT_LOOKAHEAD = 64  # when a HELLO says lookahead 0 ("daemon's choice")
-IPC_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
-SERVER_SECRET = "server.key_secret"  # files of `prefetch daemon --gen-keys DIR` (zmq.auth certificates)
-SERVER_PUBLIC = "server.key"
-CLIENT_SECRET = "client.key_secret"
-AUTHORIZED_CLIENTS = "authorized_clients"
 ZAP_DOMAIN = "prefetch"  # the ZAP domain the authenticator admits clients for
 
 
@@ -73,45 +73,6 @@ def default_endpoint() -> str:
     """A per-user ipc endpoint in the temp folder (loopback by construction)."""
     uid = os.getuid() if hasattr(os, "getuid") else 0
     return f"ipc://{tempfile.gettempdir()}/prefetch-daemon-{uid}.sock"
-
-
-def check_endpoint(endpoint: str, *, allow_remote: bool = False, authenticated: bool = False) -> None:
-    """Raise ValueError unless `endpoint` is an ipc:// path, inproc:// or a loopback tcp://
-    address (any tcp address with allow_remote). Without CURVE (`authenticated`) the
-    daemon takes no credentials, so it must stay reachable by this user only: an
-    abstract ipc endpoint (ipc://@NAME, Linux) has no file permissions, any local user
-    could connect, and is refused unless authenticated."""
-    scheme, sep, rest = endpoint.partition("://")
-    if not sep or not rest:
-        raise ValueError(f"endpoint {endpoint!r}: expected ipc://PATH, inproc://NAME or tcp://HOST:PORT")
-    if scheme == "ipc" and len(rest.encode()) > IPC_PATH_MAX:
-        raise ValueError(f"endpoint {endpoint!r}: ipc paths are limited to {IPC_PATH_MAX} bytes; use a shorter "
-                         "folder (e.g. TMPDIR=/tmp)")
-    if scheme == "ipc" and rest.startswith("@") and not authenticated:
-        raise ValueError(f"endpoint {endpoint!r}: an abstract ipc socket has no file permissions (any local user "
-                         "could connect); use an ipc:// path, or --curve-keys DIR")
-    if scheme in ("ipc", "inproc"):
-        return
-    if scheme != "tcp":
-        raise ValueError(f"endpoint {endpoint!r}: transport {scheme!r} not supported (use ipc, tcp or inproc)")
-    host, colon, port = rest.rpartition(":")
-    if not colon or not host or not port:
-        raise ValueError(f"endpoint {endpoint!r}: expected tcp://HOST:PORT")
-    if allow_remote:
-        return
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    loopback = host == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False  # '*', an interface name or a host name
-    if not loopback:
-        raise ValueError(
-            f"endpoint {endpoint!r} is not loopback: the daemon binds only to 127.0.0.1, [::1], localhost or "
-            "ipc:// unless you pass --allow-remote (which requires --curve-keys DIR)"
-        )
 
 
 # -- policies ------------------------------------------------------------------------------
@@ -275,20 +236,6 @@ def generate_keys(folder: str | os.PathLike[str]) -> dict[str, Path]:
             "client_public": Path(client_public), "client_secret": Path(client_secret), "authorized": authorized}
 
 
-def _load_cert(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
-    import zmq.auth
-
-    if not path.is_file():
-        raise ValueError(f"{path}: no such key file (make keys with `prefetch daemon --gen-keys DIR`)")
-    try:
-        public, secret_key = zmq.auth.load_certificate(str(path))
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a ZeroMQ certificate ({exc})") from None
-    if secret and not secret_key:
-        raise ValueError(f"{path}: holds no secret key")
-    return public, secret_key
-
-
 def load_server_keys(folder: str | os.PathLike[str]) -> tuple[bytes, bytes, Path]:
     """(public, secret, authorized_clients folder) of a --curve-keys folder, checked: the
     secret key file must not be readable by others, and at least one client is authorized."""
@@ -296,7 +243,7 @@ def load_server_keys(folder: str | os.PathLike[str]) -> tuple[bytes, bytes, Path
     if not root.is_dir():
         raise ValueError(f"--curve-keys {root}: no such folder (make one with `prefetch daemon --gen-keys DIR`)")
     path = root / SERVER_SECRET
-    public, secret = _load_cert(path, secret=True)
+    public, secret = load_cert(path, secret=True)
     if hasattr(os, "getuid") and path.stat().st_mode & 0o077:
         raise ValueError(f"{path}: the secret key is readable by other users; chmod 600 it")
     authorized = root / AUTHORIZED_CLIENTS
@@ -305,17 +252,6 @@ def load_server_keys(folder: str | os.PathLike[str]) -> tuple[bytes, bytes, Path
                          "them nobody could connect")
     assert secret is not None
     return public, secret, authorized
-
-
-def load_client_keys(folder: str | os.PathLike[str]) -> dict[str, bytes]:
-    """The keys a client needs from a folder holding server.key (the daemon's public key)
-    and client.key_secret (this client's keypair): curve_serverkey, curve_publickey,
-    curve_secretkey (Z85 bytes)."""
-    root = Path(folder)
-    server_public, _ = _load_cert(root / SERVER_PUBLIC, secret=False)
-    client_public, client_secret = _load_cert(root / CLIENT_SECRET, secret=True)
-    assert client_secret is not None
-    return {"curve_serverkey": server_public, "curve_publickey": client_public, "curve_secretkey": client_secret}
 
 
 # -- sessions ------------------------------------------------------------------------------
@@ -785,35 +721,7 @@ class Daemon:
         }
 
 
-# -- helpers for tests and for the runtime ------------------------------------------------
-
-
-def ping(endpoint: str, *, timeout_ms: int = 500, context: zmq.Context | None = None,
-         curve_keys: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """The daemon's PONG info, or None if nothing answers within timeout_ms.
-    `curve_keys`: a folder with server.key and client.key_secret, for a CURVE daemon."""
-    ctx = context or zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if curve_keys is not None:
-        for opt, value in load_client_keys(curve_keys).items():
-            setattr(sock, opt, value)
-    try:
-        sock.connect(endpoint)
-        sock.send_multipart(wire.Ping(seq=1).encode())
-        deadline = time.monotonic() + timeout_ms / 1000
-        while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(max(1, int(left * 1000))):
-                return None
-            try:
-                msg = wire.decode(sock.recv_multipart(zmq.NOBLOCK))
-            except WireError:
-                continue
-            if isinstance(msg, wire.Pong):
-                return msg.info
-        return None
-    finally:
-        sock.close(linger=0)
+# -- helpers for tests and in-process use -------------------------------------------------
 
 
 def _ipc_answers(endpoint: str) -> bool:
@@ -879,86 +787,3 @@ def run_daemon_in_thread(
 ) -> DaemonThread:
     """A started DaemonThread (bound and serving when this returns)."""
     return DaemonThread(Daemon(config, policy_factory=policy_factory, context=context)).start()
-
-
-class LocalDaemon:
-    """A daemon subprocess (`python -m prefetch daemon ...`) started by start_local_daemon."""
-
-    def __init__(self, process: subprocess.Popen, endpoint: str):
-        self.process = process
-        self.endpoint = endpoint
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout_s: float = 5.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL if needed. Idempotent; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout_s)
-        if self.endpoint.startswith("ipc://"):
-            try:
-                os.unlink(self.endpoint[len("ipc://"):])
-            except OSError:
-                pass
-        return self.process.returncode
-
-    def __enter__(self) -> "LocalDaemon":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def local_ipc_endpoint() -> str:
-    """A fresh ipc endpoint in the temp folder, unique to this process and call."""
-    return f"ipc://{tempfile.gettempdir()}/prefetch-{os.getpid()}-{secrets.token_hex(4)}.sock"
-
-
-def start_local_daemon(
-    models_dir: str | os.PathLike[str] | None,
-    *,
-    endpoint: str | None = None,
-    policy_fallback: str = DEFAULT_FALLBACK,
-    timeout_s: float = 20.0,
-    extra_args: tuple[str, ...] = (),
-) -> tuple[str, LocalDaemon]:
-    """Spawn `python -m prefetch daemon --bind ENDPOINT --models DIR` and wait until it
-    answers PING. Returns (endpoint, handle); `handle.stop()` ends it (call it at exit)."""
-    endpoint = endpoint or local_ipc_endpoint()
-    check_endpoint(endpoint)
-    cmd = [sys.executable, "-m", "prefetch", "daemon", "--bind", endpoint, "--policy-fallback", policy_fallback]
-    if models_dir is not None:
-        cmd += ["--models", str(Path(models_dir).resolve())]
-    cmd += list(extra_args)
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # the project root: `prefetch` importable as-is
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    handle = LocalDaemon(proc, endpoint)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-            raise RuntimeError(f"prefetch daemon exited with code {proc.returncode} before answering: {err[-2000:]}")
-        if ping(endpoint, timeout_ms=200) is not None:
-            _drain_stderr(proc)
-            return endpoint, handle
-    handle.stop()
-    raise TimeoutError(f"prefetch daemon on {endpoint} did not answer within {timeout_s:g} s")
-
-
-def _drain_stderr(proc: subprocess.Popen) -> None:
-    """Forward the daemon's stderr to ours on a daemon thread, so a full pipe never blocks it."""
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            sys.stderr.write("[prefetch daemon] " + line.decode(errors="replace"))
-
-    threading.Thread(target=pump, name="prefetch-daemon-stderr", daemon=True).start()

@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from prefetch.budget import parse_budget
+from runtime.budget import parse_budget
 from runtime.host_stepping import host_stepping
+from runtime.policy_spec import check_policy_spec
 from runtime.prefetcher import PrefetchConfig, Prefetcher, compute_device
 from runtime.recorder import Recorder
 from runtime.state_compare import identity_report, losses_identical, snapshot
@@ -102,7 +103,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
         raise ValueError(f"--{exc}") from None  # "--budget '2.0' is ambiguous: ..."
     check_device(device)
     for policy in policies:
-        check_policy(policy, daemon=daemon)
+        check_policy_spec(policy, daemon=daemon)
         PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device)
     check_budget_fits(workload, seed, budget)
     dev = compute_device(device)  # where the model, its inputs and all compute live
@@ -235,33 +236,6 @@ def overhead_line(o: dict[str, Any]) -> str:
 
 
 # -- validation: every refusal happens before a training step runs ----------------------------
-def check_policy(spec: str, *, daemon: str | None = None) -> None:
-    """PolicyError (a ValueError) for a policy `prefetch run` cannot use: an unknown name,
-    `oracle`, `learned:` without a folder, or (without --daemon, whose own --models
-    folder serves) a folder that does not exist or holds no trained predictor."""
-    from predictor.interface import PolicyError
-    from predictor.policies import make_policy
-
-    name, sep, arg = spec.partition(":")
-    if name != "learned":
-        try:
-            make_policy(spec)  # raises for unknown names and for oracle (simulator only)
-        except PolicyError as exc:
-            raise PolicyError(f"--policy: {exc}") from None
-        return
-    if not arg.strip():
-        raise PolicyError(f"--policy {spec!r}: learned needs a model folder, e.g. learned:models/")
-    if daemon is not None:
-        return  # the daemon's --models folder is the one that counts
-    from predictor.artifact import list_artifacts
-
-    folder = Path(arg)
-    if not folder.is_dir():
-        raise PolicyError(f"--policy {spec}: model folder {arg} not found (run `prefetch train ... --out {arg}`)")
-    if not list_artifacts(folder):
-        raise PolicyError(f"--policy {spec}: {arg} holds no trained predictor (no */meta.json); run `prefetch train`")
-
-
 def check_device(spec: str) -> None:
     """ValueError unless `spec` is auto, simulated, or a CUDA device this machine has."""
     if spec in ("auto", "simulated"):

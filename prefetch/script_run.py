@@ -160,7 +160,7 @@ def run_script(command: list[str], *, policy: str, budget: str, lookahead: int, 
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     local_daemon = None
     if policy.startswith("learned:") and daemon is None:
-        from prefetch.daemon import start_local_daemon
+        from runtime.daemon_launch import start_local_daemon
 
         daemon, local_daemon = start_local_daemon(policy.partition(":")[2])  # one per node, for every rank
     if daemon is not None:

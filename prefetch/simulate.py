@@ -129,7 +129,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from predictor.interface import NO_PREDICTION, Policy, PolicyError, TensorInfo
-from prefetch.budget import Budget, format_bytes, parse_budget
+from runtime.budget import Budget, format_bytes, parse_budget
 from prefetch.oracle import INF_POS as _INF_POS
 from prefetch.oracle import VARIANTS as ORACLE_VARIANTS
 from prefetch.oracle import OraclePolicy, compute_deltas, managed_stream

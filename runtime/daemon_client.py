@@ -35,8 +35,9 @@ import numpy as np
 import zmq
 
 from predictor.interface import TensorInfo
-from prefetch import wire
-from prefetch.wire import EVENT_DTYPE, ErrorCode, WireError, log_field
+from runtime import wire
+from runtime.daemon_launch import load_client_keys
+from runtime.wire import EVENT_DTYPE, ErrorCode, WireError, log_field
 
 log = logging.getLogger("runtime.daemon_client")
 
@@ -91,8 +92,6 @@ class DaemonClientConfig:
         if self.curve_keys is not None:
             if not zmq.has("curve"):
                 raise ValueError("curve_keys: this libzmq was built without CURVE support")
-            from prefetch.daemon import load_client_keys
-
             load_client_keys(self.curve_keys)  # a missing or unreadable key file fails here, named
 
 
@@ -140,8 +139,6 @@ class DaemonClient:
         self._closed = False
         self._curve: dict[str, bytes] = {}
         if config.curve_keys is not None:
-            from prefetch.daemon import load_client_keys
-
             self._curve = load_client_keys(config.curve_keys)
         self.hello: wire.HelloOk | None = None
         """The daemon's last HELLO_OK: `.policy` (what serves), `.fallback_reason`."""

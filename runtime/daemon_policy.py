@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 from predictor.interface import NO_PREDICTION, TensorInfo
 from predictor.policies import make_policy
 from runtime.daemon_client import DaemonClient, DaemonClientConfig
+from runtime.daemon_launch import start_local_daemon
 
 _READ = 0
 
@@ -43,8 +44,6 @@ class DaemonPolicy:
         models_dir = spec.partition(":")[2] or None
         endpoint = endpoint or os.environ.get("PREFETCH_DAEMON_ENDPOINT") or None  # the node's daemon (prefetch run)
         if endpoint is None:
-            from prefetch.daemon import start_local_daemon
-
             endpoint, self._daemon = start_local_daemon(models_dir, policy_fallback=fallback)
             atexit.register(self._daemon.stop)  # never leave a daemon behind
         else:

@@ -38,6 +38,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("runtime.hf needs transformers: pip install 'learned-prefetch[zoo]'") from exc
 
+from runtime.policy_spec import check_policy_spec
 from runtime.prefetcher import PrefetchConfig, Prefetcher
 from runtime.recorder import Recorder
 
@@ -92,10 +93,8 @@ class PrefetchCallback(TrainerCallback):
     def __init__(self, policy: str = "replay", budget: float | int | str = 0.4, *,
                  json: str | os.PathLike[str] | None = None, timeline: str | os.PathLike[str] | None = None,
                  **config: Any):
-        from prefetch.run import check_policy  # unknown names, learned: without a model folder
-
         try:
-            check_policy(policy, daemon=config.get("daemon"))
+            check_policy_spec(policy, daemon=config.get("daemon"))  # unknown names, learned: without a folder
         except ValueError as exc:  # its messages name prefetch run's flag
             raise ValueError(f"PrefetchCallback: {str(exc).replace('--policy', 'policy', 1)}") from None
         # validated now (PrefetchConfig.__post_init__): a bad budget is refused at construction

@@ -38,8 +38,8 @@ _WARMUP_LINK = LinkModel(bandwidth_bytes_per_s=1e12, latency_s=0.0)  # until ste
 
 def parse_budget(budget: float | int | str) -> tuple[int | None, float]:
     """(absolute bytes or None, fraction) from 0.4, '40%', 2_000_000, '2GiB', '512MB'.
-    The one parser is prefetch.budget's (the simulator's too)."""
-    from prefetch.budget import parse_budget as parse
+    The one parser is runtime.budget's (the simulator's too)."""
+    from runtime.budget import parse_budget as parse
 
     b = parse(budget)
     return (b.nbytes, 1.0) if b.nbytes is not None else (None, float(b.fraction))

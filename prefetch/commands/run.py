@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.daemon_keys is not None:  # read by runtime.daemon_policy, here and in a launched script
         import os
 
-        from prefetch.daemon import load_client_keys
+        from runtime.daemon_launch import load_client_keys
 
         load_client_keys(args.daemon_keys)  # a missing or unreadable key file: one line naming it
         os.environ["PREFETCH_DAEMON_KEYS"] = str(Path(args.daemon_keys).resolve())
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--compare is for a script: --workload runs always compare with an all-resident twin")
     args.seed = 0 if args.seed is None else args.seed
     torch.set_num_threads(args.threads)
-    budget = args.budget  # parsed (and checked) by prefetch.budget
+    budget = args.budget  # parsed (and checked) by runtime.budget
     report = run_workload(args.workload, steps=args.steps, policy=args.policy, budget=budget, seed=args.seed,
                           link_ratio=args.link_ratio, lookahead=args.lookahead, warmup_steps=args.warmup,
                           device=args.device, daemon=args.daemon, trace_out=args.trace_out,
@@ -96,12 +96,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_script(command: list[str], args: argparse.Namespace) -> int:
     """Every flag checked here, before the script starts; then the launch (prefetch.script_run)."""
-    from prefetch.budget import parse_budget
-    from prefetch.run import bit_identical, check_device, check_policy, summary_line
+    from runtime.budget import parse_budget
+    from prefetch.run import bit_identical, check_device, summary_line
+    from runtime.policy_spec import check_policy_spec
     from prefetch.script_run import parse_command, run_script
     from runtime.prefetcher import PrefetchConfig
 
-    check_policy(args.policy, daemon=args.daemon)  # unknown names, a missing or empty model folder
+    check_policy_spec(args.policy, daemon=args.daemon)  # unknown names, a missing or empty model folder
     check_device(args.device)
     try:
         parse_budget(args.budget)

@@ -75,7 +75,7 @@ def _split(text: str, what: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefetch.budget import parse_budget
+    from runtime.budget import parse_budget
     from prefetch.simulate import format_table, simulate
     from runtime.trace_format import load_traces
 

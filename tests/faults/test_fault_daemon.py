@@ -19,7 +19,7 @@ import torch
 
 import runtime
 from fault_job import make_job
-from prefetch.daemon import start_local_daemon
+from runtime.daemon_launch import start_local_daemon
 from runtime.link import LinkModel
 
 FAULTS = ("stop", "kill", "restart")

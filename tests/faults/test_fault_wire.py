@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefetch import wire
+from runtime import wire
 from runtime.trace_format import Access, Phase
 from wire_strategies import any_messages, damaged_messages, noise_messages, valid_messages
 

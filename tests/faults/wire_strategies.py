@@ -2,7 +2,7 @@
 
 Shared by tests/faults/test_fault_wire.py and benchmarks/fault_suite.py (which puts this
 folder on sys.path), so the benchmark's 10k messages are the kind the tests try.
-Only prefetch.wire's public names are used: the decoder is tested as clients meet it.
+Only runtime.wire's public names are used: the decoder is tested as clients meet it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from predictor.interface import TensorInfo
-from prefetch import wire
+from runtime import wire
 
 # Text a client may send: any code point UTF-8 can carry, NUL excluded (it joins strings).
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=24)

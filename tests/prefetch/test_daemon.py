@@ -17,18 +17,10 @@ import pytest
 import zmq
 
 from predictor.interface import NO_PREDICTION, PolicyError, TensorInfo
-from prefetch import wire
-from prefetch.daemon import (
-    Daemon,
-    DaemonConfig,
-    PolicyChoice,
-    check_endpoint,
-    make_policy_factory,
-    ping,
-    run_daemon_in_thread,
-    start_local_daemon,
-)
-from prefetch.wire import EVENT_DTYPE, MsgType
+from prefetch.daemon import Daemon, DaemonConfig, PolicyChoice, make_policy_factory, run_daemon_in_thread
+from runtime import wire
+from runtime.daemon_launch import check_endpoint, ping, start_local_daemon
+from runtime.wire import EVENT_DTYPE, MsgType
 
 RECV_TIMEOUT_MS = 3000
 

@@ -14,9 +14,9 @@ import pytest
 import zmq
 
 from predictor.interface import NO_PREDICTION, TensorInfo
-from prefetch import wire
 from prefetch.daemon import DaemonConfig, PolicyChoice, run_daemon_in_thread
-from prefetch.wire import EVENT_DTYPE
+from runtime import wire
+from runtime.wire import EVENT_DTYPE
 
 RECV_TIMEOUT_MS = 5000
 SPIN_S = 40e-6  # the slow policy's cost per event

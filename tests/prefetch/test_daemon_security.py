@@ -21,21 +21,18 @@ import pytest
 import zmq
 
 from predictor.interface import NO_PREDICTION, TensorInfo
-from prefetch import wire
-from prefetch.daemon import (
+from prefetch.daemon import DaemonConfig, PolicyChoice, generate_keys, run_daemon_in_thread
+from runtime import wire
+from runtime.daemon_client import DaemonClient, DaemonClientConfig
+from runtime.daemon_launch import (
     AUTHORIZED_CLIENTS,
     CLIENT_SECRET,
     SERVER_PUBLIC,
     SERVER_SECRET,
-    DaemonConfig,
-    PolicyChoice,
     check_endpoint,
-    generate_keys,
     ping,
-    run_daemon_in_thread,
 )
-from prefetch.wire import EVENT_DTYPE, log_field
-from runtime.daemon_client import DaemonClient, DaemonClientConfig
+from runtime.wire import EVENT_DTYPE, log_field
 
 RECV_TIMEOUT_MS = 3000
 ROOT = Path(__file__).resolve().parents[2]

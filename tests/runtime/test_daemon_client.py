@@ -16,14 +16,15 @@ import pytest
 import zmq
 
 from predictor.interface import NO_PREDICTION, PolicyError, TensorInfo
-from prefetch import wire
-from prefetch.daemon import DaemonConfig, PolicyChoice, run_daemon_in_thread, start_local_daemon
+from prefetch.daemon import DaemonConfig, PolicyChoice, run_daemon_in_thread
+from runtime import wire
 from runtime.daemon_client import (
     DaemonClient,
     DaemonClientConfig,
     DaemonUnavailableWarning,
     concat_commands,
 )
+from runtime.daemon_launch import start_local_daemon
 
 
 class NextId:

@@ -10,8 +10,8 @@ import torch
 
 import runtime
 from predictor.train import TrainConfig, train
-from prefetch.daemon import start_local_daemon
 from runtime.daemon_client import DaemonUnavailableWarning
+from runtime.daemon_launch import start_local_daemon
 from runtime.link import LinkModel
 
 

@@ -216,7 +216,7 @@ def test_record_train_then_learned_prefetch(tmp_path):
     trace, then PrefetchCallback(learned) on seed 0 served by a local daemon: the learned
     policy serves (not a fallback), the run is out of sample, and bit-identical."""
     from predictor.train import TrainConfig, train
-    from prefetch.daemon import start_local_daemon
+    from runtime.daemon_launch import start_local_daemon
 
     _train(tmp_path / "r", RecordCallback(out=tmp_path / "traces", workload="gpt2-tiny"), seed=1, max_steps=5)
     train([tmp_path / "traces"], tmp_path / "models", TrainConfig(num_threads=1, num_trees=5), progress=False,

@@ -89,7 +89,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # a rank dies without a goodbye
 
 def test_node_daemon_survives_a_rank_killed(tmp_path):
     """One daemon for the node: a rank killed mid-session (SIGKILL, no BYE) leaves it serving the other ranks."""
-    from prefetch.daemon import ping, start_local_daemon
+    from runtime.daemon_launch import ping, start_local_daemon
 
     endpoint, daemon = start_local_daemon(None)
     try:

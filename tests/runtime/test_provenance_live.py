@@ -7,7 +7,7 @@ import torch
 
 from predictor import provenance
 from predictor.train import TrainConfig, train
-from prefetch.daemon import start_local_daemon
+from runtime.daemon_launch import start_local_daemon
 from runtime.link import LinkModel
 from runtime.prefetcher import prefetching
 from runtime.recorder import record

@@ -1,10 +1,10 @@
-"""prefetch.budget: --budget as a fraction or a size, and clear errors."""
+"""runtime.budget: --budget as a fraction or a size, and clear errors."""
 
 from __future__ import annotations
 
 import pytest
 
-from prefetch.budget import Budget, format_bytes, parse_budget, resolve_budget
+from runtime.budget import Budget, format_bytes, parse_budget, resolve_budget
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from predictor.interface import TensorInfo
-from prefetch import wire
-from prefetch.wire import EVENT_DTYPE, ErrorCode, MsgType, WireError
+from runtime import wire
+from runtime.wire import EVENT_DTYPE, ErrorCode, MsgType, WireError
 
 
 def table(n: int, prefix: str = "param:w") -> TensorInfo:

@@ -1,6 +1,6 @@
 """The daemon wire format: ZeroMQ multipart messages, a versioned header and raw payloads.
 
-    python -c "import prefetch.wire as w; print(w.__doc__)"    # docs/wire.md has the same on one screen
+    python -c "import runtime.wire as w; print(w.__doc__)"    # docs/wire.md has the same on one screen
 
 Every message is a list of frames. Frame 0 is a fixed 20-byte header (little-endian):
 
