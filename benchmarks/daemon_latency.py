@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_info, markdown_table, write_json  # noqa: E402
 from predictor.interface import TensorInfo  # noqa: E402
+from predictor.policies import baseline_names  # noqa: E402
 from runtime import wire  # noqa: E402
 from runtime.daemon_client import DaemonClient, DaemonClientConfig  # noqa: E402
 from runtime.daemon_launch import start_local_daemon  # noqa: E402
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         results["served_policy"] = served
         if args.only == "all":  # what bounds batched throughput: the wire, or the policy's observe()?
             results["throughput_by_policy"] = []
-            specs = ["none", "markov", "replay"] + (["learned"] if args.models else [])
+            specs = [*baseline_names()] + (["learned"] if args.models else [])  # every registered policy
             for spec in specs:
                 for next_use in (True, False):
                     client = connect(endpoints["ipc"], tensors, architecture, spec, next_use=next_use)

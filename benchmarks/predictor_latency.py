@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from predictor.interface import TensorInfo  # noqa: E402
-from predictor.policies import make_policy  # noqa: E402
+from predictor.policies import baseline_names, make_policy  # noqa: E402
 from runtime.trace_format import Access, load_traces  # noqa: E402
 
 
@@ -98,7 +98,7 @@ def main() -> int:
             args.model = Path(tmp.name) / "models"
             train([Path(tmp.name) / "train"], args.model, progress=False, log=lambda *_: None)
     traces = load_traces(paths, managed_only=True)
-    specs = ["none", "replay", "markov"] + ([f"learned:{args.model}"] if args.model else [])
+    specs = [*baseline_names()] + ([f"learned:{args.model}"] if args.model else [])  # every registered policy
     threads = thread_counts()
     print("threads: " + "  ".join(f"{k}={v}" for k, v in threads.items()))
     rows = [time_policy(s, traces, lookahead=args.lookahead, repeat=args.repeat) for s in specs]

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from predictor.interface import Policy, PolicyError, TensorInfo
+from predictor.interface import Policy, PolicyError, TensorInfo, check_policy
 from runtime import wire
 from runtime.daemon_launch import (
     AUTHORIZED_CLIENTS,
@@ -519,7 +519,7 @@ class Daemon:
             session_id=sid,
             identity=identity,
             architecture=msg.architecture,
-            policy=choice.policy,
+            policy=check_policy(choice.policy),
             served=choice.served,
             num_tensors=n,
             next_use=msg.next_use,
@@ -548,9 +548,7 @@ class Daemon:
         self._total_tensors += k
         sess.last_seen = time.monotonic()
         self._sessions.move_to_end(sess.identity)
-        extend = getattr(sess.policy, "extend", None)  # optional hook: policies that index the table
-        if extend is not None:
-            extend(msg.tensors, msg.first_id)
+        sess.policy.extend(msg.tensors, msg.first_id)
 
     def _on_events(self, sess: Session, msg: wire.Events) -> None:
         sess.last_seen = time.monotonic()

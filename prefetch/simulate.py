@@ -95,13 +95,14 @@ issued (a prefetch: FIFO copy) if it fits or room can be made; a refused one sta
 the head of the queue and draining stops until the next event (ChampSim's
 `prefetch_line` returning false).
 
-Optional hooks, used by the oracle, ignored when absent (a daemon policy needs none):
+Fast-path hooks (predictor.interface.Policy), used by the oracle and called only when a
+policy overrides BasePolicy's default (checked once per trace, not per event):
 `admit_prefetch(id, end_ns, now_ns, compute_ns) -> bool`, the last word before a request
 is issued, knowing when its copy would complete (False drops the request);
 `next_read_key(id) -> int`, the read count at the tensor's next read (reads +
 predicted_next_use; INF_POS for NO_PREDICTION), changing only when the tensor itself is
-observed or is listed by the optional `rekeyed() -> list[int]` after an event: residents
-are then kept in a heap and the victims (the same as the scan's) are found in O(log n).
+observed or is listed by `rekeyed() -> list[int]` after an event: residents are then
+kept in a heap and the victims (the same as the scan's) are found in O(log n).
 
 The oracle
 ----------
@@ -128,7 +129,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from predictor.interface import NO_PREDICTION, Policy, PolicyError, TensorInfo
+from predictor.interface import NO_PREDICTION, Policy, PolicyError, TensorInfo, check_policy, overrides
 from runtime.budget import Budget, format_bytes, parse_budget
 from prefetch.oracle import INF_POS as _INF_POS
 from prefetch.oracle import VARIANTS as ORACLE_VARIANTS
@@ -302,7 +303,7 @@ def simulate(
     if lookahead < 1:
         raise ValueError(f"lookahead must be >= 1, got {lookahead}")
     parsed = parse_budget(budget)
-    name = policy if isinstance(policy, str) else str(getattr(policy, "name", type(policy).__name__))
+    name = policy if isinstance(policy, str) else check_policy(policy).name
     runs = []
     for trace in loaded:
         managed, largest, largest_key = _sizes(trace)
@@ -314,7 +315,7 @@ def simulate(
                 trace, pol, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,
                 link=trace_link, warmup_steps=warmup_steps,
             )
-            run.variant = getattr(pol, "variant", None)
+            run.variant = pol.variant
             run.lookahead = lookahead if isinstance(policy, str) and policy != "oracle" else None
             # the oracle's portfolio: the best hit rate, then the shortest time (first wins ties)
             if best is None or (run.stats.hit_rate, -run.measured_ns) > (best.stats.hit_rate, -best.measured_ns):
@@ -520,11 +521,12 @@ def _simulate_trace(
 
     policy.start(TensorInfo.from_table(trace.tensors))
     observe = policy.observe
-    pnu = getattr(policy, "predicted_next_use", None) or _no_prediction
-    key = getattr(policy, "next_read_key", None)
-    rekeyed = getattr(policy, "rekeyed", None) if key is not None else None
-    admit = getattr(policy, "admit_prefetch", None)
-    use_heap = key is not None  # the oracle: same victims as the scan, found in O(log n)
+    pnu = policy.predicted_next_use
+    # Fast-path hooks, decided once here (not per event): called only when the policy overrides them.
+    use_heap = overrides(policy, "next_read_key")  # the oracle: same victims as the scan, found in O(log n)
+    key = policy.next_read_key
+    rekeyed = policy.rekeyed if overrides(policy, "rekeyed") else None
+    admit = policy.admit_prefetch if overrides(policy, "admit_prefetch") else None
 
     # Device state. `res` holds tensors with device bytes (resident or in flight), LRU first.
     res: OrderedDict[int, None] = OrderedDict()
@@ -859,10 +861,6 @@ def _simulate_trace(
         optimizer_wait_ns=opt_wait - warm_extra[4], trace=trace.stem.name,
         outcomes=np.frombuffer(bytes(outcome), dtype=np.int8),
     )
-
-
-def _no_prediction(tensor_id: int) -> float:
-    return _INF
 
 
 _NOTHING: frozenset[int] = frozenset()

@@ -19,7 +19,7 @@ import os
 import warnings
 from typing import Callable, Sequence
 
-from predictor.interface import NO_PREDICTION, TensorInfo
+from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
 from predictor.policies import make_policy
 from runtime.daemon_client import DaemonClient, DaemonClientConfig
 from runtime.daemon_launch import start_local_daemon
@@ -27,7 +27,7 @@ from runtime.daemon_launch import start_local_daemon
 _READ = 0
 
 
-class DaemonPolicy:
+class DaemonPolicy(BasePolicy):
     """Policy protocol over a DaemonClient, with a local replay fallback."""
 
     name = "learned"

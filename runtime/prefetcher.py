@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from predictor.interface import Policy, TensorInfo
+from predictor.interface import BasePolicy, Policy, TensorInfo, check_policy
 from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
@@ -137,7 +137,7 @@ class Prefetcher:
         first = next(model.parameters(), None)
         self.device = make_device(config.device, config.link or _WARMUP_LINK, first.device if first is not None else None)
         self._link_fixed = config.link is not None or self.device.name != "simulated"
-        self.store = TensorStore(self.device, policy or _NullPolicy(), StoreConfig(
+        self.store = TensorStore(self.device, check_policy(policy) if policy is not None else _NullPolicy(), StoreConfig(
             budget_bytes=budget_bytes, budget_fraction=fraction, warmup_steps=config.warmup_steps))
         self.tracker = AccessTracker(model, optimizer, self.store, config.tracker)
         if not config.reference_tensors and config.policy.startswith("learned:") and policy is None:
@@ -323,7 +323,7 @@ class Prefetcher:
         managed = self.store.managed_bytes()
         d = {
             "policy": self.config.policy,
-            "policy_served_by": getattr(self.store.policy, "served_by", self.store.policy.name),
+            "policy_served_by": self.store.policy.served_by or self.store.policy.name,
             "device": self.device.name,
             "link": self.device.describe_link() if isinstance(self.device, SimulatedDevice) else None,
             "managed_bytes": managed,
@@ -361,7 +361,7 @@ class Prefetcher:
         d.update(cuda)
         if self.config.policy.startswith("learned:"):
             d.update(self.provenance().as_dict())
-        note = getattr(self.store.policy, "note", None) or self.policy_note
+        note = self.store.policy.note or self.policy_note
         if note:
             d["policy_note"] = note
         return d
@@ -428,9 +428,7 @@ class Prefetcher:
         if self.cuda_monitor is not None:
             self.cuda_monitor.close()
         self.store.close()
-        close = getattr(self.store.policy, "close", None)
-        if close is not None:
-            close()
+        self.store.policy.close()
         self.device.close()
 
 
@@ -450,7 +448,7 @@ def _artifact_rows(spec: str, architecture: str) -> list[dict[str, Any]] | None:
             for i, k in enumerate(info.keys)]
 
 
-class _NullPolicy:
+class _NullPolicy(BasePolicy):
     name = "none"
 
     def start(self, tensors: TensorInfo) -> None:
@@ -458,9 +456,6 @@ class _NullPolicy:
 
     def observe(self, step, micro_step, phase, access, tensor_id):
         return ()
-
-    def predicted_next_use(self, tensor_id: int) -> float:
-        return float("inf")
 
 
 @contextlib.contextmanager
@@ -475,7 +470,7 @@ def prefetching(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None 
         cfg = PrefetchConfig(policy=policy, budget=budget, **kwargs)
         pf = Prefetcher(model, optimizer, cfg)
     else:
-        cfg = PrefetchConfig(policy=getattr(policy, "name", "custom"), budget=budget, **kwargs)
+        cfg = PrefetchConfig(policy=check_policy(policy).name, budget=budget, **kwargs)
         pf = Prefetcher(model, optimizer, cfg, policy=policy)
     try:
         yield pf

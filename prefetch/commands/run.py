@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from predictor.policies import spec_help
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a workload or a script with prefetching and report hit rate, stalls, slowdown",
@@ -28,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workload", default=None, help="a reference workload (or a script after --)")
     p.add_argument("--steps", type=int, default=12, help="--workload only: steps to run (default 12)")
-    p.add_argument("--policy", default="replay", help="none | replay | markov | learned:MODEL_DIR (default replay)")
+    p.add_argument("--policy", default="replay", help=f"{spec_help()}; NAME:key=value sets a parameter (default replay)")
     p.add_argument("--budget", default="0.4", help="fraction of managed bytes (0.4) or a size (2GiB)")
     p.add_argument("--seed", type=int, default=None,
                    help="--workload: its seed (default 0); a script: the seed it uses, if known (provenance)")

@@ -10,10 +10,11 @@ import argparse
 import json
 from pathlib import Path
 
+from predictor.policies import ORACLE, baseline_names, spec_help
 from prefetch.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
 
 DEFAULT_SWEEP_BUDGETS = "0.2,0.3,0.4,0.5,0.6,0.8,1.0"
-DEFAULT_SWEEP_POLICIES = "none,replay,markov,oracle"
+DEFAULT_SWEEP_POLICIES = ",".join((*baseline_names(), ORACLE))
 DEFAULT_PLOT = "simulate-sweep.png"
 
 
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("traces", nargs="+", metavar="TRACE_DIR", help="trace files or folders of traces")
     p.add_argument("--policy", default=None,
-                   help="none, replay, markov, oracle or learned:MODEL_DIR (required unless --sweep)")
+                   help=f"{spec_help()} | oracle; NAME:key=value sets a parameter (required unless --sweep)")
     p.add_argument("--budget", default="0.4",
                    help="device budget: a fraction of the managed bytes (0.4, 40%%) or a size (2GiB, 1.5e9); "
                         "default 0.4")
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     link, ratio, latency_s = _link(args)
     if not args.sweep and args.policy is None:
-        raise ValueError("--policy is required (none, replay, markov, oracle, learned:MODEL_DIR), or use --sweep")
+        raise ValueError(f"--policy is required ({spec_help()} | oracle), or use --sweep")
     if args.plot is not None and not args.sweep:
         raise ValueError("--plot goes with --sweep")
     traces = load_traces(args.traces)

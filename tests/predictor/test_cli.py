@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from predictor.policies import POLICIES
 from prefetch.cli import main
 
 
@@ -21,7 +22,7 @@ def test_train_then_eval_writes_artifacts_and_json(traces, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert {r["scope"] for r in report["traces"]} == {"held-out steps", "held-out run"}
     for r in report["traces"]:
-        assert set(r["policies"]) == {"none", "replay", "markov", "learned"}
+        assert set(r["policies"]) == set(POLICIES)  # every registered policy is evaluated
         for m in r["policies"].values():
             assert {"top1", "topk", "recall", "coverage", "by_phase", "by_kind"} <= set(m)
 

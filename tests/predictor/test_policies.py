@@ -137,3 +137,36 @@ def test_simulator_calls_admit_prefetch_when_overridden():
     refused = simulate(SAMPLE, Refusing(), budget=0.5)
     admitted = simulate(SAMPLE, Admitting(), budget=0.5)
     assert refused.stats.prefetch_issued == 0 and admitted.stats.prefetch_issued > 0
+
+
+def test_daemon_hands_a_grown_tensor_table_to_extend(ctx):
+    """A TENSORS message reaches the session policy's extend hook with the new rows and their first id."""
+    import zmq
+
+    from prefetch.daemon import DaemonConfig, PolicyChoice, run_daemon_in_thread
+    from runtime import wire
+
+    seen = []
+
+    class Growing(Minimal):
+        def extend(self, tensors, first_id):
+            seen.append((tensors.keys, first_id))
+
+    def factory(spec, *, architecture, tensors, lookahead):
+        return PolicyChoice(Growing(), served=spec)
+
+    d = run_daemon_in_thread(DaemonConfig(bind="tcp://127.0.0.1:*", poll_ms=20), policy_factory=factory, context=ctx)
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(d.endpoint)
+        s.send_multipart(wire.Hello(architecture="A", policy="growing", tensors=_info(2)).encode(), copy=False)
+        assert s.poll(3000)
+        ok = wire.decode(s.recv_multipart())
+        s.send_multipart(wire.Tensors(session=ok.session, first_id=2, tensors=_info(1)).encode(), copy=False)
+        s.send_multipart(wire.Events(session=ok.session, seq=1, events=wire.pack_events([(0, 0, 0, 0, 2)])).encode(),
+                         copy=False)
+        assert s.poll(3000) and isinstance(wire.decode(s.recv_multipart(), num_tensors=3), wire.Commands)
+        assert seen == [(("p0",), 2)]
+    finally:
+        d.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor.interface import NO_PREDICTION
+from predictor.interface import NO_PREDICTION, BasePolicy
 from runtime.link import LinkModel
 from runtime.trace_format import Access, Kind, Phase, load_trace
 from runtime.trace_writer import TraceWriter
@@ -62,7 +62,7 @@ def random_trace(stem, *, seed: int, steps: int = 5, unit: int = 4096):
     return write_trace(stem, tensors, all_steps, dt=int(rng.integers(100, 3000)) * 200)
 
 
-class NoPrefetch:
+class NoPrefetch(BasePolicy):
     """Test policy: never prefetches; LRU eviction."""
 
     name = "none"
@@ -77,7 +77,7 @@ class NoPrefetch:
         return NO_PREDICTION
 
 
-class RandomRequests:
+class RandomRequests(BasePolicy):
     """Test policy: asks for random tensors, with random predictions (an adversary for the bound)."""
 
     name = "random"
@@ -96,7 +96,7 @@ class RandomRequests:
         return float(self.rng.integers(1, 50)) if self.rng.random() < 0.5 else NO_PREDICTION
 
 
-class JustInTime:
+class JustInTime(BasePolicy):
     """Test policy that knows the trace: asks for the managed read k reads ahead, no eviction hints."""
 
     name = "jit"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from predictor.interface import NO_PREDICTION, PolicyError, TensorInfo
+from predictor.interface import NO_PREDICTION, BasePolicy, PolicyError, TensorInfo
 from prefetch.daemon import Daemon, DaemonConfig, PolicyChoice, make_policy_factory, run_daemon_in_thread
 from runtime import wire
 from runtime.daemon_launch import check_endpoint, ping, start_local_daemon
@@ -25,7 +25,7 @@ from runtime.wire import EVENT_DTYPE, MsgType
 RECV_TIMEOUT_MS = 3000
 
 
-class NextId:
+class NextId(BasePolicy):
     """A tiny policy: after reading id t, prefetch (t + 1) mod n and (t + 2) mod n."""
 
     name = "next"

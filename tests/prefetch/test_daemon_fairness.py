@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from predictor.interface import NO_PREDICTION, TensorInfo
+from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
 from prefetch.daemon import DaemonConfig, PolicyChoice, run_daemon_in_thread
 from runtime import wire
 from runtime.wire import EVENT_DTYPE
@@ -22,7 +22,7 @@ RECV_TIMEOUT_MS = 5000
 SPIN_S = 40e-6  # the slow policy's cost per event
 
 
-class SlowNext:
+class SlowNext(BasePolicy):
     """After reading id t, request (t + 1) mod n; burns SPIN_S per event, like a learned model."""
 
     name = "slow"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import zmq
 
-from predictor.interface import NO_PREDICTION, TensorInfo
+from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
 from prefetch.daemon import DaemonConfig, PolicyChoice, generate_keys, run_daemon_in_thread
 from runtime import wire
 from runtime.daemon_client import DaemonClient, DaemonClientConfig
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 
 
-class NextId:
+class NextId(BasePolicy):
     name = "next"
 
     def start(self, tensors: TensorInfo) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from predictor.policies import POLICIES
 from prefetch.cli import main
 from prefetch.demo import DemoConfig, DemoError, run_demo
 
@@ -60,7 +61,7 @@ def test_quick_demo_protocol_end_to_end(tmp_path, capsys):
     assert recorded == ["seed0", "seed1"]
     runs = doc["runs"]
     assert sorted((r["policy"].partition(":")[0], r["seed"]) for r in runs) == sorted(
-        (p, s) for p in ("none", "replay", "markov", "learned") for s in (2, 3))
+        (p, s) for p in POLICIES for s in (2, 3))
     for r in runs:
         assert r["losses_identical"] is True and r.get("params_identical") is not False
         assert r["simulated_hit_rate"] is not None and r["simulated_oracle_hit_rate"] is not None
@@ -71,13 +72,13 @@ def test_quick_demo_protocol_end_to_end(tmp_path, capsys):
     assert sorted((o["workload"], o["seed"]) for o in doc["oracle"]) == [("llama", 2), ("llama", 3)]
     # the budget sweep replays an unseen trace
     assert doc["sweep"] and {s["seed"] for s in doc["sweep"]} == {2}
-    assert {s["policy"].partition(":")[0] for s in doc["sweep"]} == {"none", "replay", "markov", "learned", "oracle"}
+    assert {s["policy"].partition(":")[0] for s in doc["sweep"]} == {*POLICIES, "oracle"}
     # the printed table: every policy with hit rate, stall, slowdown; learned states its seeds; one fastest
     rows = _table_rows(stdout, "llama")
-    assert set(rows) == {"none", "replay", "markov", "learned", "*oracle (sim)*"}
+    assert set(rows) == {*POLICIES, "*oracle (sim)*"}
     head = [c.strip() for c in next(ln for ln in stdout.splitlines() if ln.startswith("| workload")).strip("|").split("|")]
     col = {h: i for i, h in enumerate(head)}
-    for p in ("none", "replay", "markov", "learned"):
+    for p in POLICIES:
         cells = rows[p]
         assert cells[col["seeds"]].startswith("2,3")
         assert "%" in cells[col["hit rate"]] and "[" in cells[col["hit rate"]]  # median [min-max]
@@ -154,7 +155,7 @@ def test_default_protocol_is_disjoint():
     cfg = DemoConfig(out=Path("unused"))
     assert cfg.train_seeds == (0, 1) and cfg.eval_seeds == (2, 3, 4)
     assert not set(cfg.train_seeds) & set(cfg.eval_seeds)
-    assert [p.partition(":")[0] for p in cfg.policies] == ["none", "replay", "markov", "learned"]
+    assert [p.partition(":")[0] for p in cfg.policies] == list(POLICIES)  # the registry, learned last
 
 
 def _run_all(monkeypatch):

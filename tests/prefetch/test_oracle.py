@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from oracle_cases import A, K, LINK, P, R, competitors, dynamic_traces, random_trace, write_trace
-from predictor.interface import NO_PREDICTION, PolicyError, TensorInfo
+from predictor.interface import NO_PREDICTION, BasePolicy, PolicyError, TensorInfo
 from prefetch.oracle import VARIANTS, OraclePolicy
 from prefetch.simulate import HIT, LATE, MISS, simulate
 from runtime.trace_format import Kind, find_traces, load_trace
@@ -15,7 +15,7 @@ from runtime.trace_format import Kind, find_traces, load_trace
 SAMPLES = Path(__file__).resolve().parents[2] / "datasets" / "samples"
 
 
-class ScanOnly:
+class ScanOnly(BasePolicy):
     """The oracle without its heap fast path (no next_read_key): the simulator scans residents."""
 
     name = "oracle"

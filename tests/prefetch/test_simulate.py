@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 
-from predictor.interface import NO_PREDICTION
+from predictor.interface import NO_PREDICTION, BasePolicy
 from prefetch.cli import main as cli_main
 from prefetch.oracle import OraclePolicy
 from prefetch.simulate import HIT, LATE, MISS, WRITE, simulate, simulate_like_run
@@ -52,7 +52,7 @@ def write_trace(stem, tensors, steps, dt=1000, gap=0, modules=None):
     return load_trace(stem)
 
 
-class Fixed:
+class Fixed(BasePolicy):
     """Test policy: asks for the same ids after every event, with fixed predictions; records what it saw."""
 
     name = "fixed"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zmq
 
-from predictor.interface import NO_PREDICTION, PolicyError, TensorInfo
+from predictor.interface import NO_PREDICTION, BasePolicy, PolicyError, TensorInfo
 from prefetch.daemon import DaemonConfig, PolicyChoice, run_daemon_in_thread
 from runtime import wire
 from runtime.daemon_client import (
@@ -27,7 +27,7 @@ from runtime.daemon_client import (
 from runtime.daemon_launch import start_local_daemon
 
 
-class NextId:
+class NextId(BasePolicy):
     """A tiny policy: after reading id t, prefetch (t + 1) mod n."""
 
     name = "next"

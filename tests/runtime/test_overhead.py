@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from predictor.interface import BasePolicy
 from predictor.policies import make_policy
 from runtime.link import ComputeClock, LinkModel
 from runtime.prefetcher import prefetching
@@ -58,7 +59,7 @@ def test_hook_inside_an_excluded_twin_step_is_not_bookkeeping():
     clock.resume()
 
 
-class SpinningReplay:
+class SpinningReplay(BasePolicy):
     """Replay whose observe burns `cpu_s` of CPU: bookkeeping the split must see."""
 
     def __init__(self, cpu_s: float) -> None:
@@ -113,7 +114,7 @@ def test_store_sees_the_managed_stream_the_recorder_logs():
     """The store's sink gets only managed events, and exactly the managed events a
     recording of the same job logs, in the same order (the policy's stream is unchanged)."""
 
-    class Logging:
+    class Logging(BasePolicy):
         def __init__(self) -> None:
             self.inner = make_policy("replay", lookahead=64)
             self.name = "replay"

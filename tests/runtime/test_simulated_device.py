@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from predictor.interface import BasePolicy
 from predictor.policies import make_policy
 from runtime.device import SimulatedDevice
 from runtime.link import ComputeClock, LinkModel
@@ -149,7 +150,7 @@ def test_a_clone_behind_the_model_is_neither_clock_time_nor_stall():
         dev.close()
 
 
-class SlowReplay:
+class SlowReplay(BasePolicy):
     """Replay whose `observe` burns `cpu_s` per event: Python overhead in the policy."""
 
     def __init__(self, cpu_s: float) -> None:

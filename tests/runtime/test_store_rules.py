@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from predictor.interface import NO_PREDICTION, TensorInfo
+from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
 from runtime.link import LinkModel
 from runtime.prefetcher import prefetching
 from runtime.trace_format import MIN_MANAGED_BYTES, Kind
@@ -22,7 +22,7 @@ WEIGHT_BYTES = 256 * 256 * 4  # each layer's weight: managed (>= 64 KiB); activa
 FORWARD_READS, BACKWARD_READS = 4, 3  # layer 0's input needs no grad: its weight is not saved for backward
 
 
-class AllParameters:
+class AllParameters(BasePolicy):
     """A policy that asks for every managed parameter at every access (it knows the loop)."""
 
     name = "all-parameters"
