@@ -51,11 +51,11 @@ import numpy as np
 import zmq
 
 from predictor.interface import Policy, PolicyError, TensorInfo, check_policy
+from predictor.policies import baseline_names
 from runtime import wire
 from runtime.daemon_launch import (
     AUTHORIZED_CLIENTS,
     DEFAULT_FALLBACK,
-    FALLBACK_CHOICES,
     SERVER_SECRET,
     check_endpoint,
     load_cert,
@@ -67,6 +67,7 @@ log = logging.getLogger("prefetch.daemon")
 
 DEFAULT_LOOKAHEAD = 64  # when a HELLO says lookahead 0 ("daemon's choice")
 ZAP_DOMAIN = "prefetch"  # the ZAP domain the authenticator admits clients for
+FALLBACK_CHOICES = (*baseline_names(), "error")  # the registry's policies without a model; "error": refuse
 
 
 def default_endpoint() -> str:

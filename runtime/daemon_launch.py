@@ -31,7 +31,6 @@ from runtime import wire
 from runtime.wire import WireError
 
 DEFAULT_FALLBACK = "replay"
-FALLBACK_CHOICES = ("replay", "markov", "none", "error")  # "error": refuse instead of falling back
 IPC_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 SERVER_SECRET = "server.key_secret"  # files of `prefetch daemon --gen-keys DIR` (zmq.auth certificates)
 SERVER_PUBLIC = "server.key"

@@ -14,8 +14,8 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from prefetch.daemon import DaemonConfig, default_endpoint
-    from runtime.daemon_launch import DEFAULT_FALLBACK, FALLBACK_CHOICES
+    from prefetch.daemon import FALLBACK_CHOICES, DaemonConfig, default_endpoint
+    from runtime.daemon_launch import DEFAULT_FALLBACK
 
     defaults = DaemonConfig.__dataclass_fields__  # one place for the defaults: the config
     p = sub.add_parser(
