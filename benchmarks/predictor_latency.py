@@ -1,6 +1,6 @@
 """Per-decision latency of every policy, in process: features + model, one read at a time.
 
-    python benchmarks/predictor_latency.py                                  # synthetic MoE trace
+    python benchmarks/predictor_latency.py                                  # the moe sample trace
     python benchmarks/predictor_latency.py --model models/ traces/moe/ --json lat.json
 
 A decision is one observe() call for a read (what the daemon does per access event);
@@ -76,7 +76,7 @@ def time_policy(spec: str, traces, *, lookahead: int, repeat: int) -> dict[str, 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="p50/p99 per decision of each policy, in process")
-    ap.add_argument("traces", nargs="*", type=Path, help="trace folders (default: a synthetic MoE trace)")
+    ap.add_argument("traces", nargs="*", type=Path, help="trace folders (default: datasets/samples/moe/heldout, the model trained on .../train)")
     ap.add_argument("--model", type=Path, help="model folder for the learned policy (default: trained on the fly)")
     ap.add_argument("--lookahead", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=3, help="timed passes over the traces (default 3)")
@@ -85,18 +85,14 @@ def main() -> int:
 
     tmp = tempfile.TemporaryDirectory()
     paths = args.traces
-    if not paths:
-        from predictor.synthetic import SyntheticConfig, write_synthetic_trace
-
-        cfg = SyntheticConfig.of_kind("moe")
-        write_synthetic_trace(Path(tmp.name) / "train", cfg, steps=10, seed=0, name="moe")
-        write_synthetic_trace(Path(tmp.name) / "run", cfg, steps=10, seed=1, name="moe")
-        paths = [Path(tmp.name) / "run"]
+    if not paths:  # the moe sample: trained on its seed-0 run, timed on the seed-1 run
+        samples = Path(__file__).resolve().parent.parent / "datasets" / "samples" / "moe"
+        paths = [samples / "heldout"]
         if args.model is None:
             from predictor.train import train
 
             args.model = Path(tmp.name) / "models"
-            train([Path(tmp.name) / "train"], args.model, progress=False, log=lambda *_: None)
+            train([samples / "train"], args.model, progress=False, log=lambda *_: None)
     traces = load_traces(paths, managed_only=True)
     specs = [*baseline_names()] + ([f"learned:{args.model}"] if args.model else [])  # every registered policy
     threads = thread_counts()

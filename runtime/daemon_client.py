@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -440,32 +440,10 @@ class DaemonClient:
             pass
 
 
-@dataclass(slots=True)
-class CommandBatch:
-    """poll_commands() flattened: every requested id in arrival order, with next use."""
-
-    tensor_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
-    next_use: np.ndarray | None = None
-
-
-def concat_commands(commands: Sequence[wire.Commands]) -> CommandBatch:
-    """One array of ids (and next-use values, when every message has them) from many."""
-    if not commands:
-        return CommandBatch()
-    ids = np.concatenate([c.tensor_ids for c in commands]) if len(commands) > 1 else commands[0].tensor_ids
-    if all(c.next_use is not None for c in commands):
-        nu = np.concatenate([c.next_use for c in commands]) if len(commands) > 1 else commands[0].next_use
-    else:
-        nu = None
-    return CommandBatch(tensor_ids=ids, next_use=nu)
-
-
 __all__ = [
     "EVENT_DTYPE",
     "ClientStats",
-    "CommandBatch",
     "DaemonClient",
     "DaemonClientConfig",
     "DaemonUnavailableWarning",
-    "concat_commands",
 ]

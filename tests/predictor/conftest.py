@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from predictor.synthetic import SyntheticConfig, write_synthetic_trace
+from tests.fixtures.synthetic_traces import SyntheticConfig, write_synthetic_trace
 from predictor.train import TrainConfig, train
 from runtime.trace_format import load_trace
 

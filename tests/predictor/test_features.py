@@ -17,7 +17,7 @@ from predictor.features import (
     sequence_context,
     static_columns,
 )
-from predictor.synthetic import SyntheticConfig, write_synthetic_trace
+from tests.fixtures.synthetic_traces import SyntheticConfig, write_synthetic_trace
 from runtime.trace_format import Access, Kind, load_trace
 
 

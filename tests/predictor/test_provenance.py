@@ -9,7 +9,7 @@ import pytest
 from predictor.evaluate import HELD_OUT_RUN, HELD_OUT_STEPS, evaluate, format_report
 from predictor import provenance
 from predictor.provenance import REPORT_KEYS, assess, training_data
-from predictor.synthetic import SyntheticConfig, write_synthetic_trace
+from tests.fixtures.synthetic_traces import SyntheticConfig, write_synthetic_trace
 from prefetch.simulate import simulate
 from runtime.trace_format import MANIFEST_SUFFIX, load_trace
 from runtime.trace_identity import IDENTITY_KEY, step_order_hashes, trace_identity

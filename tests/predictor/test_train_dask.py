@@ -14,7 +14,7 @@ pytest.importorskip("distributed")
 
 from predictor.evaluate import evaluate  # noqa: E402
 from predictor.features import KeyInfo, build_table, read_sequence, sequence_context  # noqa: E402
-from predictor.synthetic import SyntheticConfig, write_synthetic_trace  # noqa: E402
+from tests.fixtures.synthetic_traces import SyntheticConfig, write_synthetic_trace  # noqa: E402
 from predictor.train import TrainConfig, train  # noqa: E402
 from predictor.train_dask import (  # noqa: E402
     DaskError,

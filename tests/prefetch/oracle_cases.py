@@ -133,7 +133,7 @@ def competitors(trace, seed):
 def dynamic_traces(tmp_path):
     traces = [random_trace(tmp_path / f"dyn{seed}", seed=seed, steps=4) for seed in range(5)]
     try:
-        from predictor.synthetic import SyntheticConfig, write_synthetic_trace
+        from tests.fixtures.synthetic_traces import SyntheticConfig, write_synthetic_trace
     except ImportError:
         return traces
     for kind in ("moe", "layerdrop", "accum"):

@@ -377,7 +377,7 @@ def test_event_dtype_matches_trace_schema():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A MODEL_DIR trained on a small synthetic static trace, and that trace."""
-    from predictor.synthetic import SyntheticConfig, write_synthetic_trace
+    from tests.fixtures.synthetic_traces import SyntheticConfig, write_synthetic_trace
     from predictor.train import TrainConfig, train
     from runtime.trace_format import load_trace
 
