@@ -440,7 +440,9 @@ def md_daemon_latency(s: Section) -> list[str]:
 
 
 def md_live(s: Section, out_dir: Path) -> list[str]:
-    from prefetch.report import build_rows, format_table, write_report
+    from prefetch.report import write_report
+    from prefetch.report_rows import build_rows
+    from prefetch.report_tables import format_table
 
     runs = [c.data for c in s.commands if isinstance(c.data, dict)]
     if not runs:

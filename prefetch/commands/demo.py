@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from prefetch.demo import ALL_WORKLOADS, QUICK_WORKLOADS, DemoConfig, DemoError, run_demo
-    from prefetch.report import build_rows, format_table, load_inputs
+    from prefetch.report_inputs import load_inputs
+    from prefetch.report_rows import build_rows
+    from prefetch.report_tables import format_table
 
     torch.set_num_threads(args.threads)
     workloads = tuple(args.workloads.split(",")) if args.workloads else (QUICK_WORKLOADS if args.quick else ALL_WORKLOADS)

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from prefetch.report import ReportError, build_rows, build_sweep, format_markdown, format_table, write_report
+from prefetch.report import write_report
+from prefetch.report_inputs import ReportError
+from prefetch.report_rows import build_rows, build_sweep
+from prefetch.report_tables import format_markdown, format_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MiB = 2**20
