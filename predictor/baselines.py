@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from predictor.horizon import DEFAULT_LOOKAHEAD, Outstanding
+from predictor.horizon import Outstanding
 from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
+from runtime.defaults import EVAL_LOOKAHEAD
 from runtime.trace_format import Access
 
 _READ = int(Access.READ)
@@ -37,7 +38,7 @@ class NoPrefetch(BasePolicy):
 
     name = "none"
 
-    def __init__(self, lookahead: int = DEFAULT_LOOKAHEAD) -> None:
+    def __init__(self, lookahead: int = EVAL_LOOKAHEAD) -> None:
         self.lookahead = lookahead
 
     def start(self, tensors: TensorInfo) -> None:
@@ -72,7 +73,7 @@ class Replay(BasePolicy):
 
     name = "replay"
 
-    def __init__(self, lookahead: int = DEFAULT_LOOKAHEAD) -> None:
+    def __init__(self, lookahead: int = EVAL_LOOKAHEAD) -> None:
         _check_lookahead(lookahead)
         self.lookahead = lookahead
 
@@ -155,7 +156,7 @@ class Markov(BasePolicy):
 
     name = "markov"
 
-    def __init__(self, lookahead: int = DEFAULT_LOOKAHEAD, num_successors: int = 4) -> None:
+    def __init__(self, lookahead: int = EVAL_LOOKAHEAD, num_successors: int = 4) -> None:
         _check_lookahead(lookahead)
         if num_successors < 1:
             raise ValueError(f"num_successors must be >= 1, got {num_successors}")

@@ -30,8 +30,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from predictor.horizon import DEFAULT_LOOKAHEAD
 from predictor.interface import Policy, TensorInfo, check_policy
+from runtime.defaults import EVAL_LOOKAHEAD
 from runtime.trace_format import Access, Kind, Phase, Trace
 
 HELD_OUT_STEPS = "held-out steps"
@@ -62,7 +62,7 @@ class PolicyRun:
     requests: int
 
 
-def run_policy(policy: Policy, trace: Trace, lookahead: int = DEFAULT_LOOKAHEAD) -> PolicyRun:
+def run_policy(policy: Policy, trace: Trace, lookahead: int = EVAL_LOOKAHEAD) -> PolicyRun:
     """Drive `policy` over `trace` (one Python call per event: what the daemon does)."""
     D = lookahead
     access = trace.column("access")
@@ -163,7 +163,7 @@ def evaluate_trace(
     *,
     scope: str,
     steps: Sequence[int],
-    lookahead: int = DEFAULT_LOOKAHEAD,
+    lookahead: int = EVAL_LOOKAHEAD,
     topk: int = 5,
 ) -> dict[str, Any]:
     """Every policy on one trace, scored on `steps`."""
@@ -187,7 +187,7 @@ def evaluate(
     model_dir: str | None,
     traces: Iterable[Trace],
     *,
-    lookahead: int = DEFAULT_LOOKAHEAD,
+    lookahead: int = EVAL_LOOKAHEAD,
     topk: int = 5,
     baselines: Sequence[str] | None = None,
     progress: bool = False,

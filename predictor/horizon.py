@@ -12,9 +12,6 @@ from typing import Iterable, Sequence
 
 from predictor.interface import NO_PREDICTION
 
-DEFAULT_LOOKAHEAD = 16
-"""Future reads a policy keeps requested by default (the evaluation's D as well)."""
-
 
 class Outstanding:
     """Requested tensor ids -> the read index they are expected at."""

@@ -22,8 +22,9 @@ import numpy as np
 
 from predictor.artifact import Artifact, ArchitectureMismatchError
 from predictor.features import OnlineState, static_columns
-from predictor.horizon import DEFAULT_LOOKAHEAD, Outstanding
+from predictor.horizon import Outstanding
 from predictor.interface import BasePolicy, TensorInfo
+from runtime.defaults import EVAL_LOOKAHEAD
 from runtime.trace_format import Access
 
 _READ = int(Access.READ)
@@ -120,7 +121,7 @@ class LearnedPolicy(BasePolicy):
 
     name = "learned"
 
-    def __init__(self, artifact: Artifact, lookahead: int = DEFAULT_LOOKAHEAD, threshold: float | None = None) -> None:
+    def __init__(self, artifact: Artifact, lookahead: int = EVAL_LOOKAHEAD, threshold: float | None = None) -> None:
         if lookahead < 1:
             raise ValueError(f"lookahead must be >= 1, got {lookahead}")
         self.artifact = artifact

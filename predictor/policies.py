@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from predictor.horizon import DEFAULT_LOOKAHEAD
 from predictor.interface import Policy, PolicyError, TensorInfo
+from runtime.defaults import EVAL_LOOKAHEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +150,7 @@ def load_learned(model_dir: str | os.PathLike[str], architecture: str | None = N
 def make_policy(
     spec: str,
     *,
-    lookahead: int = DEFAULT_LOOKAHEAD,
+    lookahead: int = EVAL_LOOKAHEAD,
     tensors: TensorInfo | None = None,
     architecture: str | None = None,
 ) -> Policy:

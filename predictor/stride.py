@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from predictor.horizon import DEFAULT_LOOKAHEAD
 from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
+from runtime.defaults import EVAL_LOOKAHEAD
 from runtime.trace_format import Access
 
 _READ = int(Access.READ)
@@ -25,7 +25,7 @@ class Stride(BasePolicy):
 
     name = "stride"
 
-    def __init__(self, lookahead: int = DEFAULT_LOOKAHEAD, k: int = 1) -> None:
+    def __init__(self, lookahead: int = EVAL_LOOKAHEAD, k: int = 1) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.lookahead, self.k = lookahead, k

@@ -33,7 +33,7 @@ from predictor.features import (
     sequence_context,
     static_columns,
 )
-from predictor.horizon import DEFAULT_LOOKAHEAD
+from runtime.defaults import EVAL_LOOKAHEAD
 from runtime.trace_format import Trace, load_traces
 
 
@@ -41,7 +41,7 @@ from runtime.trace_format import Trace, load_traces
 class TrainConfig:
     """How a predictor is trained."""
 
-    lookahead: int = DEFAULT_LOOKAHEAD
+    lookahead: int = EVAL_LOOKAHEAD
     """D: the label is "read within the next D reads"; also the table's horizon."""
     max_candidates: int = 48
     """Candidates kept per context (rows per decision); >= lookahead."""

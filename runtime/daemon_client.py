@@ -37,6 +37,7 @@ import zmq
 from predictor.interface import TensorInfo
 from runtime import wire
 from runtime.daemon_launch import load_client_keys
+from runtime.defaults import DAEMON_BATCH_EVENTS, LIVE_LOOKAHEAD
 from runtime.wire import EVENT_DTYPE, ErrorCode, WireError, log_field
 
 log = logging.getLogger("runtime.daemon_client")
@@ -58,7 +59,7 @@ class DaemonClientConfig:
     """Architecture signature (runtime.architecture.architecture_signature)."""
     policy: str = "learned"
     """Policy spec asked of the daemon; HELLO_OK says which one serves."""
-    lookahead: int = 64
+    lookahead: int = LIVE_LOOKAHEAD
     """Future reads the daemon's policy keeps requested (0: the daemon's default)."""
     next_use: bool = True
     """Ask for per-id predicted next use with every command (for eviction)."""
@@ -70,7 +71,7 @@ class DaemonClientConfig:
     """While down, how often a fresh socket and HELLO are tried."""
     max_outstanding: int = 256
     """Unanswered EVENTS batches allowed in flight; beyond it batches are dropped."""
-    batch_events: int = 64
+    batch_events: int = DAEMON_BATCH_EVENTS
     """record() sends automatically once this many events are buffered."""
     sndhwm: int = 1000
     """libzmq send queue, in messages; a full queue drops (never blocks)."""

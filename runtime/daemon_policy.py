@@ -23,6 +23,7 @@ from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
 from predictor.policies import make_policy
 from runtime.daemon_client import DaemonClient, DaemonClientConfig
 from runtime.daemon_launch import start_local_daemon
+from runtime.defaults import DAEMON_BATCH_EVENTS
 
 _READ = 0
 
@@ -33,7 +34,7 @@ class DaemonPolicy(BasePolicy):
     name = "learned"
 
     def __init__(self, spec: str, *, architecture: str, endpoint: str | None, lookahead: int,
-                 tensors_fn: Callable[[], TensorInfo], batch_events: int = 8, fallback: str = "replay",
+                 tensors_fn: Callable[[], TensorInfo], batch_events: int = DAEMON_BATCH_EVENTS, fallback: str = "replay",
                  connect_timeout_s: float = 20.0, curve_keys: str | None = None):
         """`curve_keys` (else $PREFETCH_DAEMON_KEYS): a folder with the daemon's server.key and
         this client's client.key_secret, for a daemon at `endpoint` run with --curve-keys."""

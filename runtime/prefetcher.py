@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from predictor.interface import BasePolicy, Policy, TensorInfo, check_policy
+from runtime.defaults import DAEMON_BATCH_EVENTS, LIVE_LOOKAHEAD
 from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
@@ -53,7 +54,7 @@ class PrefetchConfig:
     """none | replay | markov | learned:MODEL_DIR."""
     budget: float | int | str = 0.4
     """Device budget: fraction of managed bytes, or a size (bytes, '2GiB')."""
-    lookahead: int = 64
+    lookahead: int = LIVE_LOOKAHEAD
     """How many future reads a policy keeps requested."""
     link_ratio: float = DEFAULT_LINK_RATIO
     """Simulated device: copy-all-managed-bytes time over step compute time."""
@@ -66,7 +67,7 @@ class PrefetchConfig:
     """Endpoint of a running daemon for learned policies (default: start one locally)."""
     daemon_keys: str | None = None
     """CURVE keys for a remote `daemon` (server.key + client.key_secret; else $PREFETCH_DAEMON_KEYS)."""
-    daemon_batch_events: int = 2
+    daemon_batch_events: int = DAEMON_BATCH_EVENTS
     """Events per message to the daemon: fewer means fresher commands, more CPU per event."""
     baseline_step_time_s: float | None = None
     """Step time of the same job with everything resident, for `slowdown`."""

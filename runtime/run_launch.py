@@ -32,7 +32,9 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from runtime.defaults import LIVE_LOOKAHEAD
 from runtime.launch import run_script, script_target
+from runtime.link import DEFAULT_LINK_RATIO
 
 EXIT_REFUSED = 2
 DAEMON_ENV = "PREFETCH_DAEMON_ENDPOINT"
@@ -312,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.run_launch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", default="replay")
     parser.add_argument("--budget", default="0.4")
-    parser.add_argument("--lookahead", type=int, default=64)
-    parser.add_argument("--link-ratio", type=float, default=0.5)
+    parser.add_argument("--lookahead", type=int, default=LIVE_LOOKAHEAD)
+    parser.add_argument("--link-ratio", type=float, default=DEFAULT_LINK_RATIO)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--daemon", default=None)
