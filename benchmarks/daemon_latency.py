@@ -185,7 +185,7 @@ def bench_round_trip(client: DaemonClient, events: np.ndarray, n: int, warmup: i
 def bench_throughput(client: DaemonClient, events: np.ndarray, batch: int, total: int, window: int = 64) -> dict:
     """Batches of `batch` events, up to `window` in flight, until `total` events are answered."""
     batches = [events[i: i + batch] for i in range(0, min(total, len(events)) - batch + 1, batch)]
-    from prefetch.daemon import DaemonConfig
+    from prefetch.daemon_config import DaemonConfig
 
     # the daemon answers `busy` (and drops the batch) past this many queued events per client
     window = max(1, min(window, DaemonConfig().max_queued_events // batch // 2))

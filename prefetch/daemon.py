@@ -38,224 +38,29 @@ import logging
 import os
 import secrets
 import signal
-import sys
-import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import zmq
 
-from predictor.interface import Policy, PolicyError, TensorInfo, check_policy
-from predictor.policies import baseline_names
+from predictor.interface import PolicyError, check_policy
+from prefetch.daemon_config import DEFAULT_LOOKAHEAD, DaemonConfig, load_server_keys
+from prefetch.daemon_sessions import DaemonStats, PolicyFactory, Session, make_policy_factory
 from runtime import wire
-from runtime.daemon_launch import (
-    AUTHORIZED_CLIENTS,
-    DEFAULT_FALLBACK,
-    SERVER_SECRET,
-    check_endpoint,
-    load_cert,
-    ping,
-)
+from runtime.daemon_launch import ping
 from runtime.wire import ErrorCode, MsgType, WireError, log_field
 
 log = logging.getLogger("prefetch.daemon")
 
-DEFAULT_LOOKAHEAD = 64  # when a HELLO says lookahead 0 ("daemon's choice")
 ZAP_DOMAIN = "prefetch"  # the ZAP domain the authenticator admits clients for
-FALLBACK_CHOICES = (*baseline_names(), "error")  # the registry's policies without a model; "error": refuse
 
 
-def default_endpoint() -> str:
-    """A per-user ipc endpoint in the temp folder (loopback by construction)."""
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return f"ipc://{tempfile.gettempdir()}/prefetch-daemon-{uid}.sock"
-
-
-# -- policies ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyChoice:
-    """What a policy factory made for a HELLO: a *started* policy, what it is, and why."""
-
-    policy: Policy
-    served: str
-    """The spec that actually serves ("learned", "replay", ...): sent to the client, so no path."""
-    fallback_reason: str | None = None
-    """Why `served` is not what the client asked for (None when it is); sent to the client,
-    so it names no path and no other architecture (`public_reason`)."""
-    detail: str | None = None
-    """The full reason, with paths, for the daemon's own log."""
-
-
-class PolicyFactory(Protocol):
-    def __call__(self, spec: str, *, architecture: str, tensors: TensorInfo, lookahead: int) -> PolicyChoice:
-        """A started policy for a client's HELLO; raise PolicyError to refuse it."""
-        ...
-
-
-def public_reason(exc: BaseException) -> str:
-    """Why a learned predictor cannot serve, fit for a client: no folder, path, or list of
-    the other architectures the daemon holds (remote clients may be anyone's)."""
-    artifact = sys.modules.get("predictor.artifact")  # loaded by whoever raised an artifact error
-    if artifact is not None and isinstance(exc, artifact.ArchitectureMismatchError):
-        return "no predictor for this architecture in the daemon's models"
-    if artifact is not None and isinstance(exc, artifact.CorruptModelError):
-        what = f" ({exc.file}: {exc.problem})" if exc.file and exc.problem else ""
-        return f"the predictor for this architecture failed validation{what}"
-    if isinstance(exc, PolicyError) and "no trained predictor" in str(exc):
-        return "the daemon's models folder holds no trained predictor"
-    if isinstance(exc, PolicyError):
-        return "the daemon cannot serve a learned predictor for this architecture (its log says why)"
-    return f"the predictor could not be loaded ({type(exc).__name__}; the daemon's log has the details)"
-
-
-def make_policy_factory(models_dir: str | os.PathLike[str] | None, fallback: str = DEFAULT_FALLBACK) -> PolicyFactory:
-    """The daemon's default factory, over predictor.policies.make_policy.
-
-    `learned` and `learned:ANYTHING` are served from the daemon's own `models_dir` (a
-    client's path means nothing on the daemon's side); when it has no usable artifact
-    for the client's architecture (none, another architecture, a file that fails
-    validation, or anything else that raises while loading), `fallback` serves instead
-    and HELLO_OK says why; fallback "error" refuses the HELLO. Baseline specs are
-    served as asked."""
-    from predictor.policies import make_policy
-
-    if fallback not in FALLBACK_CHOICES:
-        raise ValueError(f"policy fallback {fallback!r}: choose from {', '.join(FALLBACK_CHOICES)}")
-    folder = str(Path(models_dir).resolve()) if models_dir is not None else None
-    if folder is not None:  # LightGBM's import takes seconds: pay it at start, not in a client's HELLO
-        import predictor.artifact  # noqa: F401
-
-    def factory(spec: str, *, architecture: str, tensors: TensorInfo, lookahead: int) -> PolicyChoice:
-        name = spec.partition(":")[0]
-        if name != "learned":
-            return PolicyChoice(make_policy(spec, lookahead=lookahead, tensors=tensors), served=spec)
-        if folder is None:
-            reason = detail = "the daemon was started without --models"
-        else:
-            try:
-                policy = make_policy(f"learned:{folder}", lookahead=lookahead, tensors=tensors,
-                                     architecture=architecture)
-                return PolicyChoice(policy, served="learned", detail=f"learned:{folder}")
-            except Exception as exc:  # noqa: BLE001 - no artifact, corrupt files, a loader bug: fall back
-                reason, detail = public_reason(exc), f"{type(exc).__name__}: {exc}"
-        if fallback == "error":
-            raise PolicyError(f"{reason} (the daemon runs with --policy-fallback error)")
-        policy = make_policy(fallback, lookahead=lookahead, tensors=tensors)
-        return PolicyChoice(policy, served=fallback, fallback_reason=reason, detail=detail)
-
-    return factory
-
-
-# -- the daemon ----------------------------------------------------------------------------
-
-
-@dataclass(kw_only=True, slots=True)
-class DaemonConfig:
-    """Where and how the daemon serves, and the bounds that keep it small and fair."""
-
-    bind: str = field(default_factory=default_endpoint)
-    """ZeroMQ endpoint: ipc://PATH, tcp://127.0.0.1:PORT (PORT * picks a free one), inproc://NAME."""
-    models_dir: str | None = None
-    """MODEL_DIR of `prefetch train`, for `learned` policies."""
-    policy_fallback: str = DEFAULT_FALLBACK
-    """Served when a learned predictor is missing for a client's architecture; "error" refuses."""
-    allow_remote: bool = False
-    """Allow a non-loopback tcp bind; requires `curve_keys`."""
-    curve_keys: str | None = None
-    """Folder of `prefetch daemon --gen-keys`: server.key_secret, and authorized_clients/*.key
-    (the public keys of the clients let in). Sets ZeroMQ CURVE on the socket."""
-    session_idle_s: float = 600.0
-    """A session with no message for this long is dropped (the client re-HELLOs)."""
-    max_sessions: int = 64
-    """More sessions evict the least recently active one."""
-    max_total_tensors: int = 1 << 20
-    """Tensor-table rows over all sessions (each costs a policy some tens of bytes); a HELLO
-    or TENSORS past it evicts the least recently active other sessions."""
-    max_queued_events: int = 2 * wire.MAX_EVENTS_PER_BATCH
-    """Events one session may have waiting to be worked off; beyond it a batch gets ERROR busy."""
-    chunk_events: int = 128
-    """Events worked off per busy session per round: bounds how long one client delays another."""
-    max_message_bytes: int = 32 << 20
-    """Larger messages are refused by the socket (zmq MAXMSGSIZE)."""
-    rcvhwm: int = 64
-    """Messages libzmq buffers per connection before it stops reading from it (back pressure)."""
-    poll_ms: int = 100
-    """Longest sleep in poll: bounds how late a stop request or an idle sweep is noticed."""
-
-    def __post_init__(self) -> None:
-        check_endpoint(self.bind, allow_remote=self.allow_remote, authenticated=self.curve_keys is not None)
-        if self.allow_remote and self.curve_keys is None:
-            raise ValueError("--allow-remote requires --curve-keys DIR: a remote daemon must authenticate its "
-                             "clients (make keys with `prefetch daemon --gen-keys DIR`)")
-        if self.curve_keys is not None:
-            if not zmq.has("curve"):
-                raise ValueError("--curve-keys: this libzmq was built without CURVE support (zmq.has('curve') is "
-                                 "False); install a pyzmq wheel with libsodium/tweetnacl")
-            load_server_keys(self.curve_keys)  # fails now, with the file's name, rather than at bind
-        if self.policy_fallback not in FALLBACK_CHOICES:
-            raise ValueError(f"policy_fallback {self.policy_fallback!r}: choose from {', '.join(FALLBACK_CHOICES)}")
-        if not self.session_idle_s > 0:
-            raise ValueError(f"session_idle_s must be > 0, got {self.session_idle_s}")
-        for name in ("max_sessions", "max_total_tensors", "max_queued_events", "chunk_events", "rcvhwm"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_message_bytes < 1024:
-            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
-        if not 1 <= self.poll_ms <= 10_000:
-            raise ValueError(f"poll_ms must be in [1, 10000], got {self.poll_ms}")
-
-
-# -- CURVE keys ----------------------------------------------------------------------------
-
-
-def generate_keys(folder: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write a server keypair, one client keypair, and authorize that client, under
-    `folder` (created, mode 0700; secret files 0600). Refuses to overwrite a server key.
-    Copy server.key (public) and client.key_secret to the machine of the training job."""
-    import zmq.auth
-
-    root = Path(folder)
-    if (root / SERVER_SECRET).exists():
-        raise ValueError(f"--gen-keys {root}: {SERVER_SECRET} exists already; not overwriting keys")
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
-    server_public, server_secret = zmq.auth.create_certificates(str(root), "server")
-    client_public, client_secret = zmq.auth.create_certificates(str(root), "client")
-    for secret in (server_secret, client_secret):
-        os.chmod(secret, 0o600)
-    authorized = root / AUTHORIZED_CLIENTS
-    authorized.mkdir(exist_ok=True)
-    (authorized / "client.key").write_bytes(Path(client_public).read_bytes())
-    return {"server_public": Path(server_public), "server_secret": Path(server_secret),
-            "client_public": Path(client_public), "client_secret": Path(client_secret), "authorized": authorized}
-
-
-def load_server_keys(folder: str | os.PathLike[str]) -> tuple[bytes, bytes, Path]:
-    """(public, secret, authorized_clients folder) of a --curve-keys folder, checked: the
-    secret key file must not be readable by others, and at least one client is authorized."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ValueError(f"--curve-keys {root}: no such folder (make one with `prefetch daemon --gen-keys DIR`)")
-    path = root / SERVER_SECRET
-    public, secret = load_cert(path, secret=True)
-    if hasattr(os, "getuid") and path.stat().st_mode & 0o077:
-        raise ValueError(f"{path}: the secret key is readable by other users; chmod 600 it")
-    authorized = root / AUTHORIZED_CLIENTS
-    if not authorized.is_dir() or not any(authorized.glob("*.key")):
-        raise ValueError(f"--curve-keys {root}: no client public keys in {AUTHORIZED_CLIENTS}/ (*.key); without "
-                         "them nobody could connect")
-    assert secret is not None
-    return public, secret, authorized
-
-
-# -- sessions ------------------------------------------------------------------------------
+# -- the socket loop -----------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -266,44 +71,6 @@ class _Batch:
     events: np.ndarray
     pos: int = 0
     out: list[int] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Session:
-    """One client: its policy, what it has sent, and the batches it has waiting."""
-
-    session_id: int
-    identity: bytes
-    architecture: str
-    policy: Policy
-    served: str
-    num_tensors: int
-    next_use: bool
-    last_seen: float
-    batches: int = 0
-    events: int = 0
-    commands: int = 0
-    bad_ids: int = 0  # ids a policy returned outside the table (dropped)
-    queue: deque = field(default_factory=deque)  # _Batch, oldest first
-    queued_events: int = 0
-
-
-@dataclass(slots=True)
-class DaemonStats:
-    messages: int = 0
-    events: int = 0
-    commands: int = 0
-    errors: int = 0
-    sessions_opened: int = 0
-    sessions_closed: int = 0
-    sessions_expired: int = 0
-    sessions_evicted: int = 0
-    batches_queued: int = 0  # batches larger than chunk_events (or behind one), worked off in rounds
-    busy_refused: int = 0  # batches refused because their session's queue was full
-    errors_by_code: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
 
 
 class Daemon:
@@ -728,61 +495,3 @@ def _ipc_answers(endpoint: str) -> bool:
     if not path or path.startswith("@") or not os.path.exists(path):  # "@": Linux abstract namespace
         return False
     return ping(endpoint, timeout_ms=100) is not None
-
-
-class DaemonThread:
-    """A daemon serving on a background thread (tests, in-process use). Stop with stop()."""
-
-    def __init__(self, daemon: Daemon):
-        self.daemon = daemon
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="prefetch-daemon", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.daemon.start()
-        except BaseException as exc:  # noqa: BLE001 - surfaced in start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            self.daemon.serve()
-        finally:
-            self.daemon.close()
-
-    def start(self, timeout_s: float = 10.0) -> "DaemonThread":
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise TimeoutError("daemon thread did not start")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    @property
-    def endpoint(self) -> str:
-        assert self.daemon.endpoint is not None
-        return self.daemon.endpoint
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop serving and close (BYE to every session). Idempotent."""
-        self.daemon.stop()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-
-    def __enter__(self) -> "DaemonThread":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def run_daemon_in_thread(
-    config: DaemonConfig,
-    *,
-    policy_factory: PolicyFactory | None = None,
-    context: zmq.Context | None = None,
-) -> DaemonThread:
-    """A started DaemonThread (bound and serving when this returns)."""
-    return DaemonThread(Daemon(config, policy_factory=policy_factory, context=context)).start()

@@ -14,7 +14,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from prefetch.daemon import FALLBACK_CHOICES, DaemonConfig, default_endpoint
+    from prefetch.daemon_config import FALLBACK_CHOICES, DaemonConfig, default_endpoint
     from runtime.daemon_launch import DEFAULT_FALLBACK
 
     defaults = DaemonConfig.__dataclass_fields__  # one place for the defaults: the config
@@ -54,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefetch.daemon import Daemon, DaemonConfig, generate_keys
+    from prefetch.daemon import Daemon
+    from prefetch.daemon_config import DaemonConfig, generate_keys
 
     if args.gen_keys:
         paths = generate_keys(args.gen_keys)

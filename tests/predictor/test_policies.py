@@ -143,7 +143,9 @@ def test_daemon_hands_a_grown_tensor_table_to_extend(ctx):
     """A TENSORS message reaches the session policy's extend hook with the new rows and their first id."""
     import zmq
 
-    from prefetch.daemon import DaemonConfig, PolicyChoice, run_daemon_in_thread
+    from prefetch.daemon_config import DaemonConfig
+    from prefetch.daemon_sessions import PolicyChoice
+    from prefetch.daemon_thread import run_daemon_in_thread
     from runtime import wire
 
     seen = []

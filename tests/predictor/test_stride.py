@@ -13,7 +13,9 @@ from predictor.evaluate import evaluate
 from predictor.interface import TensorInfo
 from predictor.policies import make_policy
 from predictor.stride import Stride
-from prefetch.daemon import DaemonConfig, make_policy_factory, run_daemon_in_thread
+from prefetch.daemon_config import DaemonConfig
+from prefetch.daemon_sessions import make_policy_factory
+from prefetch.daemon_thread import run_daemon_in_thread
 from prefetch.simulate import simulate
 from runtime import prefetching, wire
 from runtime.link import LinkModel

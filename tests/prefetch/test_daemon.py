@@ -17,7 +17,10 @@ import pytest
 import zmq
 
 from predictor.interface import NO_PREDICTION, BasePolicy, PolicyError, TensorInfo
-from prefetch.daemon import Daemon, DaemonConfig, PolicyChoice, make_policy_factory, run_daemon_in_thread
+from prefetch.daemon import Daemon
+from prefetch.daemon_config import DaemonConfig
+from prefetch.daemon_sessions import PolicyChoice, make_policy_factory
+from prefetch.daemon_thread import run_daemon_in_thread
 from runtime import wire
 from runtime.daemon_launch import check_endpoint, ping, start_local_daemon
 from runtime.wire import EVENT_DTYPE, MsgType

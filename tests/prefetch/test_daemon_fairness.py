@@ -14,7 +14,9 @@ import pytest
 import zmq
 
 from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
-from prefetch.daemon import DaemonConfig, PolicyChoice, run_daemon_in_thread
+from prefetch.daemon_config import DaemonConfig
+from prefetch.daemon_sessions import PolicyChoice
+from prefetch.daemon_thread import run_daemon_in_thread
 from runtime import wire
 from runtime.wire import EVENT_DTYPE
 

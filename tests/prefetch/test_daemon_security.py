@@ -21,7 +21,9 @@ import pytest
 import zmq
 
 from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
-from prefetch.daemon import DaemonConfig, PolicyChoice, generate_keys, run_daemon_in_thread
+from prefetch.daemon_config import DaemonConfig, generate_keys
+from prefetch.daemon_sessions import PolicyChoice
+from prefetch.daemon_thread import run_daemon_in_thread
 from runtime import wire
 from runtime.daemon_client import DaemonClient, DaemonClientConfig
 from runtime.daemon_launch import (
@@ -321,7 +323,7 @@ def test_two_artifacts_for_one_architecture_fall_back_naming_the_problem(ctx, tr
 def test_any_loader_failure_falls_back_without_details(trained, tmp_path, monkeypatch):
     """Not only PolicyError: a loader that raises anything (a bug) still means fallback, a public reason."""
     import predictor.artifact
-    from prefetch.daemon import make_policy_factory
+    from prefetch.daemon_sessions import make_policy_factory
 
     models, trace = trained
     copy = tmp_path / "models"

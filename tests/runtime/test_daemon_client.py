@@ -16,7 +16,9 @@ import pytest
 import zmq
 
 from predictor.interface import NO_PREDICTION, BasePolicy, PolicyError, TensorInfo
-from prefetch.daemon import DaemonConfig, PolicyChoice, run_daemon_in_thread
+from prefetch.daemon_config import DaemonConfig
+from prefetch.daemon_sessions import PolicyChoice
+from prefetch.daemon_thread import run_daemon_in_thread
 from runtime import wire
 from runtime.daemon_client import (
     DaemonClient,
