@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from predictor.interface import TensorInfo  # noqa: E402
 from predictor.policies import baseline_names, make_policy  # noqa: E402
+from runtime.defaults import EVAL_LOOKAHEAD  # noqa: E402
 from runtime.trace_format import Access, load_traces  # noqa: E402
 
 
@@ -78,7 +79,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="p50/p99 per decision of each policy, in process")
     ap.add_argument("traces", nargs="*", type=Path, help="trace folders (default: datasets/samples/moe/heldout, the model trained on .../train)")
     ap.add_argument("--model", type=Path, help="model folder for the learned policy (default: trained on the fly)")
-    ap.add_argument("--lookahead", type=int, default=16)
+    ap.add_argument("--lookahead", type=int, default=EVAL_LOOKAHEAD)
     ap.add_argument("--repeat", type=int, default=3, help="timed passes over the traces (default 3)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()

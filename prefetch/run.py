@@ -31,7 +31,9 @@ import torch
 from tqdm import tqdm
 
 from runtime.budget import parse_budget
+from runtime.defaults import LIVE_LOOKAHEAD
 from runtime.host_stepping import host_stepping
+from runtime.link import DEFAULT_LINK_RATIO
 from runtime.policy_spec import check_policy_spec
 from runtime.prefetcher import PrefetchConfig, Prefetcher, compute_device
 from runtime.recorder import Recorder
@@ -85,7 +87,7 @@ def run_workload(name: str, *, policy: str = "replay", **kwargs: Any) -> dict[st
 
 
 def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: float | int | str = 0.4,
-                 seed: int = 0, link_ratio: float = 0.5, lookahead: int = 64, warmup_steps: int = 1,
+                 seed: int = 0, link_ratio: float = DEFAULT_LINK_RATIO, lookahead: int = LIVE_LOOKAHEAD, warmup_steps: int = 1,
                  device: str = "auto", daemon: str | None = None, trace_out: str | Path | None = None,
                  timeline_dir: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """One report per policy; the all-resident and recorded passes are shared."""

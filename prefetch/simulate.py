@@ -134,12 +134,11 @@ from runtime.budget import Budget, format_bytes, parse_budget
 from prefetch.oracle import INF_POS as _INF_POS
 from prefetch.oracle import VARIANTS as ORACLE_VARIANTS
 from prefetch.oracle import OraclePolicy, compute_deltas, managed_stream
+from runtime.defaults import LIVE_LOOKAHEAD
 from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
 from runtime.stats import AccessStats
 from runtime.trace_format import MIN_MANAGED_BYTES, Access, Kind, Phase, Trace, load_trace, load_traces
 
-DEFAULT_LOOKAHEAD = 64
-"""Future reads a named policy keeps requested: the same default as `prefetch run`."""
 HIT, LATE, MISS, WRITE = 0, 1, 2, 3
 """Codes of SimReport.outcomes, one per managed event."""
 _READ = int(Access.READ)
@@ -287,7 +286,7 @@ def simulate(
     link_ratio: float = DEFAULT_LINK_RATIO,
     latency_s: float = DEFAULT_LATENCY_S,
     warmup_steps: int = 1,
-    lookahead: int = DEFAULT_LOOKAHEAD,
+    lookahead: int = LIVE_LOOKAHEAD,
 ) -> SimReport:
     """Replay `traces` through the device/copy-engine model with `policy`; see the module docstring.
 
@@ -346,7 +345,7 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
     """Simulate a `prefetch run` / `runtime.prefetching` run's own trace the way it ran.
 
     run_report: the run's JSON report (`policy`, `budget_bytes`, `link`, `warmup_steps`,
-    and `lookahead` when present, else 64). trace: the trace it recorded (a stem, a file
+    and `lookahead` when present, else LIVE_LOOKAHEAD). trace: the trace it recorded (a stem, a file
     or a Trace; default: the report's `trace`). A report without a link (a CUDA run) is
     simulated with the default link ratio. `overrides` go to simulate() (e.g. policy=...).
     The hit rate is what the live one should be within a couple of points.
@@ -360,7 +359,7 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
     kwargs: dict[str, Any] = dict(
         budget=int(run_report["budget_bytes"]),
         warmup_steps=int(run_report.get("warmup_steps", 1)),
-        lookahead=int(run_report.get("lookahead") or DEFAULT_LOOKAHEAD),
+        lookahead=int(run_report.get("lookahead") or LIVE_LOOKAHEAD),
     )
     lk = run_report.get("link")
     if lk and lk.get("bandwidth_GBps"):
@@ -919,4 +918,4 @@ def format_table(reports: Sequence[SimReport]) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["SimReport", "simulate", "simulate_like_run", "format_table", "DEFAULT_LOOKAHEAD"]
+__all__ = ["SimReport", "simulate", "simulate_like_run", "format_table"]

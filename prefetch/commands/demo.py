@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from prefetch.demo import QUICK_STEPS, QUICK_TRAIN_STEPS, STEPS, TRAIN_STEPS
+from runtime.link import DEFAULT_LINK_RATIO
 
 
 def _seeds(text: str, flag: str) -> tuple[int, ...]:
@@ -40,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", default=None,
                    help="comma-separated live policies (default none,replay,markov,learned; 'learned' uses OUT/models)")
     p.add_argument("--budget", type=float, default=0.4, help="device budget, fraction of managed bytes (default 0.4)")
-    p.add_argument("--link-ratio", type=float, default=0.5, help="simulated link: copy-all time / step time (default 0.5)")
+    p.add_argument("--link-ratio", type=float, default=DEFAULT_LINK_RATIO,
+                   help=f"simulated link: copy-all time / step time (default {DEFAULT_LINK_RATIO})")
     p.add_argument("--sweep-workloads", default=None,
                    help="workloads whose first evaluation trace gets a budget sweep (default: all run)")
     p.add_argument("--no-sweep", action="store_true", help="skip the simulated budget sweep")

@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from runtime.defaults import EVAL_LOOKAHEAD
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("traces", nargs="+", type=Path, metavar="TRACE_DIR", help="trace folders or files")
     p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR", help="output of `prefetch train`")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the full results as JSON")
-    p.add_argument("--lookahead", type=int, default=16, help="D, the horizon of recall@D and of the policies (default 16)")
+    p.add_argument("--lookahead", type=int, default=EVAL_LOOKAHEAD,
+                   help=f"D, the horizon of recall@D and of the policies (default {EVAL_LOOKAHEAD})")
     p.add_argument("--topk", type=int, default=5, help="k of top-k accuracy (default 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

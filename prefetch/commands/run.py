@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from predictor.policies import spec_help
+from runtime.defaults import LIVE_LOOKAHEAD
+from runtime.link import DEFAULT_LINK_RATIO
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,8 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", default="0.4", help="fraction of managed bytes (0.4) or a size (2GiB)")
     p.add_argument("--seed", type=int, default=None,
                    help="--workload: its seed (default 0); a script: the seed it uses, if known (provenance)")
-    p.add_argument("--link-ratio", type=float, default=0.5, help="simulated device: copy-all time / step time")
-    p.add_argument("--lookahead", type=int, default=64, help="future reads a policy keeps requested")
+    p.add_argument("--link-ratio", type=float, default=DEFAULT_LINK_RATIO,
+                   help=f"simulated device: copy-all time / step time (default {DEFAULT_LINK_RATIO})")
+    p.add_argument("--lookahead", type=int, default=LIVE_LOOKAHEAD,
+                   help=f"future reads a policy keeps requested (default {LIVE_LOOKAHEAD})")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps excluded from the figures")
     p.add_argument("--device", default="auto", help="auto | simulated | cuda[:N]")
     p.add_argument("--daemon", default=None, help="endpoint of a running daemon (learned policies)")

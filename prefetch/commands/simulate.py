@@ -12,6 +12,8 @@ from pathlib import Path
 
 from predictor.policies import ORACLE, baseline_names, spec_help
 from prefetch.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+from runtime.defaults import LIVE_LOOKAHEAD
+from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
 
 DEFAULT_SWEEP_BUDGETS = "0.2,0.3,0.4,0.5,0.6,0.8,1.0"
 DEFAULT_SWEEP_POLICIES = ",".join((*baseline_names(), ORACLE))
@@ -39,13 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     link = p.add_mutually_exclusive_group()
     link.add_argument("--link-ratio", type=positive_float, default=None,
                       help="link speed as the time to copy every managed byte once over the mean step compute "
-                           "time (default 0.5)")
+                           f"time (default {DEFAULT_LINK_RATIO})")
     link.add_argument("--bandwidth", type=positive_float, default=None, metavar="GBPS",
                       help="explicit link bandwidth in GB/s (1e9 bytes/s), instead of a ratio")
-    p.add_argument("--latency-us", type=nonnegative_float, default=None, help="per-copy latency in microseconds (default 5)")
+    p.add_argument("--latency-us", type=nonnegative_float, default=None, help=f"per-copy latency in microseconds (default {DEFAULT_LATENCY_S * 1e6:g})")
     p.add_argument("--warmup", type=nonnegative_int, default=1, metavar="N", help="steps of each trace left out (default 1)")
-    p.add_argument("--lookahead", type=positive_int, default=64, metavar="N",
-                   help="future reads a named policy keeps requested (default 64, as `prefetch run`)")
+    p.add_argument("--lookahead", type=positive_int, default=LIVE_LOOKAHEAD, metavar="N",
+                   help=f"future reads a named policy keeps requested (default {LIVE_LOOKAHEAD}, as `prefetch run`)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the report (or the sweep) as JSON")
     p.add_argument("--sweep", action="store_true", help="simulate every policy x budget, print a table, plot it")
     p.add_argument("--sweep-budgets", default=DEFAULT_SWEEP_BUDGETS, help=f"default {DEFAULT_SWEEP_BUDGETS}")
@@ -57,8 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _link(args: argparse.Namespace):
-    from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
-
     latency_s = DEFAULT_LATENCY_S if args.latency_us is None else args.latency_us * 1e-6
     if args.bandwidth is not None:
         return LinkModel(bandwidth_bytes_per_s=args.bandwidth * 1e9, latency_s=latency_s), DEFAULT_LINK_RATIO, latency_s

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from prefetch.cli import CommandError, output_dir, positive_float, positive_int
+from runtime.defaults import EVAL_LOOKAHEAD
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("traces", nargs="+", type=Path, metavar="TRACE_DIR", help="trace folders or files")
     p.add_argument("--out", required=True, type=output_dir, metavar="MODEL_DIR", help="where the artifacts go (one folder per architecture)")
-    p.add_argument("--lookahead", type=positive_int, default=None, help="D: predict the reads within the next D (default 16)")
+    p.add_argument("--lookahead", type=positive_int, default=None, help=f"D: predict the reads within the next D (default {EVAL_LOOKAHEAD})")
     p.add_argument("--holdout", type=_holdout, default=None, help="share of each trace's last steps held out (default 0.25)")
     p.add_argument("--trees", type=positive_int, default=None, help="boosting rounds (default 30)")
     p.add_argument("--threads", type=positive_int, default=None, help="LightGBM training threads (default 2)")
