@@ -30,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from common import machine_info, markdown_table, write_json  # noqa: E402
+from prefetch.workloads import list_workloads  # noqa: E402
+from runtime.link import DEFAULT_LINK_RATIO  # noqa: E402
 
-STATIC = ("gpt2", "llama", "vit")
+STATIC = tuple(w.name for w in list_workloads() if not w.dynamic)
 """The workloads the slowdown targets are for (their access order does not change)."""
 TARGETS = {0.4: 1.08, 1.0: 1.02}
 """Issue 12: learned slowdown on the static workloads, by budget."""
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ms = lambda v: None if v is None else round(1e3 * v, 2)  # noqa: E731
     print(f"Overhead per measured step, median over seeds {args.seeds} ({args.steps} steps each, warm-up 1); "
           f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
-          f"load average before {load_before}, after {_load()}. Device: simulated (link ratio 0.5). "
+          f"load average before {load_before}, after {_load()}. Device: simulated (link ratio {DEFAULT_LINK_RATIO}). "
           f"Targets: learned on {', '.join(STATIC)} <= {TARGETS[0.4]}x at budget 0.4, <= {TARGETS[1.0]}x at 1.0; "
           f"bookkeeping <= {BOOKKEEPING_TARGET_US} us per managed access.")
     print()

@@ -48,7 +48,6 @@ import datetime as _dt
 import glob
 import json
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -158,38 +157,6 @@ def log_tail(path: Path | str | None, lines: int = 12) -> str:
         return ""
     text = Path(path).read_text(errors="replace").splitlines()
     return "\n".join(text[-lines:])
-
-
-# -- machine ---------------------------------------------------------------------------------
-
-
-def machine_info(omp_threads: str) -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": omp_threads,
-    }
-    for mod, key in (("transformers", "transformers"), ("lightgbm", "lightgbm"), ("zmq", "pyzmq"),
-                     ("numpy", "numpy"), ("pyarrow", "pyarrow")):
-        try:
-            info[key] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is just reported
-            info[key] = None
-    if torch.cuda.is_available():
-        info["device"] = f"CUDA: {torch.cuda.get_device_name(0)} (torch CUDA {torch.version.cuda})"
-        info["cuda"] = torch.cuda.get_device_name(0)
-    else:
-        info["device"] = "CPU only: prefetching runs on the simulated device (copy-engine thread + link model)"
-        info["cuda"] = None
-    return info
 
 
 # -- the benchmarks ---------------------------------------------------------------------------
@@ -717,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     only, skip = _names(args.only, "--only"), _names(args.skip, "--skip")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.omp_threads)  # before torch is imported here: the header shows the children's
+    from prefetch.demo import QUICK_WORKLOADS
+    from prefetch.machine import machine_info
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     out = args.out if args.out.is_absolute() else (ROOT / args.out)
@@ -725,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     models_abs = models if models.is_absolute() else ROOT / models
     steps = args.steps or (8 if args.quick else 12)
     timeout = args.timeout or (300.0 if args.quick else 900.0)
-    workloads = args.workloads.split(",") if args.workloads else ["gpt2", "moe"]
+    workloads = args.workloads.split(",") if args.workloads else list(QUICK_WORKLOADS)
     learned = f"learned:{models}"
     if args.policies:
         policies = [learned if p.strip() == "learned" else p.strip() for p in args.policies.split(",") if p.strip()]

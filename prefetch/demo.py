@@ -34,9 +34,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from predictor.policies import baseline_names
+from prefetch.machine import machine_info
+from prefetch.workloads import WORKLOADS
+from runtime.link import DEFAULT_LINK_RATIO
 
-ALL_WORKLOADS = ("gpt2", "llama", "vit", "moe", "accum-eval", "layerdrop", "generate-train")
+ALL_WORKLOADS = tuple(WORKLOADS)
+"""Every reference workload, in the registry's order (static ones first)."""
 QUICK_WORKLOADS = ("gpt2", "moe")
+"""--quick: one static workload and the dynamic one the learned policy is built for."""
 BASE_POLICIES = baseline_names()  # every registered policy that needs no model folder
 SWEEP_BUDGETS = (0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 TRAIN_SEEDS = (0, 1)
@@ -75,7 +80,7 @@ class DemoConfig:
     """Live policies; default every registered baseline (none, replay, ...) and learned:OUT/models."""
     budget: float = 0.4
     """Device budget, a fraction of the managed bytes."""
-    link_ratio: float = 0.5
+    link_ratio: float = DEFAULT_LINK_RATIO
     """Simulated device: time to copy every managed byte once / all-resident step time."""
     sweep_workloads: tuple[str, ...] | None = None
     """Workloads whose first evaluation trace gets a simulated budget sweep (default: all)."""
@@ -143,33 +148,6 @@ class DemoConfig:
 
 def _say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _machine() -> dict[str, Any]:
-    import os
-    import platform
-
-    import lightgbm
-    import torch
-    import zmq
-
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "lightgbm": lightgbm.__version__,
-        "pyzmq": zmq.__version__,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "simulated (no CUDA)",
-    }
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover - the zoo extra is required for the demo
-        pass
-    return info
 
 
 def _label(policy: str) -> str:
@@ -248,7 +226,7 @@ def run_demo(out: str | Path | None = None, *, config: DemoConfig | None = None,
         f"on the evaluation seeds {_seeds(cfg.eval_seeds)} "
         f"(device: {'cuda' if torch.cuda.is_available() else 'simulated'})")
     runs: list[dict[str, Any]] = []
-    doc: dict[str, Any] = {"machine": _machine(), "protocol": cfg.protocol(), "budget": cfg.budget,
+    doc: dict[str, Any] = {"machine": machine_info(), "protocol": cfg.protocol(), "budget": cfg.budget,
                            "link_ratio": cfg.link_ratio, "steps": cfg.steps, "workloads": list(cfg.workloads),
                            "runs": runs, "oracle": [], "simulated": [], "sweep": [], "phase_s": phases}
     try:
