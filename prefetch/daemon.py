@@ -49,10 +49,11 @@ import numpy as np
 import zmq
 
 from predictor.interface import PolicyError, check_policy
-from prefetch.daemon_config import DEFAULT_LOOKAHEAD, DaemonConfig, load_server_keys
+from prefetch.daemon_config import DaemonConfig, load_server_keys
 from prefetch.daemon_sessions import DaemonStats, PolicyFactory, Session, make_policy_factory
 from runtime import wire
 from runtime.daemon_launch import ping
+from runtime.defaults import LIVE_LOOKAHEAD
 from runtime.wire import ErrorCode, MsgType, WireError, log_field
 
 log = logging.getLogger("prefetch.daemon")
@@ -279,7 +280,7 @@ class Daemon:
         if self._forget(identity) is not None:  # HELLO again: the old session and its queued work end
             self.stats.sessions_closed += 1
         self._make_room(sessions=1, tensors=n, keep=identity)
-        lookahead = msg.lookahead or DEFAULT_LOOKAHEAD
+        lookahead = msg.lookahead or LIVE_LOOKAHEAD  # a HELLO with lookahead 0 leaves it to the daemon
         choice = self._factory(msg.policy, architecture=msg.architecture, tensors=msg.tensors, lookahead=lookahead)
         sid = self._next_session
         self._next_session = self._next_session % 0xFFFFFFFF + 1  # u32, never 0

@@ -15,7 +15,6 @@ from runtime import wire
 from runtime.daemon_launch import AUTHORIZED_CLIENTS, DEFAULT_FALLBACK, SERVER_SECRET, check_endpoint, load_cert
 
 
-DEFAULT_LOOKAHEAD = 64  # when a HELLO says lookahead 0 ("daemon's choice")
 FALLBACK_CHOICES = (*baseline_names(), "error")  # the registry's policies without a model; "error": refuse
 
 
