@@ -31,7 +31,8 @@ import numpy as np  # noqa: E402
 
 from predictor.artifact import save_artifact  # noqa: E402
 from predictor.evaluate import HELD_OUT_RUN, WARMUP_STEPS, evaluate_trace  # noqa: E402
-from predictor.features import F, FEATURES, KeyInfo, read_sequence, sequence_context  # noqa: E402
+from predictor.features import F, FEATURES, KeyInfo  # noqa: E402
+from predictor.read_sequence import read_sequence, sequence_context  # noqa: E402
 from predictor.model import LearnedPolicy  # noqa: E402
 from predictor.train import TrainConfig, _vocabulary, split_steps, train_architecture  # noqa: E402
 from runtime.trace_format import load_traces  # noqa: E402

@@ -26,7 +26,8 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from predictor.features import FEATURE_VERSION, FEATURES, CandidateTable, KeyInfo
+from predictor.candidates import CandidateTable
+from predictor.features import FEATURE_VERSION, FEATURES, KeyInfo
 from predictor.interface import PolicyError
 
 FORMAT = "prefetch.predictor"

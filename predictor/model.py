@@ -21,7 +21,8 @@ import lightgbm as lgb
 import numpy as np
 
 from predictor.artifact import Artifact, ArchitectureMismatchError
-from predictor.features import OnlineState, static_columns
+from predictor.candidates import static_columns
+from predictor.features_online import OnlineState
 from predictor.horizon import Outstanding
 from predictor.interface import BasePolicy, TensorInfo
 from runtime.defaults import EVAL_LOOKAHEAD

@@ -4,7 +4,7 @@
 
 Per architecture found in the traces: hold out the last quarter of each trace's steps,
 build the vocabulary and the candidate table from the rest, compute the (read,
-candidate) examples with predictor.features, fit a small binary LightGBM model on the
+candidate) examples with predictor.features_offline, fit a small binary LightGBM model on the
 contexts that are not deterministic, pick the score threshold on the held-out steps,
 and write the artifact (predictor.artifact) with its held-out metrics.
 """
@@ -22,17 +22,10 @@ import lightgbm as lgb
 import numpy as np
 
 from predictor.artifact import Artifact, save_artifact
-from predictor.features import (
-    CATEGORICAL,
-    FEATURES,
-    KeyInfo,
-    build_table,
-    pair_features,
-    pair_labels,
-    read_sequence,
-    sequence_context,
-    static_columns,
-)
+from predictor.candidates import build_table, static_columns
+from predictor.features import CATEGORICAL, FEATURES, KeyInfo
+from predictor.features_offline import pair_features, pair_labels
+from predictor.read_sequence import read_sequence, sequence_context
 from runtime.defaults import EVAL_LOOKAHEAD
 from runtime.trace_format import Trace, load_traces
 

@@ -16,7 +16,7 @@ never reads an event. The steps, in the order they run:
    The client adds the counts up and builds the table from them. Distances are integers
    in 1..D, so these counts hold the whole distance distribution and the median is exact:
    the table is *equal* to local training's (tests/predictor/test_train_dask.py checks it).
-5. Each worker computes the feature rows and labels of its traces (predictor.features,
+5. Each worker computes the feature rows and labels of its traces (predictor.features_offline,
    the same code as local training) and keeps them. The row cap (`max_rows`) draws the
    same random subset as local training (the same generator over the same global order).
 6. LightGBM trains with its Dask interface (`lightgbm.DaskLGBMClassifier`): one
@@ -49,19 +49,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from predictor.features import (
-    FEATURES,
-    CandidateTable,
-    KeyInfo,
-    ReadSeq,
-    SeqContext,
-    pair_features,
-    pair_labels,
-    rank_candidates,
-    read_sequence,
-    sequence_context,
-    static_columns,
-)
+from predictor.candidates import CandidateTable, rank_candidates, static_columns
+from predictor.features import FEATURES, KeyInfo
+from predictor.features_offline import pair_features, pair_labels
+from predictor.read_sequence import ReadSeq, SeqContext, read_sequence, sequence_context
 from predictor.train import (TrainConfig, finish_meta, held_out_metrics, lgb_params, out_of_fold_stats, pick_threshold,
                              split_steps)
 from runtime.trace_format import Trace, TraceError
@@ -181,7 +172,7 @@ def check_workers(client, target: DaskTarget) -> None:
 
 @dataclass(frozen=True, slots=True)
 class TableCounts:
-    """The sufficient statistics of predictor.features.build_table over some reads: how
+    """The sufficient statistics of predictor.candidates.build_table over some reads: how
     often each context occurs (with a next read), and how often each (context, candidate)
     pair is first followed at each distance j in 1..D. Counts add across traces."""
 

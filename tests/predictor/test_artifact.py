@@ -17,7 +17,8 @@ from predictor.artifact import (
     load_artifact,
     save_artifact,
 )
-from predictor.features import FEATURES, static_columns
+from predictor.candidates import static_columns
+from predictor.features import FEATURES
 from predictor.interface import PolicyError, TensorInfo
 from predictor.policies import make_policy
 

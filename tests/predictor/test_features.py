@@ -5,18 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from predictor.features import (
-    FEATURES,
-    KeyInfo,
-    OnlineState,
-    build_table,
-    pair_features,
-    pair_labels,
-    parse_key,
-    read_sequence,
-    sequence_context,
-    static_columns,
-)
+from predictor.candidates import build_table, static_columns
+from predictor.features import FEATURES, KeyInfo, parse_key
+from predictor.features_offline import pair_features, pair_labels
+from predictor.features_online import OnlineState
+from predictor.read_sequence import read_sequence, sequence_context
 from tests.fixtures.synthetic_traces import SyntheticConfig, write_synthetic_trace
 from runtime.trace_format import Access, Kind, load_trace
 

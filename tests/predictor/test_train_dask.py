@@ -13,7 +13,9 @@ import pytest
 pytest.importorskip("distributed")
 
 from predictor.evaluate import evaluate  # noqa: E402
-from predictor.features import KeyInfo, build_table, read_sequence, sequence_context  # noqa: E402
+from predictor.candidates import build_table  # noqa: E402
+from predictor.features import KeyInfo  # noqa: E402
+from predictor.read_sequence import read_sequence, sequence_context  # noqa: E402
 from tests.fixtures.synthetic_traces import SyntheticConfig, write_synthetic_trace  # noqa: E402
 from predictor.train import TrainConfig, train  # noqa: E402
 from predictor.train_dask import (  # noqa: E402
