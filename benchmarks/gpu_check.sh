@@ -108,11 +108,12 @@ from pathlib import Path
 import torch
 
 from predictor.train import TrainConfig, train
+from prefetch.demo import QUICK_WORKLOADS
 from prefetch.recording import record_workload
 from prefetch.run import run_policies
 
 device, out, steps, train_steps, budget, dry = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1"
-WORKLOADS = ("gpt2", "moe")  # one static, one dynamic
+WORKLOADS = QUICK_WORKLOADS  # one static, one dynamic (the demo's --quick pair)
 TRAIN_SEEDS, EVAL_SEED = (0, 1), 2
 torch.set_num_threads(1 if dry else min(8, torch.get_num_threads()))
 t0 = time.perf_counter()
