@@ -35,6 +35,8 @@ from predictor.features import F, FEATURES, KeyInfo  # noqa: E402
 from predictor.read_sequence import read_sequence, sequence_context  # noqa: E402
 from predictor.model import LearnedPolicy  # noqa: E402
 from predictor.train import TrainConfig, _vocabulary, split_steps, train_architecture  # noqa: E402
+from prefetch.workloads import list_workloads  # noqa: E402
+from runtime.defaults import EVAL_LOOKAHEAD  # noqa: E402
 from runtime.trace_format import load_traces  # noqa: E402
 
 HISTORY = tuple(n for n in FEATURES if n.startswith(("h_", "e_")))
@@ -102,8 +104,8 @@ def multiclass(train, run, lookahead: int, rounds: int = 10) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--traces", type=Path, required=True)
-    ap.add_argument("--workloads", nargs="+", default=["moe", "layerdrop", "accum-eval", "generate-train"])
-    ap.add_argument("--lookahead", type=int, default=16)
+    ap.add_argument("--workloads", nargs="+", default=[w.name for w in list_workloads() if w.dynamic])
+    ap.add_argument("--lookahead", type=int, default=EVAL_LOOKAHEAD)
     ap.add_argument("--no-multiclass", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
