@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _dask_target(text: str):
     """argparse type for --dask: local:N or a scheduler address."""
-    from predictor.train_dask import DaskTarget
+    from predictor.dask_cluster import DaskTarget
 
     try:
         return DaskTarget.parse(text)
@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["max_candidates"] = max(TrainConfig().max_candidates, 2 * args.lookahead)
     config = TrainConfig(seed=args.seed, **{k: v for k, v in overrides.items() if v is not None})
     if args.dask is not None:
-        from predictor.train_dask import DaskError, train_dask
+        from predictor.dask_cluster import DaskError
+        from predictor.train_dask import train_dask
 
         try:
             train_dask(args.traces, args.out, config, dask=args.dask, connect_timeout_s=args.dask_timeout)

@@ -18,14 +18,9 @@ from predictor.features import KeyInfo  # noqa: E402
 from predictor.read_sequence import read_sequence, sequence_context  # noqa: E402
 from tests.fixtures.synthetic_traces import SyntheticConfig, write_synthetic_trace  # noqa: E402
 from predictor.train import TrainConfig, train  # noqa: E402
-from predictor.train_dask import (  # noqa: E402
-    DaskError,
-    DaskTarget,
-    TableCounts,
-    check_workers,
-    dask_client,
-    train_on_client,
-)
+from predictor.dask_cluster import DaskError, DaskTarget, check_workers, dask_client  # noqa: E402
+from predictor.dask_tasks import TableCounts  # noqa: E402
+from predictor.train_dask import train_on_client  # noqa: E402
 from prefetch.cli import main  # noqa: E402
 from runtime.trace_format import TraceError, load_trace, load_traces  # noqa: E402
 
