@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine_info, markdown_table, write_json  # noqa: E402
 from benchmarks.daemon_latency import free_tcp_endpoint, load_events  # noqa: E402
 from predictor.interface import TensorInfo  # noqa: E402
-from runtime import wire  # noqa: E402
+from runtime import wire, wire_decode  # noqa: E402
 from runtime.daemon_launch import ping  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def big_table(n: int) -> TensorInfo:
 def recv(sock: zmq.Socket, timeout_ms: int):
     if not sock.poll(timeout_ms):
         return None
-    return wire.decode(sock.recv_multipart())
+    return wire_decode.decode(sock.recv_multipart())
 
 
 # -- the flooding process --------------------------------------------------------------------

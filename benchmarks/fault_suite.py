@@ -51,7 +51,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from benchmarks.common import machine_info, markdown_table, write_json  # noqa: E402
 from prefetch.trace_summary import summarize  # noqa: E402
-from runtime import wire  # noqa: E402
+from runtime import wire, wire_decode  # noqa: E402
 from runtime.daemon_launch import ping, start_local_daemon  # noqa: E402
 from runtime.trace_format import TraceError, load_trace  # noqa: E402
 
@@ -114,7 +114,7 @@ def fuzz_wire(models: Path, n: int, seed_value: int) -> dict[str, Any]:
     def one(frames: list[bytes], num_tensors: int | None) -> None:
         out["messages"] += 1
         try:
-            wire.decode(frames, num_tensors=num_tensors)
+            wire_decode.decode(frames, num_tensors=num_tensors)
             out["decoded"] += 1
         except wire.WireError:
             out["wire_errors"] += 1

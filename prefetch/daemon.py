@@ -51,7 +51,7 @@ import zmq
 from predictor.interface import PolicyError, check_policy
 from prefetch.daemon_config import DaemonConfig, load_server_keys
 from prefetch.daemon_sessions import DaemonStats, PolicyFactory, Session, make_policy_factory
-from runtime import wire
+from runtime import wire, wire_decode
 from runtime.daemon_launch import ping
 from runtime.defaults import LIVE_LOOKAHEAD
 from runtime.wire import ErrorCode, MsgType, WireError, log_field
@@ -236,15 +236,15 @@ class Daemon:
         try:
             if len(frames) < 2:
                 raise WireError(ErrorCode.BAD_FRAMES, "message without a header frame")
-            kind, _, session, seq, _ = wire.decode_header(frames[1])
+            kind, _, session, seq, _ = wire_decode.decode_header(frames[1])
             sess = self._sessions.get(identity)
             if kind is MsgType.EVENTS:
                 if sess is None or session != sess.session_id:
                     raise WireError(ErrorCode.UNKNOWN_SESSION, f"no session {session} for this client; send HELLO")
-                msg = wire.decode(frames[1:], num_tensors=sess.num_tensors)
+                msg = wire_decode.decode(frames[1:], num_tensors=sess.num_tensors)
                 self._on_events(sess, msg)  # type: ignore[arg-type]
                 return
-            msg = wire.decode(frames[1:])
+            msg = wire_decode.decode(frames[1:])
             if kind is MsgType.HELLO:
                 self._on_hello(identity, msg)  # type: ignore[arg-type]
             elif kind is MsgType.TENSORS:

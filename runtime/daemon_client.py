@@ -35,7 +35,7 @@ import numpy as np
 import zmq
 
 from predictor.interface import TensorInfo
-from runtime import wire
+from runtime import wire, wire_decode
 from runtime.daemon_launch import load_client_keys
 from runtime.defaults import DAEMON_BATCH_EVENTS, LIVE_LOOKAHEAD
 from runtime.wire import EVENT_DTYPE, ErrorCode, WireError, log_field
@@ -302,7 +302,7 @@ class DaemonClient:
     # -- internals ---------------------------------------------------------------------
     def _on_message(self, frames: list[bytes], out: list[wire.Commands]) -> None:
         try:
-            msg = wire.decode(frames, num_tensors=self.tensors.num_tensors)
+            msg = wire_decode.decode(frames, num_tensors=self.tensors.num_tensors)
         except WireError as exc:
             self.stats.bad_messages += 1
             log.debug("daemon client: undecodable reply ignored: %s", exc)

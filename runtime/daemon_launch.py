@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from runtime import wire
+from runtime import wire, wire_decode
 from runtime.wire import WireError
 
 DEFAULT_FALLBACK = "replay"
@@ -128,7 +128,7 @@ def ping(endpoint: str, *, timeout_ms: int = 500, context: zmq.Context | None = 
             if not sock.poll(max(1, int(left * 1000))):
                 return None
             try:
-                msg = wire.decode(sock.recv_multipart(zmq.NOBLOCK))
+                msg = wire_decode.decode(sock.recv_multipart(zmq.NOBLOCK))
             except WireError:
                 continue
             if isinstance(msg, wire.Pong):

@@ -25,7 +25,8 @@ PACKAGES = ("runtime", "predictor", "prefetch")
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("contracts", (
         "runtime.trace_format", "runtime.trace_validate", "runtime.trace_identity", "runtime.architecture",
-        "runtime.link", "runtime.stats", "runtime.budget", "runtime.wire", "runtime.defaults", "predictor.interface",
+        "runtime.link", "runtime.stats", "runtime.budget", "runtime.wire", "runtime.wire_decode", "runtime.defaults",
+        "predictor.interface",
     )),
     ("runtime core", (
         "runtime.overhead", "runtime.device", "runtime.trace_writer", "runtime.tracker", "runtime.recorder",

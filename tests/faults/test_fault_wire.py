@@ -10,7 +10,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime import wire
+from runtime import wire, wire_decode
 from runtime.trace_format import Access, Phase
 from wire_strategies import any_messages, damaged_messages, noise_messages, valid_messages
 
@@ -21,7 +21,7 @@ FUZZ = settings(max_examples=300, deadline=None, database=None, derandomize=True
 def _decode_or_wire_error(frames: list[bytes], num_tensors: int | None) -> object | None:
     """The decoded message, or None after a WireError; any other exception fails the test."""
     try:
-        msg = wire.decode(frames, num_tensors=num_tensors)
+        msg = wire_decode.decode(frames, num_tensors=num_tensors)
     except wire.WireError as exc:
         assert isinstance(exc.code, wire.ErrorCode)
         assert "\n" not in str(exc)  # one line: it goes into an ERROR reply and a log
@@ -35,7 +35,7 @@ def _decode_or_wire_error(frames: list[bytes], num_tensors: int | None) -> objec
 @given(valid_messages())
 def test_valid_messages_round_trip(frames):
     """Every well-formed message decodes, and encodes back to the same bytes."""
-    msg = wire.decode(frames)
+    msg = wire_decode.decode(frames)
     assert [bytes(f) for f in msg.encode()] == frames
 
 
@@ -79,7 +79,7 @@ def test_decoded_events_and_commands_are_in_range(frames, num_tensors):
 def test_any_header_frame_decodes_or_raises_wire_error(frame):
     """decode_header on any bytes: a validated tuple or a WireError."""
     try:
-        kind, *_ = wire.decode_header(frame)
+        kind, *_ = wire_decode.decode_header(frame)
     except wire.WireError:
         return
     assert isinstance(kind, wire.MsgType)
@@ -110,7 +110,7 @@ def test_events_decode_only_when_every_field_is_in_range(case):
         and (events["access"] >= 0).all() and (events["access"] <= max(Access)).all()
         and (events["step"] >= 0).all() and (events["micro_step"] >= 0).all())
     try:
-        wire.decode(frames, num_tensors=num_tensors)
+        wire_decode.decode(frames, num_tensors=num_tensors)
         decoded = True
     except wire.WireError as exc:
         assert exc.code is wire.ErrorCode.BAD_RANGE

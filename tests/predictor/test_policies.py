@@ -146,7 +146,7 @@ def test_daemon_hands_a_grown_tensor_table_to_extend(ctx):
     from prefetch.daemon_config import DaemonConfig
     from prefetch.daemon_sessions import PolicyChoice
     from prefetch.daemon_thread import run_daemon_in_thread
-    from runtime import wire
+    from runtime import wire, wire_decode
 
     seen = []
 
@@ -164,11 +164,11 @@ def test_daemon_hands_a_grown_tensor_table_to_extend(ctx):
         s.connect(d.endpoint)
         s.send_multipart(wire.Hello(architecture="A", policy="growing", tensors=_info(2)).encode(), copy=False)
         assert s.poll(3000)
-        ok = wire.decode(s.recv_multipart())
+        ok = wire_decode.decode(s.recv_multipart())
         s.send_multipart(wire.Tensors(session=ok.session, first_id=2, tensors=_info(1)).encode(), copy=False)
         s.send_multipart(wire.Events(session=ok.session, seq=1, events=wire.pack_events([(0, 0, 0, 0, 2)])).encode(),
                          copy=False)
-        assert s.poll(3000) and isinstance(wire.decode(s.recv_multipart(), num_tensors=3), wire.Commands)
+        assert s.poll(3000) and isinstance(wire_decode.decode(s.recv_multipart(), num_tensors=3), wire.Commands)
         assert seen == [(("p0",), 2)]
     finally:
         d.stop()

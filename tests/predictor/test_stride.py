@@ -17,7 +17,7 @@ from prefetch.daemon_config import DaemonConfig
 from prefetch.daemon_sessions import make_policy_factory
 from prefetch.daemon_thread import run_daemon_in_thread
 from prefetch.simulate import simulate
-from runtime import prefetching, wire
+from runtime import prefetching, wire, wire_decode
 from runtime.link import LinkModel
 from runtime.trace_format import load_traces
 
@@ -105,12 +105,12 @@ def test_stride_through_the_daemon_answers_as_in_process(ctx):
         s.connect(d.endpoint)
         s.send_multipart(wire.Hello(architecture="A", policy="stride:k=2", tensors=_info(4)).encode(), copy=False)
         assert s.poll(3000)
-        ok = wire.decode(s.recv_multipart())
+        ok = wire_decode.decode(s.recv_multipart())
         assert isinstance(ok, wire.HelloOk) and ok.policy == "stride:k=2" and ok.fallback_reason is None
         events = [(step, 0, 0, R, t) for step in range(2) for t in range(4)]
         s.send_multipart(wire.Events(session=ok.session, seq=1, events=wire.pack_events(events)).encode(), copy=False)
         assert s.poll(3000)
-        cmd = wire.decode(s.recv_multipart(), num_tensors=4)
+        cmd = wire_decode.decode(s.recv_multipart(), num_tensors=4)
         local = make_policy("stride:k=2", tensors=_info(4))
         assert cmd.tensor_ids.tolist() == [t for e in events for t in local.observe(*e)] == [2, 3, 0, 1]
     finally:

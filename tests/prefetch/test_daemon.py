@@ -21,7 +21,7 @@ from prefetch.daemon import Daemon
 from prefetch.daemon_config import DaemonConfig
 from prefetch.daemon_sessions import PolicyChoice, make_policy_factory
 from prefetch.daemon_thread import run_daemon_in_thread
-from runtime import wire
+from runtime import wire, wire_decode
 from runtime.daemon_launch import check_endpoint, ping, start_local_daemon
 from runtime.wire import EVENT_DTYPE, MsgType
 
@@ -84,7 +84,7 @@ def dealer(ctx, endpoint):
 
 def recv(sock, num_tensors=None):
     assert sock.poll(RECV_TIMEOUT_MS), "no reply within the timeout"
-    return wire.decode(sock.recv_multipart(), num_tensors=num_tensors)
+    return wire_decode.decode(sock.recv_multipart(), num_tensors=num_tensors)
 
 
 def hello(sock, n=10, policy="next", architecture="Arch-A"):

@@ -17,7 +17,7 @@ from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
 from prefetch.daemon_config import DaemonConfig
 from prefetch.daemon_sessions import PolicyChoice
 from prefetch.daemon_thread import run_daemon_in_thread
-from runtime import wire
+from runtime import wire, wire_decode
 from runtime.wire import EVENT_DTYPE
 
 RECV_TIMEOUT_MS = 5000
@@ -65,7 +65,7 @@ def dealer(ctx, endpoint):
 
 def recv(sock, timeout_ms=RECV_TIMEOUT_MS):
     assert sock.poll(timeout_ms), "no reply within the timeout"
-    return wire.decode(sock.recv_multipart())
+    return wire_decode.decode(sock.recv_multipart())
 
 
 def hello(sock, n=16):

@@ -24,7 +24,7 @@ from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
 from prefetch.daemon_config import DaemonConfig, generate_keys
 from prefetch.daemon_sessions import PolicyChoice
 from prefetch.daemon_thread import run_daemon_in_thread
-from runtime import wire
+from runtime import wire, wire_decode
 from runtime.daemon_client import DaemonClient, DaemonClientConfig
 from runtime.daemon_launch import (
     AUTHORIZED_CLIENTS,
@@ -78,7 +78,7 @@ def dealer(ctx, endpoint, curve=None):
 def recv(sock, timeout_ms=RECV_TIMEOUT_MS):
     if not sock.poll(timeout_ms):
         return None
-    return wire.decode(sock.recv_multipart())
+    return wire_decode.decode(sock.recv_multipart())
 
 
 def hello(sock, architecture="Arch-A", policy="next", n=4):

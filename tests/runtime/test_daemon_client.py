@@ -19,7 +19,7 @@ from predictor.interface import NO_PREDICTION, BasePolicy, PolicyError, TensorIn
 from prefetch.daemon_config import DaemonConfig
 from prefetch.daemon_sessions import PolicyChoice
 from prefetch.daemon_thread import run_daemon_in_thread
-from runtime import wire
+from runtime import wire, wire_decode
 from runtime.daemon_client import (
     DaemonClient,
     DaemonClientConfig,
@@ -136,7 +136,7 @@ def test_unanswered_batches_are_capped_and_counted(ctx):
     try:
         assert silent.poll(3000)
         ident, *frames = silent.recv_multipart()
-        hello = wire.decode(frames)
+        hello = wire_decode.decode(frames)
         assert isinstance(hello, wire.Hello) and hello.tensors.num_tensors == 4
         silent.send_multipart([ident, *wire.HelloOk(session=5, policy="next", requested="next").encode()])
         assert until(lambda: c.connected, c)
