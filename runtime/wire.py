@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from predictor.interface import TensorInfo
+from runtime.defaults import LIVE_LOOKAHEAD
 
 MAGIC = b"PFWR"
 WIRE_VERSION = 1
@@ -116,7 +117,7 @@ class Hello:
     architecture: str
     policy: str
     tensors: TensorInfo
-    lookahead: int = 64
+    lookahead: int = LIVE_LOOKAHEAD
     next_use: bool = True  # ask for per-id predicted next use in COMMANDS
 
     def encode(self) -> list:
