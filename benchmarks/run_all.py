@@ -59,7 +59,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("record_overhead", "predictor_latency", "simulate_speed", "daemon_latency", "offline_eval", "live",
-              "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite", "cuda")
+              "overhead", "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite", "cuda")
 EVAL_SEEDS = (2, 3, 4)
 """Seeds of the live and offline evaluation runs: never recorded for training (samples are seeds 0, 1)."""
 DEFAULT_OUT = Path("out/benchmarks")
