@@ -12,18 +12,9 @@ from runtime.link import ComputeClock, LinkModel
 from runtime.prefetcher import prefetching
 from runtime.recorder import Recorder
 from runtime.trace_format import load_trace
+from tests.runtime.test_simulated_device import Counter
 
 MB = 1_000_000
-
-
-class Counter:
-    """A clock (ns) the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.t = 1_000
-
-    def __call__(self) -> int:
-        return self.t
 
 
 def test_hook_time_is_off_the_clock_and_its_stall_is_not_bookkeeping():
