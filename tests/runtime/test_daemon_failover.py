@@ -1,4 +1,5 @@
-"""A learned run through its daemon: it survives the daemon (killed mid-run, training goes on; back, it reconnects), and the local replay answers where the daemon has not predicted."""
+"""A learned run through its daemon: it survives the daemon (killed mid-run, training goes on;
+back, it reconnects), and the local replay answers where the daemon has not predicted."""
 
 from __future__ import annotations
 
