@@ -1,6 +1,6 @@
 """The daemon wire format: every message round-trips, every malformed one raises WireError.
 
-    python -m pytest tests/prefetch/test_wire.py -q
+    python -m pytest tests/runtime/test_wire.py -q
 """
 
 from __future__ import annotations
