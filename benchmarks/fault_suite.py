@@ -70,20 +70,6 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
-def train_models(root: Path) -> Path:
-    """A learned predictor for the fault suite's job (tests/faults/conftest.py)."""
-    import runtime
-    from fault_job import make_job
-    from predictor.train import TrainConfig, train
-
-    model, opt, step = make_job(1)
-    with runtime.record(model, opt, out=root / "traces"):
-        for _ in range(6):
-            step()
-    train([root / "traces"], root / "models", TrainConfig(num_threads=1), progress=False, log=lambda *a: None)
-    return root / "models"
-
-
 # -- wire ----------------------------------------------------------------------------------
 
 
@@ -256,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="fault-suite-"))
     try:
+        from tests.fixtures.residual_job import train_models
+
         models = train_models(root)
         results = {
             "wire": fuzz_wire(models, args.messages, args.seed),

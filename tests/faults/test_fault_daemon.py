@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import runtime
-from fault_job import make_job
+from tests.fixtures.residual_job import make_job
 from runtime.daemon_launch import start_local_daemon
 from runtime.link import LinkModel
 

@@ -8,64 +8,28 @@ import time
 import warnings
 
 import pytest
-import torch
 
 import runtime
-from predictor.train import TrainConfig, train
 from runtime.daemon_client import DaemonUnavailableWarning
 from runtime.daemon_launch import start_local_daemon
 from runtime.link import LinkModel
-
-
-class Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.blocks = torch.nn.ModuleList(
-            torch.nn.Sequential(torch.nn.Linear(128, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)) for _ in range(3)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for b in self.blocks:
-            x = x + b(x)
-        return x
-
-
-def _job(seed: int = 0):
-    torch.manual_seed(seed)
-    model = Net()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(seed)
-
-    def step() -> float:
-        opt.zero_grad()
-        loss = model(torch.randn(64, 128, generator=g)).pow(2).mean()
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return model, opt, step
+from tests.fixtures.residual_job import make_job, train_models
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A predictor trained on a short recording of this model."""
-    root = tmp_path_factory.mktemp("failover")
-    model, opt, step = _job(1)
-    with runtime.record(model, opt, out=root / "traces"):
-        for _ in range(6):
-            step()
-    train([root / "traces"], root / "models", TrainConfig(num_threads=1), progress=False, log=lambda *a: None)
-    return root / "models"
+    """A predictor trained on a short recording of the job."""
+    return train_models(tmp_path_factory.mktemp("failover"))
 
 
 def test_daemon_killed_mid_run_then_back(models, tmp_path):
     """Kill the daemon mid-run: losses stay bit-identical, one warning, local fallback; it reconnects."""
-    _, _, plain = _job()
+    _, _, plain = make_job()
     baseline = [plain() for _ in range(12)]
 
     endpoint = f"ipc://{tmp_path}/d.sock"
     endpoint, daemon = start_local_daemon(models, endpoint=endpoint)
-    model, opt, step = _job()
+    model, opt, step = make_job()
     losses: list[float] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -105,7 +69,7 @@ def test_without_a_daemon_prediction_the_local_replay_answers(models):
     """For a tensor the daemon has no fresh prediction for (after the optimizer step, before
     the new step's commands), predicted_next_use is the local replay's, so the store
     fetches the updated parameters again at once rather than when the commands arrive."""
-    model, opt, step = _job(2)
+    model, opt, step = make_job(2)
     with runtime.prefetching(model, opt, policy=f"learned:{models}", budget=1.0, device="simulated",
                              link=LinkModel(bandwidth_bytes_per_s=5e9)) as pf:
         for _ in range(3):
