@@ -872,7 +872,7 @@ def _modules_running(trace: Trace, idx: np.ndarray, phase_l: list[int]) -> tuple
     recompute) the event's module (the one whose pre-hook reads a parameter, or the innermost
     one packing an activation) and its ancestors by path, as the tracker's module stack holds
     them; nothing in backward and optimizer phases. The live store does not evict a parameter
-    whose module is running (runtime.tracker.AccessTracker.param_in_use)."""
+    whose module is running (runtime.tracker.AccessTracker.params_in_use)."""
     paths = list(trace.manifest.get("modules") or [])
     index = {p: i for i, p in enumerate(paths)}
     kinds = trace.tensor_kinds()

@@ -195,16 +195,11 @@ class AccessTracker:
         return list(self._keys)
 
     def params_in_use(self) -> frozenset[int] | set[int]:
-        """Ids of the parameters whose owning module is in its forward (param_in_use, for all at once)."""
+        """Ids of the parameters whose owning module is in its forward (the store does not evict them)."""
         if not self._stack:
             return frozenset()
         owned = self._owned_params
         return {t for m in self._stack for t in owned.get(m, ())}
-
-    def param_in_use(self, tid: int) -> bool:
-        """True while the module owning parameter `tid` is in its forward."""
-        p = self.params_by_tid.get(tid)
-        return p is not None and self._param_module[id(p)] in self._stack
 
     def preload_tensors(self, rows: list[dict[str, Any]]) -> None:
         """Assign ids from a known tensor table (a trace's, an artifact's) before the

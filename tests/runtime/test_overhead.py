@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from predictor.interface import BasePolicy
@@ -12,7 +10,7 @@ from runtime.link import ComputeClock, LinkModel
 from runtime.prefetcher import prefetching
 from runtime.recorder import Recorder
 from runtime.trace_format import load_trace
-from tests.runtime.test_simulated_device import Counter
+from tests.runtime.test_simulated_device import Counter, SlowReplay
 
 MB = 1_000_000
 
@@ -50,27 +48,6 @@ def test_hook_inside_an_excluded_twin_step_is_not_bookkeeping():
     clock.resume()
 
 
-class SpinningReplay(BasePolicy):
-    """Replay whose observe burns `cpu_s` of CPU: bookkeeping the split must see."""
-
-    def __init__(self, cpu_s: float) -> None:
-        self.inner = make_policy("replay", lookahead=64)
-        self.name = "replay"
-        self.cpu_s = cpu_s
-
-    def start(self, tensors):
-        self.inner.start(tensors)
-
-    def observe(self, *event):
-        end = time.thread_time() + self.cpu_s
-        while time.thread_time() < end:
-            pass
-        return self.inner.observe(*event)
-
-    def predicted_next_use(self, tensor_id: int) -> float:
-        return self.inner.predicted_next_use(tensor_id)
-
-
 def _split(policy, link: LinkModel | None = None, steps: int = 3) -> dict:
     torch.manual_seed(0)
     model = torch.nn.Sequential(*(torch.nn.Linear(256, 256) for _ in range(4)))
@@ -86,7 +63,7 @@ def _split(policy, link: LinkModel | None = None, steps: int = 3) -> dict:
 
 def test_policy_cpu_is_counted_as_bookkeeping():
     """1 ms of policy CPU per managed access shows up as >= 1 ms of bookkeeping per access."""
-    o = _split(SpinningReplay(0.001))["overhead"]
+    o = _split(SlowReplay(0.001))["overhead"]
     assert o["managed_accesses"] > 0
     assert o["bookkeeping_us_per_access"] >= 1000
     fast = _split(make_policy("replay", lookahead=64))["overhead"]
