@@ -66,23 +66,35 @@ class Device(Protocol):
 
 
 # -- simulated ----------------------------------------------------------------------------
-def _work_clock(engine: threading.Thread) -> Callable[[], int]:
-    """CPU time of this process less the copy-engine thread's: the job's work (ComputeClock).
-    Process CPU time alone where a thread's CPU clock cannot be read."""
+def _thread_cpu_clock(thread: threading.Thread) -> Callable[[], int] | None:
+    """A reader of `thread`'s CPU time in ns that keeps the last value once the thread has
+    exited (its CPU time is final then); None where a thread's CPU clock cannot be read."""
     try:
-        engine_clock = time.pthread_getcpuclockid(engine.ident)  # type: ignore[arg-type]
-        time.clock_gettime_ns(engine_clock)
-    except (AttributeError, OSError):
+        clock_id = time.pthread_getcpuclockid(thread.ident)  # type: ignore[arg-type]
+        time.clock_gettime_ns(clock_id)
+    except (AttributeError, OSError, TypeError):
+        return None
+    read, last = time.clock_gettime_ns, [0]
+
+    def cpu_ns() -> int:
+        try:
+            last[0] = read(clock_id)
+        except OSError:  # the thread has exited
+            pass
+        return last[0]
+
+    return cpu_ns
+
+
+def _work_clock(engine_cpu_ns: Callable[[], int] | None) -> Callable[[], int]:
+    """CPU time of this process less the copy-engine thread's: the job's work (ComputeClock).
+    Process CPU time alone where the engine's CPU clock cannot be read."""
+    if engine_cpu_ns is None:
         return time.process_time_ns
-    process, thread = time.process_time_ns, time.clock_gettime_ns
-    engine_ns = [0]
+    process = time.process_time_ns
 
     def work() -> int:
-        try:
-            engine_ns[0] = thread(engine_clock)
-        except OSError:  # the engine has exited: its CPU time is final
-            pass
-        return process() - engine_ns[0]
+        return process() - engine_cpu_ns()
 
     return work
 
@@ -130,11 +142,11 @@ class SimulatedDevice:
         self._jobs: queue.SimpleQueue[SimCopy | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._engine, name="prefetch-copy-engine", daemon=True)
         self._thread.start()
-        self.clock = clock or ComputeClock(_work_clock(self._thread))
+        self._engine_cpu = _thread_cpu_clock(self._thread)
+        self.clock = clock or ComputeClock(_work_clock(self._engine_cpu))
         self.clock_read_ns = clock_read_cost_ns(self.clock._work)
         """What one read of the clock's work counter costs here (emulation overhead, runtime.overhead)."""
         self._closed = False
-        self._engine_cpu_final = 0
         self.timeline: list[tuple[int, int, int, str]] | None = None
         """When a list: (start_ns, end_ns, nbytes, direction) of every copy, for timelines
         (monotonic ns, placed as if no bookkeeping followed the submit)."""
@@ -218,14 +230,11 @@ class SimulatedDevice:
 
     def engine_cpu_ns(self) -> int:
         """CPU time of the copy-engine thread so far (its real clones), 0 where unreadable."""
-        try:
-            return time.clock_gettime_ns(time.pthread_getcpuclockid(self._thread.ident))  # type: ignore[arg-type]
-        except (AttributeError, OSError, TypeError):
-            return self._engine_cpu_final
+        return self._engine_cpu() if self._engine_cpu is not None else 0
 
     def close(self) -> None:
         if not self._closed:
-            self._engine_cpu_final = self.engine_cpu_ns()
+            self.engine_cpu_ns()  # read while the engine runs: the reader keeps it once it has exited
             self._closed = True
             self._jobs.put(None)
             self._thread.join(timeout=5)
