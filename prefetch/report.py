@@ -14,6 +14,8 @@ Inputs are JSON files, each one of:
          "sweep": [{"workload", "policy", "budget", "hit_rate", "slowdown"}, ...]}
     every part optional except that, over all inputs, there must be at least one run;
   * a simulator sweep (`prefetch simulate --sweep --json`): {"sweep": [simulator reports]}.
+Every report is read as a runtime.run_report.RunReport (DESIGN.md's keys required): a missing or
+mistyped key is a one-line error naming the file and the key.
 
 Writes into the output folder:
   report.md            the table: workload x policy -> hit rate (strict: hits / accesses),
@@ -44,6 +46,7 @@ from prefetch.report_inputs import Parts, ReportError, Source, _policy_name, loa
 from prefetch.report_plots import plot_hit_rate, plot_slowdown, plot_sweep
 from prefetch.report_rows import _same, _workload_of, build_rows, build_sweep, summarize
 from prefetch.report_tables import format_markdown, format_table
+from runtime.run_report import RunReport
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -61,14 +64,14 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def _find_timeline(parts: Parts, which: str | None = None) -> tuple[Path, dict[str, Any], Source] | None:
+def _find_timeline(parts: Parts, which: str | None = None) -> tuple[Path, RunReport, Source] | None:
     """The first run with an existing timeline file (of WORKLOAD/POLICY `which` when given)."""
     want_w, _, want_p = (which or "").partition("/")
     for r, source in parts.runs:
-        t = r.get("timeline")
+        t = r.timeline
         if not t:
             continue
-        if which and (str(r.get("workload")) != want_w or (want_p and _policy_name(r["policy"]) != want_p)):
+        if which and (str(r.workload) != want_w or (want_p and _policy_name(r.policy) != want_p)):
             continue
         cand = [Path(t)] if Path(t).is_absolute() else [Path(t), Path(source).parent / t]
         for c in cand:
@@ -119,9 +122,9 @@ def write_report(inputs: Sequence[str | os.PathLike[str]], out_dir: str | os.Pat
             shutil.copyfile(src, dst)
         written["timeline"] = dst
         timeline_info = {"path": str(dst), "from": str(src), "workload": _workload_of(run),
-                         "policy": _policy_name(run["policy"]), "policy_spec": run["policy"], "source": source}
+                         "policy": _policy_name(run.policy), "policy_spec": run.policy, "source": source}
     else:
-        wanted = [r.get("timeline") for r, _ in parts.runs if r.get("timeline")]
+        wanted = [r.timeline for r, _ in parts.runs if r.timeline]
         if wanted:
             notes.append(f"No timeline copied: {wanted[0]} (named by a run) was not found.")
 

@@ -5,14 +5,14 @@ What report.json holds; the tables and plots only format these rows.
 
 from __future__ import annotations
 
-import math
 import re
 import statistics
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from predictor.policies import POLICIES
-from prefetch.report_inputs import ORACLE, ReportError, Source, _as_parts, _policy_name
+from prefetch.report_inputs import ORACLE, ReportError, Source, SweepPoint, _as_parts, _policy_name
+from runtime.run_report import IDENTITY_KEYS, RunReport
 
 
 POLICY_ORDER = tuple(POLICIES)
@@ -24,106 +24,79 @@ MiB = 2**20
 # -- rows -----------------------------------------------------------------------------------
 
 
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
-def _bool(x: Any) -> bool | None:
-    return x if isinstance(x, bool) else None
-
-
 def _seed_list(x: Any) -> list[int] | None:
     if isinstance(x, (list, tuple)) and x and all(isinstance(v, int) and not isinstance(v, bool) for v in x):
         return sorted(set(x))
     return None
 
 
-def _int(x: Any) -> int | None:
-    v = _num(x)
-    return int(v) if v is not None else None
-
-
 _SUFFIX = re.compile(r"-(train|heldout|held-out|test|eval|run|seed\d+|s\d+)$")
 
 
-def _workload_of(d: dict[str, Any], known: Sequence[str] = ()) -> str:
-    """A report's workload: its 'workload', else guessed from its trace's name."""
-    if d.get("workload"):
-        return str(d["workload"])
-    trace = d.get("trace")
-    if not trace and d.get("traces"):
-        sub = d["traces"][0]
-        trace = sub.get("trace") if isinstance(sub, dict) else None
+def _workload_of(r: RunReport | SweepPoint, known: Sequence[str] = ()) -> str:
+    """A report's workload: its `workload`, else guessed from its trace's name."""
+    if r.workload:
+        return r.workload
+    trace = r.trace
+    if not trace and isinstance(r, RunReport) and r.traces:
+        trace = r.traces[0].trace
     if not trace:
-        return str(d.get("architecture") or "?")
-    name = Path(str(trace)).name
+        return (r.architecture if isinstance(r, RunReport) else None) or "?"
+    name = Path(trace).name
     for w in sorted(known, key=len, reverse=True):
         if name == w or name.startswith(w + "-"):
             return w
     return _SUFFIX.sub("", name) or name
 
 
-def _row(d: dict[str, Any], kind: str, source: Source, known: Sequence[str]) -> dict[str, Any]:
-    accesses, hits = _int(d.get("accesses")), _int(d.get("hits"))
-    hit_rate = hits / accesses if (accesses and hits is not None) else _num(d.get("hit_rate"))
-    managed, budget = _int(d.get("managed_bytes")), _int(d.get("budget_bytes"))
-    copied = _int(d.get("bytes_copied"))
+def _row(r: RunReport, kind: str, source: Source, known: Sequence[str]) -> dict[str, Any]:
+    s, live, ident, prov = r.stats, r.live, r.identity, r.provenance or {}
+    book = (live.overhead or {}).get("bookkeeping_s") if live is not None else None
+    train, demo_train = _seed_list(prov.get("train_seeds")), _seed_list(r.demo_train_seeds)
     return {
-        "workload": _workload_of(d, known),
-        "policy": ORACLE_LABEL if kind == ORACLE else _policy_name(d["policy"]),
-        "policy_spec": str(d["policy"]),
+        "workload": _workload_of(r, known),
+        "policy": ORACLE_LABEL if kind == ORACLE else _policy_name(r.policy),
+        "policy_spec": r.policy,
         "kind": kind,
-        "device": str(d.get("device") or "?"),
-        "hit_rate": hit_rate,
-        "accesses": accesses,
-        "hits": hits,
-        "late": _int(d.get("late")),
-        "misses": _int(d.get("misses")),
-        "stall_s": _num(d.get("stall_s")),
-        "bookkeeping_ms": (1e3 * b if (b := _num((d.get("overhead") or {}).get("bookkeeping_s"))) is not None
-                           else None),  # per step (runtime.overhead)
-        "slowdown": _num(d.get("slowdown")),
-        "step_time_s": _num(d.get("step_time_s")),
-        "baseline_step_time_s": _num(d.get("baseline_step_time_s")),
-        "bytes_copied": copied,
-        "mib_copied": copied / MiB if copied is not None else None,
-        "prefetch_issued": _int(d.get("prefetch_issued")),
-        "prefetch_used": _int(d.get("prefetch_used")),
-        "accuracy": _num(d.get("accuracy")),
-        "losses_identical": _bool(d.get("losses_identical")),
-        "params_identical": _bool(d.get("params_identical")),
-        "optimizer_state_identical": _bool(d.get("optimizer_state_identical")),
-        "seed": _int(d.get("seed")),
-        "in_sample": _bool(d.get("in_sample")) if "in_sample" in d else None,
-        "in_sample_reported": "in_sample" in d,
-        "in_sample_reason": d.get("in_sample_reason"),
-        "train_seeds": _seed_list(d.get("train_seeds")) or _seed_list(d.get("demo_train_seeds")),
-        "train_seeds_from": "report" if _seed_list(d.get("train_seeds")) else
-                            ("demo" if _seed_list(d.get("demo_train_seeds")) else None),
-        "eval_seeds": _seed_list(d.get("eval_seeds")),
-        "managed_bytes": managed,
-        "budget_bytes": budget,
-        "budget_fraction": budget / managed if (managed and budget is not None) else _num(d.get("budget_fraction")),
-        "peak_device_bytes": _int(d.get("peak_device_bytes")),
-        "steps": _int(d.get("steps")),
-        "warmup_steps": _int(d.get("warmup_steps")),
-        "link": d.get("link") if isinstance(d.get("link"), dict) else None,
-        "simulated_hit_rate": _num(d.get("simulated_hit_rate")),
-        "simulated_slowdown": _num(d.get("simulated_slowdown")),
-        "oracle_hit_rate": _num(d.get("simulated_oracle_hit_rate")),
+        "device": r.device,
+        "hit_rate": r.hit_rate,  # strict: hits / accesses
+        "accesses": s.accesses,
+        "hits": s.hits,
+        "late": s.late,
+        "misses": s.misses,
+        "stall_s": s.stall_ns / 1e9,
+        "bookkeeping_ms": 1e3 * book if isinstance(book, (int, float)) else None,  # per step (runtime.overhead)
+        "slowdown": r.slowdown,
+        "step_time_s": r.step_time_s,
+        "baseline_step_time_s": r.baseline_step_time_s,
+        "bytes_copied": s.bytes_copied,
+        "mib_copied": s.bytes_copied / MiB,
+        "prefetch_issued": s.prefetch_issued,
+        "prefetch_used": s.prefetch_used,
+        "accuracy": s.accuracy,
+        **{k: getattr(ident, k) if ident is not None else None for k in IDENTITY_KEYS},
+        "seed": r.seed,
+        "in_sample": r.in_sample,
+        "in_sample_reported": "in_sample" in prov,
+        "in_sample_reason": prov.get("in_sample_reason"),
+        "train_seeds": train or demo_train,
+        "train_seeds_from": "report" if train else ("demo" if demo_train else None),
+        "eval_seeds": _seed_list(prov.get("eval_seeds")),
+        "managed_bytes": r.managed_bytes,
+        "budget_bytes": r.budget_bytes,
+        "budget_fraction": r.budget_fraction,
+        "peak_device_bytes": r.peak_device_bytes,
+        "steps": r.steps,
+        "warmup_steps": r.warmup_steps,
+        "link": r.link,
+        "simulated_hit_rate": r.simulated_hit_rate,
+        "simulated_slowdown": r.simulated_slowdown,
+        "oracle_hit_rate": r.simulated_oracle_hit_rate,
         "sim_vs_oracle_pt": None,
-        "oracle_variant": d.get("oracle_variant"),
-        "timeline": d.get("timeline"),
-        "served_by": d.get("policy_served_by"),
-        "policy_note": d.get("policy_note"),
+        "oracle_variant": r.variant,
+        "timeline": r.timeline,
+        "served_by": live.policy_served_by if live is not None else None,
+        "policy_note": live.policy_note if live is not None else None,
         "source": source,
     }
 
@@ -150,7 +123,7 @@ def build_rows(docs: Any) -> list[dict[str, Any]]:
     parts = _as_parts(docs)
     if not parts.runs and not parts.oracle:
         raise ReportError("no run reports in the inputs")
-    known = [str(r["workload"]) for r, _ in parts.runs if r.get("workload")]
+    known = [r.workload for r, _ in parts.runs if r.workload]
     rows = [_row(r, "run", s, known) for r, s in parts.runs]
     seen_oracle: set[tuple[str, int | None]] = set()
     oracle: dict[tuple[str, int | None], float | None] = {}
@@ -252,48 +225,13 @@ def _all_false(values: Iterable[bool | None]) -> bool | None:
     return False if vals and all(v is False for v in vals) else None
 
 
-def _budget_fraction(d: dict[str, Any]) -> float | None:
-    if _num(d.get("budget_fraction")) is not None:
-        return _num(d["budget_fraction"])
-    managed = _int(d.get("managed_bytes"))
-    b = d.get("budget")
-    if isinstance(b, (int, float)) and not isinstance(b, bool):
-        if b <= 1.0:
-            return float(b)
-        return b / managed if managed else None
-    if isinstance(b, str):
-        try:
-            from runtime.budget import parse_budget
-
-            pb = parse_budget(b)
-        except ValueError:
-            return None
-        if pb.fraction is not None:
-            return pb.fraction
-        return pb.nbytes / managed if managed else None
-    budget_bytes = _int(d.get("budget_bytes"))
-    return budget_bytes / managed if (budget_bytes is not None and managed) else None
-
-
 def build_sweep(docs: Any) -> list[dict[str, Any]]:
     """The sweep points: {workload, policy, policy_spec, budget_fraction, hit_rate, slowdown}."""
     parts = _as_parts(docs)
-    known = [str(r["workload"]) for r, _ in parts.runs if r.get("workload")]
-    out = []
-    for d, source in parts.sweep:
-        frac = _budget_fraction(d)
-        if frac is None:
-            continue
-        out.append({
-            "workload": _workload_of(d, known),
-            "policy": _policy_name(d["policy"]),
-            "policy_spec": str(d["policy"]),
-            "budget_fraction": frac,
-            "hit_rate": _num(d.get("hit_rate")),
-            "slowdown": _num(d.get("slowdown")),
-            "source": source,
-        })
-    return out
+    known = [r.workload for r, _ in parts.runs if r.workload]
+    return [{"workload": _workload_of(p, known), "policy": _policy_name(p.policy), "policy_spec": p.policy,
+             "budget_fraction": p.budget_fraction, "hit_rate": p.hit_rate, "slowdown": p.slowdown, "source": source}
+            for p, source in parts.sweep if p.budget_fraction is not None]
 
 
 def _same(values: Iterable[Any], tol: float = 0.005) -> Any:

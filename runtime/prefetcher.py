@@ -28,6 +28,7 @@ from runtime.defaults import DAEMON_BATCH_EVENTS, LIVE_LOOKAHEAD
 from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
+from runtime.run_report import Identity, LiveCounters, RunReport
 from runtime.store import StoreConfig, TensorStore, check_budget
 from runtime.trace_format import MANAGED_KINDS, MIN_MANAGED_BYTES, is_managed
 from runtime.trace_format import Kind
@@ -315,57 +316,49 @@ class Prefetcher:
                      step_s=step_s, baseline_step_s=baseline_step_s, simulated=sim)
 
     def report(self) -> dict[str, Any]:
-        cuda = self.cuda_monitor.report() if self.cuda_monitor is not None else {}  # first: adds pending stalls
+        """The JSON report (DESIGN.md's keys): `run_report().as_dict()`."""
+        return self.run_report().as_dict()
+
+    def run_report(self) -> RunReport:
+        """The run as a RunReport (runtime.run_report), the type the simulator reports too."""
+        cuda = self.cuda_monitor.report() if self.cuda_monitor is not None else None  # first: adds pending stalls
         st = self.store.measured_stats()
         warm = self.config.warmup_steps
         measured_times = self._step_times[warm:]
         step_time = statistics.median(measured_times) if measured_times else None  # median: robust to noise
         base = self.config.baseline_step_time_s
-        managed = self.store.managed_bytes()
-        d = {
-            "policy": self.config.policy,
-            "policy_served_by": self.store.policy.served_by or self.store.policy.name,
-            "device": self.device.name,
-            "link": self.device.describe_link() if isinstance(self.device, SimulatedDevice) else None,
-            "managed_bytes": managed,
-            "managed_kinds": [Kind(k).name.lower() for k in MANAGED_KINDS],
-            "min_managed_bytes": MIN_MANAGED_BYTES,
-            "persistent_bytes": self.store.persistent_bytes,
-            "budget_bytes": self.store.budget_bytes,
-            "peak_device_bytes": self.store.peak_device_bytes,
-            "steps": st.steps,
-            "warmup_steps": warm,
-            "accesses": st.accesses,
-            "hits": st.hits,
-            "late": st.late,
-            "misses": st.misses,
-            "hit_rate": st.hit_rate,
-            "stall_s": st.stall_ns / 1e9,
-            "bytes_copied": st.bytes_copied,
-            "bytes_written_back": st.bytes_written_back,
-            "prefetch_issued": st.prefetch_issued,
-            "prefetch_used": st.prefetch_used,
-            "prefetch_refused": self.store.prefetch_refused,
-            "accuracy": st.accuracy,
-            "evictions": st.evictions,
-            "budget_overflows": self.store.budget_overflows,
-            "stale_copies": self.store.stale_copies,  # parameter writes outside the optimizer (store.py)
-            "dirty_writebacks": self.store.dirty_writebacks,
-            "adopted_params": self.store.adopted_params,
-            "step_time_s": step_time,
-            "baseline_step_time_s": base,
-            "slowdown": (step_time / base) if (step_time and base) else None,
-            "warmup": (self.store.warmup_stats.as_dict() if self.store.warmup_stats else None),
-            "overhead": self.overhead(step_time, base).as_dict(),
-        }
-        d.update(self.identity)
-        d.update(cuda)
-        if self.config.policy.startswith("learned:"):
-            d.update(self.provenance().as_dict())
-        note = self.store.policy.note or self.policy_note
-        if note:
-            d["policy_note"] = note
-        return d
+        identity = dict(self.identity)
+        return RunReport(
+            policy=self.config.policy,
+            device=self.device.name,
+            link=self.device.describe_link() if isinstance(self.device, SimulatedDevice) else None,
+            managed_bytes=self.store.managed_bytes(),
+            budget_bytes=self.store.budget_bytes,
+            peak_device_bytes=self.store.peak_device_bytes,
+            steps=st.steps,
+            warmup_steps=warm,
+            stats=st.snapshot(),  # a copy: the store keeps counting
+            warmup=self.store.warmup_stats,
+            step_time_s=step_time,
+            baseline_step_time_s=base,
+            slowdown=(step_time / base) if (step_time and base) else None,
+            prefetch_refused=self.store.prefetch_refused,
+            overcommits=self.store.budget_overflows,
+            live=LiveCounters(
+                policy_served_by=self.store.policy.served_by or self.store.policy.name,
+                managed_kinds=[Kind(k).name.lower() for k in MANAGED_KINDS],
+                min_managed_bytes=MIN_MANAGED_BYTES,
+                persistent_bytes=self.store.persistent_bytes,
+                stale_copies=self.store.stale_copies,  # parameter writes outside the optimizer (store.py)
+                dirty_writebacks=self.store.dirty_writebacks,
+                adopted_params=self.store.adopted_params,
+                overhead=self.overhead(step_time, base).as_dict(),
+                policy_note=self.store.policy.note or self.policy_note,
+            ),
+            identity=Identity(**identity) if identity else None,
+            cuda=cuda,
+            provenance=self.provenance().as_dict() if self.config.policy.startswith("learned:") else None,
+        )
 
     def compare_state(self, reference: Any, *, losses: Any = None, reference_losses: Any = None) -> dict[str, Any]:
         """Compare the model and optimizer now, bit for bit, with `reference` (a

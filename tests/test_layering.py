@@ -26,6 +26,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("contracts", (
         "runtime.trace_format", "runtime.trace_validate", "runtime.trace_identity", "runtime.architecture",
         "runtime.link", "runtime.stats", "runtime.budget", "runtime.wire", "runtime.wire_decode", "runtime.defaults",
+        "runtime.run_report",
         "predictor.interface",
     )),
     ("runtime core", (

@@ -33,10 +33,12 @@ def run_report(workload="gpt2", policy="replay", *, accesses=1000, hits=990, lat
 
 
 def oracle_report(workload="gpt2", hit_rate=0.999, **kw):
-    """A fake simulator report for the oracle."""
-    d = dict(workload=workload, policy="oracle", device="simulated", hit_rate=hit_rate, accesses=1000,
+    """A fake simulator report for the oracle, with DESIGN.md's keys."""
+    d = dict(workload=workload, policy="oracle", device="simulated",
+             link={"bandwidth_GBps": 1.5, "latency_us": 5.0, "ratio": 0.5}, hit_rate=hit_rate, accesses=1000,
              hits=int(round(hit_rate * 1000)), late=0, misses=1, stall_s=0.01, slowdown=1.01, bytes_copied=8 * MiB,
-             managed_bytes=100 * MiB, budget_bytes=40 * MiB, seed=2)
+             managed_bytes=100 * MiB, budget_bytes=40 * MiB, peak_device_bytes=40 * MiB, steps=11, warmup_steps=1,
+             prefetch_issued=90, prefetch_used=90, accuracy=1.0, step_time_s=0.202, baseline_step_time_s=0.2, seed=2)
     d.update(kw)
     return d
 
@@ -336,9 +338,13 @@ def test_identity_of_params_and_optimizer_state_shown():
     assert "Not bit-identical" in md and "gpt2/replay seed 3 (params)" in md
 
 
+LIVE_KEYS = dict(managed_kinds=["parameter", "activation"], min_managed_bytes=65536, persistent_bytes=0)
+"""The keys a live report carries with policy_served_by (runtime.run_report.LiveCounters)."""
+
+
 def test_fallback_served_runs_are_marked():
     """A learned row served by a fallback policy says so in the policy cell."""
-    runs = _seeds("learned:/m", policy_served_by="replay")
+    runs = _seeds("learned:/m", policy_served_by="replay", **LIVE_KEYS)
     assert "learned (served by replay)" in format_table(build_rows([runs]))
 
 
