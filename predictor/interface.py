@@ -26,7 +26,7 @@ Arguments are plain ints rather than an event object: observe() runs once per ac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # numpy is imported where used: the CLI reads the policy registry at startup
     import numpy as np
@@ -134,6 +134,13 @@ class Policy(Protocol):
         observed. Called after every observe when next_read_key is overridden. Default []."""
         ...
 
+    def bind_clock(self, now_ns: Callable[[], int]) -> None:
+        """The executor's clock (nanoseconds, rising), for a policy that models time itself:
+        the simulated daemon path (predictor.daemon_path) needs it to tell when a batch's reply
+        has come back. Executors call it once, before start(); the simulator passes its compute
+        clock. A live run need not call it (real time passes by itself). Default: nothing."""
+        ...
+
     def close(self) -> None:
         """The run is over (live runs call it at Prefetcher.close): release sockets and
         threads. Idempotent. Default: nothing."""
@@ -180,6 +187,9 @@ class BasePolicy:
     def rekeyed(self) -> list[int]:
         return []
 
+    def bind_clock(self, now_ns: Callable[[], int]) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -201,7 +211,7 @@ def check_policy(policy: object) -> Policy:
 
 
 _HOOKS = ("name", "served_by", "note", "variant", "start", "observe", "predicted_next_use", "upcoming", "extend",
-          "admit_prefetch", "next_read_key", "rekeyed", "close")
+          "admit_prefetch", "next_read_key", "rekeyed", "bind_clock", "close")
 
 
 class PolicyError(ValueError):

@@ -7,6 +7,7 @@
     report = simulate(["datasets/samples/gpt2"], "replay", budget=0.4)
     print(report.summary()); report.as_dict()
     simulate_like_run(run_report)   # a `prefetch run` report: its trace, policy, budget, link
+    simulate(traces, "learned:models/", daemon=True)   # learned as live runs serve it (below)
 
 Our ChampSim: a recorded trace is replayed, event by event, through a model of the live
 tensor store (runtime.store.TensorStore) and its copy engine (runtime.device's simulated
@@ -26,6 +27,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from predictor.daemon_path import DaemonPath, SimulatedDaemonPolicy
 from predictor.interface import Policy, PolicyError, check_policy
 from prefetch.oracle import VARIANTS as ORACLE_VARIANTS
 from prefetch.oracle import OraclePolicy, compute_deltas
@@ -48,6 +50,7 @@ def simulate(
     latency_s: float = DEFAULT_LATENCY_S,
     warmup_steps: int = 1,
     lookahead: int = LIVE_LOOKAHEAD,
+    daemon: DaemonPath | bool = False,
 ) -> SimReport:
     """Replay `traces` through the device/copy-engine model with `policy`; see the module docstring.
 
@@ -56,6 +59,10 @@ def simulate(
     called for each trace).
     budget: a fraction of each trace's managed bytes, or a size ("2GiB", 1.5e9).
     link: an explicit link for every trace; else one per trace from `link_ratio`.
+    daemon: False (default): the policy is called in process, with no latency ("learned:DIR"
+    is the model itself). True or a predictor.daemon_path.DaemonPath: the policy is served as
+    a live run's daemon serves it (batched events, replies a round trip late, the local
+    fallback's next use between them); the report's policy reads "SPEC via daemon".
     """
     loaded = _load(traces)
     if warmup_steps < 0:
@@ -64,6 +71,11 @@ def simulate(
         raise ValueError(f"lookahead must be >= 1, got {lookahead}")
     parsed = parse_budget(budget)
     name = policy if isinstance(policy, str) else check_policy(policy).name
+    path = DaemonPath() if daemon is True else (daemon or None)
+    if path is not None:
+        if policy == "oracle":
+            raise ValueError("policy 'oracle' cannot go through the daemon: it needs the future (simulator only)")
+        name = f"{name} via daemon"
     runs = []
     for trace in loaded:
         managed, largest, largest_key = _sizes(trace)
@@ -71,6 +83,8 @@ def simulate(
         trace_link = link or _link_from_ratio(trace, link_ratio, latency_s, warmup_steps, managed)
         best: SimReport | None = None
         for pol in _make_policies(policy, trace, budget_bytes, lookahead):
+            if path is not None:
+                pol = SimulatedDaemonPolicy(pol, lookahead=lookahead, path=path)
             run = _simulate_trace(
                 trace, pol, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,
                 link=trace_link, warmup_steps=warmup_steps,
@@ -109,6 +123,8 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
     and `lookahead` when present, else LIVE_LOOKAHEAD). trace: the trace it recorded (a stem, a file
     or a Trace; default: the report's `trace`). A report without a link (a CUDA run) is
     simulated with the default link ratio. `overrides` go to simulate() (e.g. policy=...).
+    A learned policy is simulated through the daemon path (daemon=True), as a live run
+    serves it (live `learned:` always goes through the daemon), unless `daemon` is overridden.
     The hit rate is what the live one should be within a couple of points.
     """
     if trace is None:
@@ -129,6 +145,8 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
                                    ratio=lk.get("ratio"))
     kwargs.update(overrides)
     policy = kwargs.pop("policy", run_report["policy"])
+    if "daemon" not in kwargs:  # as the live run serves it: learned through the daemon, the rest in process
+        kwargs["daemon"] = isinstance(policy, str) and policy.startswith("learned:")
     return simulate(trace, policy, **kwargs)
 
 

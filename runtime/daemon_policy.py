@@ -10,6 +10,10 @@ that have come back are handed to the store as prefetch requests, with the daemo
 predicted next use kept for eviction. A local `replay` sees the same stream all along,
 so when the daemon is slow, dead or refuses the architecture, the store keeps a warm
 policy: training never waits on the daemon, and the report says what served.
+
+The bookkeeping between replies (dues from commands, staleness by the lookahead, the
+local fallback's next use) is predictor.daemon_path.DaemonAdvice, which the simulator's
+daemon path (SimulatedDaemonPolicy) shares: this class adds only the ZeroMQ client.
 """
 
 from __future__ import annotations
@@ -19,27 +23,23 @@ import os
 import warnings
 from typing import Callable, Sequence
 
-from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
-from predictor.policies import make_policy
+from predictor.daemon_path import DEFAULT_FALLBACK, DaemonAdvice
+from predictor.interface import TensorInfo
 from runtime.daemon_client import DaemonClient, DaemonClientConfig
 from runtime.daemon_launch import start_local_daemon
 from runtime.defaults import DAEMON_BATCH_EVENTS
 
-_READ = 0
 
-
-class DaemonPolicy(BasePolicy):
-    """Policy protocol over a DaemonClient, with a local replay fallback."""
-
-    name = "learned"
+class DaemonPolicy(DaemonAdvice):
+    """Policy protocol over a DaemonClient, with a local replay fallback (DaemonAdvice)."""
 
     def __init__(self, spec: str, *, architecture: str, endpoint: str | None, lookahead: int,
-                 tensors_fn: Callable[[], TensorInfo], batch_events: int = DAEMON_BATCH_EVENTS, fallback: str = "replay",
+                 tensors_fn: Callable[[], TensorInfo], batch_events: int = DAEMON_BATCH_EVENTS, fallback: str = DEFAULT_FALLBACK,
                  connect_timeout_s: float = 20.0, curve_keys: str | None = None):
         """`curve_keys` (else $PREFETCH_DAEMON_KEYS): a folder with the daemon's server.key and
         this client's client.key_secret, for a daemon at `endpoint` run with --curve-keys."""
+        super().__init__(lookahead=lookahead, fallback=fallback)
         self.spec = spec
-        self.lookahead = lookahead
         self._tensors_fn = tensors_fn
         self._daemon = None
         models_dir = spec.partition(":")[2] or None
@@ -50,7 +50,6 @@ class DaemonPolicy(BasePolicy):
         else:
             curve_keys = curve_keys or os.environ.get("PREFETCH_DAEMON_KEYS") or None
         self.endpoint = endpoint
-        self.fallback = make_policy(fallback, lookahead=lookahead)
         self._num_tensors = 0
         self.client = DaemonClient(
             DaemonClientConfig(endpoint=endpoint, architecture=architecture, policy="learned",
@@ -63,20 +62,15 @@ class DaemonPolicy(BasePolicy):
             f"serves {self.client.served_policy}" + (f" ({self.client.hello.fallback_reason})"
                                                      if self.client.hello and self.client.hello.fallback_reason else "")
             if connected else f"did not answer; local {fallback} serves"))
-        self._due: dict[int, int] = {}
-        self._reads = 0
         self._was_down = not connected
         self._up = connected  # client.connected as of the last observe (read per eviction candidate)
 
     def start(self, tensors: TensorInfo) -> None:
-        self.fallback.start(tensors)
+        self.start_advice(tensors)
         self._num_tensors = tensors.num_tensors
 
     def observe(self, step: int, micro_step: int, phase: int, access: int, tensor_id: int) -> Sequence[int]:
-        if access == _READ:
-            self._reads += 1
-            self._due.pop(tensor_id, None)
-        local = self.fallback.observe(step, micro_step, phase, access, tensor_id)
+        local = self._see(step, micro_step, phase, access, tensor_id)
         client = self.client
         if tensor_id >= self._num_tensors:  # the live table grew: tell the daemon first
             info = self._tensors_fn()
@@ -90,32 +84,14 @@ class DaemonPolicy(BasePolicy):
         if not self._up:
             if not self._was_down:
                 self._was_down = True
-                self.served_by = f"{self.served_by}; local replay while the daemon was down"
+                self.served_by = f"{self.served_by}; local {self.fallback.name} while the daemon was down"
             return local
         if self._was_down and client.connected:
             self._was_down = False
         if not commands:
             return ()
-        out: list[int] = []
-        for cmd in commands:
-            ids = cmd.tensor_ids.tolist()
-            if cmd.next_use is not None:
-                for tid, nu in zip(ids, cmd.next_use.tolist()):
-                    if nu != NO_PREDICTION:
-                        self._due[tid] = self._reads + int(nu)
-            out.extend(ids)
-        return out
-
-    def predicted_next_use(self, tensor_id: int) -> float:
-        if not self._up:
-            return self.fallback.predicted_next_use(tensor_id)
-        due = self._due.get(tensor_id)
-        if due is None or due < self._reads - self.lookahead:
-            # never asked for, or long overdue (a wrong prediction, as Outstanding): the local
-            # replay's view, which has seen this very stream (what it expects after the
-            # optimizer step, before the daemon's commands for the new step arrive)
-            return self.fallback.predicted_next_use(tensor_id)
-        return float(max(1, due - self._reads))
+        return self._take((cmd.tensor_ids.tolist(), None if cmd.next_use is None else cmd.next_use.tolist())
+                          for cmd in commands)
 
     def close(self) -> None:
         """Say BYE, close the socket, stop a daemon we started. Idempotent."""

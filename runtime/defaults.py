@@ -28,4 +28,11 @@ commands (the daemon answers each batch, so its prefetches reach the reads they 
 time), more means less CPU per event; live runs send 2, keeping the daemon's commands as fresh
 as a local policy's at one message per two accesses."""
 
-__all__ = ["DAEMON_BATCH_EVENTS", "EVAL_LOOKAHEAD", "LIVE_LOOKAHEAD"]
+DAEMON_ROUND_TRIP_NS = 111_000
+"""Nanoseconds from a batch's send to its COMMANDS being readable by the client, as the
+simulated daemon path (predictor.daemon_path) models it. Measured, not chosen: the median
+round trip (one event per message, learned policy, ipc as a local daemon uses) of
+`benchmarks/daemon_latency.py --policy learned --models out/benchmarks/models --round-trips 3000
+--warmup 300` on the 2-core dev box, 2026-11-30 (load average 0.6; p99 219 us, tcp 126 us)."""
+
+__all__ = ["DAEMON_BATCH_EVENTS", "DAEMON_ROUND_TRIP_NS", "EVAL_LOOKAHEAD", "LIVE_LOOKAHEAD"]

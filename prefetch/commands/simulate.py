@@ -2,6 +2,7 @@
 
     prefetch simulate datasets/samples/gpt2 --policy replay --budget 0.4 --json out.json
     prefetch simulate datasets/samples/moe --sweep --sweep-policies none,replay,markov,oracle --plot moe.png
+    prefetch simulate datasets/samples/gpt2 --policy learned:models/ --via-daemon   # as live runs serve it
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from predictor.policies import ORACLE, baseline_names, spec_help
 from prefetch.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
-from runtime.defaults import LIVE_LOOKAHEAD
+from runtime.defaults import DAEMON_BATCH_EVENTS, DAEMON_ROUND_TRIP_NS, LIVE_LOOKAHEAD
 from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
 
 DEFAULT_SWEEP_BUDGETS = "0.2,0.3,0.4,0.5,0.6,0.8,1.0"
@@ -48,6 +49,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=nonnegative_int, default=1, metavar="N", help="steps of each trace left out (default 1)")
     p.add_argument("--lookahead", type=positive_int, default=LIVE_LOOKAHEAD, metavar="N",
                    help=f"future reads a named policy keeps requested (default {LIVE_LOOKAHEAD}, as `prefetch run`)")
+    daemon = p.add_argument_group(
+        "daemon path", "a live run serves learned:MODEL_DIR through the prefetch daemon; without --via-daemon "
+                       "the simulator calls the policy in process, with no latency")
+    daemon.add_argument("--via-daemon", action="store_true",
+                        help="serve the policy as the live daemon does: batched events, replies a round trip late, "
+                             "a local fallback's next use between them (docs/predictor.md)")
+    daemon.add_argument("--daemon-batch-events", type=positive_int, default=None, metavar="N",
+                        help=f"events per message (default {DAEMON_BATCH_EVENTS}, as live runs)")
+    daemon.add_argument("--daemon-round-trip-us", type=nonnegative_float, default=None, metavar="US",
+                        help=f"send to readable reply (default {DAEMON_ROUND_TRIP_NS / 1000:g}, measured by "
+                             "benchmarks/daemon_latency.py)")
+    daemon.add_argument("--daemon-fallback", default=None, metavar="SPEC",
+                        help="local policy answering next use where the daemon has no fresh prediction "
+                             "(default replay, as live runs; none: no local view)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the report (or the sweep) as JSON")
     p.add_argument("--sweep", action="store_true", help="simulate every policy x budget, print a table, plot it")
     p.add_argument("--sweep-budgets", default=DEFAULT_SWEEP_BUDGETS, help=f"default {DEFAULT_SWEEP_BUDGETS}")
@@ -66,6 +81,24 @@ def _link(args: argparse.Namespace):
     if not ratio > 0:
         raise ValueError(f"--link-ratio must be > 0, got {ratio}")
     return None, ratio, latency_s
+
+
+def _daemon(args: argparse.Namespace):
+    """False, or the DaemonPath of --via-daemon and its options (which need it)."""
+    given = [f for f, v in (("--daemon-batch-events", args.daemon_batch_events),
+                            ("--daemon-round-trip-us", args.daemon_round_trip_us),
+                            ("--daemon-fallback", args.daemon_fallback)) if v is not None]
+    if not args.via_daemon:
+        if given:
+            raise ValueError(f"{given[0]} goes with --via-daemon")
+        return False
+    from predictor.daemon_path import DaemonPath
+
+    return DaemonPath(
+        batch_events=args.daemon_batch_events or DAEMON_BATCH_EVENTS,
+        round_trip_ns=DAEMON_ROUND_TRIP_NS if args.daemon_round_trip_us is None else round(args.daemon_round_trip_us * 1000),
+        fallback="replay" if args.daemon_fallback is None else args.daemon_fallback,
+    )
 
 
 def _split(text: str, what: str) -> list[str]:
@@ -89,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.lookahead < 1:
         raise ValueError(f"--lookahead must be >= 1, got {args.lookahead}")
     common = dict(link=link, link_ratio=ratio, latency_s=latency_s, warmup_steps=args.warmup,
-                  lookahead=args.lookahead)
+                  lookahead=args.lookahead, daemon=_daemon(args))
 
     if not args.sweep:
         report = simulate(traces, args.policy, budget=args.budget, **common)
@@ -107,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     reports = []
     for policy in policies:
         for budget in budgets:
-            reports.append(simulate(traces, policy, budget=budget, **common))
+            kw = common if policy != ORACLE else {**common, "daemon": False}  # the oracle never goes through it
+            reports.append(simulate(traces, policy, budget=budget, **kw))
     print(f"{len(traces)} trace(s); link {_describe_link(reports[0].link)}; warm-up {args.warmup} step(s)")
     print(format_table(reports))
     plot = args.plot or Path(DEFAULT_PLOT)

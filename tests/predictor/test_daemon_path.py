@@ -1,0 +1,239 @@
+"""The daemon path's advice (predictor.daemon_path): one implementation for the live client and the simulation.
+
+    python -m pytest tests/predictor/test_daemon_path.py -q
+
+The simulated path is driven with a fake clock (each event 10 ns after the last); the live
+client talks to a real daemon in a thread, gated so its replies come back exactly one batch
+late, which is what the simulated path does with a round trip shorter than a batch.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import zmq
+
+from predictor.daemon_path import DaemonPath, SimulatedDaemonPolicy
+from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
+from predictor.policies import make_policy
+from prefetch.daemon_config import DaemonConfig
+from prefetch.daemon_sessions import PolicyChoice
+from prefetch.daemon_thread import run_daemon_in_thread
+from runtime.trace_format import Access, Phase
+
+N = 12
+READ, WRITE = int(Access.READ), int(Access.WRITE)
+FWD = int(Phase.FORWARD)
+
+
+def table(n: int = N) -> TensorInfo:
+    return TensorInfo(keys=tuple(f"param:w{i}" for i in range(n)), kinds=np.zeros(n, np.int8),
+                      nbytes=np.full(n, 1 << 20, np.int64), layers=np.full(n, -1, np.int16), modules=("m",) * n)
+
+
+class Scripted(BasePolicy):
+    """Requests `script[i]` at the i-th event; next use `nu[t]` (NO_PREDICTION when absent)."""
+
+    name = "scripted"
+
+    def __init__(self, script: dict[int, list[int]], nu: dict[int, float]):
+        self.script, self.nu, self.i = script, nu, 0
+
+    def start(self, tensors: TensorInfo) -> None:
+        self.i = 0
+
+    def observe(self, step, micro_step, phase, access, tensor_id):
+        out = self.script.get(self.i, [])
+        self.i += 1
+        return out
+
+    def predicted_next_use(self, tensor_id: int) -> float:
+        return self.nu.get(tensor_id, NO_PREDICTION)
+
+
+class Clock:
+    """The executor's clock, set by the test before each event."""
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def wrapped(inner, *, batch=2, rtt=100, fallback="replay", lookahead=4) -> tuple[SimulatedDaemonPolicy, Clock]:
+    pol = SimulatedDaemonPolicy(inner, lookahead=lookahead,
+                                path=DaemonPath(batch_events=batch, round_trip_ns=rtt, fallback=fallback))
+    clock = Clock()
+    pol.bind_clock(clock)
+    pol.start(table())
+    return pol, clock
+
+
+def stream(steps: int, swap_in_step: int | None = None) -> list[tuple[int, int, int, int, int]]:
+    """Each step reads tensors 0..N-1 in order (two adjacent ones swapped in `swap_in_step`) and
+    writes tensor 0 at its end."""
+    out = []
+    for s in range(steps):
+        order = list(range(N))
+        if s == swap_in_step:
+            order[5], order[6] = order[6], order[5]
+        out += [(s, 0, FWD, READ, t) for t in order]
+        out.append((s, 0, FWD, WRITE, 0))
+    return out
+
+
+def feed(pol: SimulatedDaemonPolicy, clock: Clock, n: int, step_ns: int = 10) -> list[list[int]]:
+    """n read events of tensor 11 (outside any script), event i at i * step_ns: the requests of each."""
+    out = []
+    for i in range(n):
+        clock.t = i * step_ns
+        out.append(list(pol.observe(0, 0, FWD, READ, 11)))
+    return out
+
+
+def test_a_request_arrives_at_the_first_poll_a_round_trip_after_its_batch_is_sent():
+    """The inner policy's request at event 0 is sent with the batch's last event (event 1, t=10)
+    and delivered at the first send at or after t=10+100, event 11; nothing is delivered earlier."""
+    pol, clock = wrapped(Scripted({0: [5]}, {5: 30.0}), batch=2, rtt=100)
+    got = feed(pol, clock, 16)
+    assert [i for i, r in enumerate(got) if r] == [11]
+    assert got[11] == [5]
+
+
+def test_zero_round_trip_still_waits_for_the_batch():
+    """With no latency the reply is read at the poll right after its own send: the batch's
+    last event (event 2 of a 3-event batch), not the event that caused the request."""
+    pol, clock = wrapped(Scripted({0: [5], 4: [7]}, {}), batch=3, rtt=0)
+    got = feed(pol, clock, 9)
+    assert [(i, r) for i, r in enumerate(got) if r] == [(2, [5]), (5, [7])]
+
+
+def test_replies_that_arrived_together_are_delivered_in_order():
+    """Two batches whose replies are both readable at one poll come out oldest first."""
+    pol, clock = wrapped(Scripted({0: [5], 2: [6]}, {}), batch=2, rtt=25)
+    got = feed(pol, clock, 8)  # sends at t=10 (-> 35), 30 (-> 55), 50, 70
+    assert [(i, r) for i, r in enumerate(got) if r] == [(5, [5]), (7, [6])]
+
+
+def test_next_use_is_the_daemons_fresh_due_else_the_fallbacks():
+    """Before the reply, and for ids never asked for or overdue by more than the lookahead,
+    next use is the fallback's; after it, the daemon's prediction counted down by reads."""
+    fallback = Scripted({}, {5: 1000.0, 3: 2000.0})
+    pol, clock = wrapped(Scripted({0: [5]}, {5: 30.0}), batch=2, rtt=0, fallback="none", lookahead=4)
+    pol.fallback = fallback
+    assert pol.predicted_next_use(5) == 1000.0  # nothing from the daemon yet
+    feed(pol, clock, 2)  # delivered at event 1, after 2 reads: due = 2 + 30
+    assert pol.predicted_next_use(5) == 30.0
+    assert pol.predicted_next_use(3) == 2000.0  # never asked for
+    feed(pol, clock, 10)
+    assert pol.predicted_next_use(5) == 20.0
+    feed(pol, clock, 20 + 4)  # 4 reads overdue: the lookahead still trusts it
+    assert pol.predicted_next_use(5) == 1.0
+    feed(pol, clock, 1)  # 5 reads overdue: a wrong prediction, the fallback answers
+    assert pol.predicted_next_use(5) == 1000.0
+
+
+def test_reading_a_tensor_forgets_its_due():
+    """Once read, a tensor's due is spent: next use is the fallback's until a new command."""
+    fallback = Scripted({}, {5: 1000.0})
+    pol, clock = wrapped(Scripted({0: [5]}, {5: 30.0}), batch=2, rtt=0, fallback="none")
+    pol.fallback = fallback
+    feed(pol, clock, 2)
+    assert pol.predicted_next_use(5) == 30.0
+    pol.observe(0, 0, FWD, READ, 5)
+    assert pol.predicted_next_use(5) == 1000.0
+
+
+def test_without_a_fallback_there_is_no_local_view():
+    """fallback "none": where the daemon gave no fresh due, next use is NO_PREDICTION."""
+    pol, clock = wrapped(Scripted({}, {}), fallback="none")
+    for ev in stream(2):
+        pol.observe(*ev)
+    assert pol.predicted_next_use(3) == NO_PREDICTION
+    pol, clock = wrapped(Scripted({}, {}), fallback="replay")
+    for ev in stream(2):
+        pol.observe(*ev)
+    assert pol.predicted_next_use(3) != NO_PREDICTION  # replay expects the next step's reads
+
+
+def test_start_without_a_clock_and_bad_paths_are_refused():
+    """The wrapper needs the executor's clock; a path's numbers and fallback are checked."""
+    pol = SimulatedDaemonPolicy(Scripted({}, {}), lookahead=4)
+    with pytest.raises(RuntimeError, match="bind_clock"):
+        pol.start(table())
+    with pytest.raises(ValueError, match="batch_events"):
+        DaemonPath(batch_events=0)
+    with pytest.raises(ValueError, match="round_trip_ns"):
+        DaemonPath(round_trip_ns=-1)
+    with pytest.raises(ValueError, match="fallback"):
+        DaemonPath(fallback="learned:models/")
+
+
+class Gated(BasePolicy):
+    """The daemon's policy (replay), holding each batch until the test lets it through."""
+
+    name = "replay"
+
+    def __init__(self, inner, gate: threading.Semaphore, batch: int):
+        self.inner, self.gate, self.batch, self.n = inner, gate, batch, 0
+
+    def start(self, tensors):
+        self.inner.start(tensors)
+
+    def observe(self, *ev):
+        if self.n % self.batch == 0:
+            assert self.gate.acquire(timeout=10), "the test never released the batch"
+        self.n += 1
+        return self.inner.observe(*ev)
+
+    def predicted_next_use(self, tensor_id):
+        return self.inner.predicted_next_use(tensor_id)
+
+
+def test_live_client_and_simulated_path_make_the_same_requests():
+    """Given the same replies (the daemon's replay, each read one batch after its send), the live
+    DaemonPolicy and the simulated path return the same requests and the same next use at every
+    event: the advice is one implementation."""
+    from runtime.daemon_policy import DaemonPolicy
+
+    lookahead, batch = 4, 2
+    gate = threading.Semaphore(0)
+
+    def factory(spec, *, architecture, tensors, lookahead):
+        policy = Gated(make_policy("replay", lookahead=lookahead), gate, batch)
+        policy.start(tensors)
+        return PolicyChoice(policy, served="replay")
+
+    ctx = zmq.Context()
+    d = run_daemon_in_thread(DaemonConfig(bind="tcp://127.0.0.1:*", poll_ms=1), policy_factory=factory, context=ctx)
+    events = stream(4, swap_in_step=2)
+    live_reqs, live_nu = [], []
+    live = DaemonPolicy("learned:unused", architecture="Arch-test", endpoint=d.endpoint, lookahead=lookahead,
+                        tensors_fn=table, batch_events=batch)
+    try:
+        assert live.client.connected
+        live.start(table())
+        for ev in events:
+            live_reqs.append(list(live.observe(*ev)))
+            live_nu.append([live.predicted_next_use(t) for t in range(N)])
+            if not live.client.buffered:  # a batch went out (and was polled at once): let its reply come
+                gate.release()
+                assert live.client.wait(5000), "the daemon did not answer"
+        assert live.client.stats.commands_received == len(events) // batch - 1  # the last one is never read
+    finally:
+        live.close()
+        d.stop()
+        ctx.term()
+
+    sim, clock = wrapped(make_policy("replay", lookahead=lookahead), batch=batch, rtt=15, lookahead=lookahead)
+    sim_reqs, sim_nu = [], []
+    for i, ev in enumerate(events):
+        clock.t = 10 * i  # a reply sent at event i is readable by event i + 2's poll, not i's
+        sim_reqs.append(list(sim.observe(*ev)))
+        sim_nu.append([sim.predicted_next_use(t) for t in range(N)])
+    assert any(sim_reqs), "the stream must make replay request something"
+    assert sim_reqs == live_reqs
+    assert sim_nu == live_nu
