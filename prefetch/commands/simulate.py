@@ -94,11 +94,14 @@ def _daemon(args: argparse.Namespace):
         return False
     from predictor.daemon_path import DaemonPath
 
-    return DaemonPath(
-        batch_events=args.daemon_batch_events or DAEMON_BATCH_EVENTS,
-        round_trip_ns=DAEMON_ROUND_TRIP_NS if args.daemon_round_trip_us is None else round(args.daemon_round_trip_us * 1000),
-        fallback="replay" if args.daemon_fallback is None else args.daemon_fallback,
-    )
+    try:
+        return DaemonPath(
+            batch_events=args.daemon_batch_events or DAEMON_BATCH_EVENTS,
+            round_trip_ns=DAEMON_ROUND_TRIP_NS if args.daemon_round_trip_us is None else round(args.daemon_round_trip_us * 1000),
+            fallback="replay" if args.daemon_fallback is None else args.daemon_fallback,
+        )
+    except ValueError as exc:  # the only free-form option is the fallback spec
+        raise ValueError(f"--daemon-fallback: {exc}") from None
 
 
 def _split(text: str, what: str) -> list[str]:

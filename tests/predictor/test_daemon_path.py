@@ -237,3 +237,34 @@ def test_live_client_and_simulated_path_make_the_same_requests():
     assert any(sim_reqs), "the stream must make replay request something"
     assert sim_reqs == live_reqs
     assert sim_nu == live_nu
+
+
+def _trace(traces):
+    return next((traces / "static-train").glob("*.events.arrow"))
+
+
+def test_the_simulator_serves_a_policy_through_the_daemon_path(traces):
+    """simulate(daemon=...) wraps the policy: replies that never come back (a round trip longer
+    than the trace) and no local view leave exactly what policy 'none' does; the real path requests."""
+    from prefetch.simulate import simulate
+
+    trace = _trace(traces)
+    never = simulate(trace, "replay", budget=0.5, daemon=DaemonPath(round_trip_ns=10**15, fallback="none"))
+    floor = simulate(trace, "none", budget=0.5)
+    assert never.policy == "replay via daemon"
+    assert (never.stats.hit_rate, never.prefetch_requested) == (floor.stats.hit_rate, 0)
+    served = simulate(trace, "replay", budget=0.5, daemon=True)
+    assert served.prefetch_requested > 0 and served.stats.hit_rate > floor.stats.hit_rate
+    with pytest.raises(ValueError, match="oracle"):
+        simulate(trace, "oracle", daemon=True)
+
+
+def test_simulate_like_run_sends_learned_through_the_daemon(traces, model_dir):
+    """A live learned run went through the daemon, so its simulation does by default; a replay run
+    ran in process, and so is simulated; `daemon=False` asks for the model in process."""
+    from prefetch.simulate import simulate_like_run
+
+    run = {"policy": f"learned:{model_dir}", "budget_bytes": 1 << 30, "trace": str(_trace(traces))}
+    assert simulate_like_run(run).policy == f"learned:{model_dir} via daemon"
+    assert simulate_like_run(run, daemon=False).policy == f"learned:{model_dir}"
+    assert simulate_like_run({**run, "policy": "replay"}).policy == "replay"
