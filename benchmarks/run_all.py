@@ -59,7 +59,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("record_overhead", "predictor_latency", "simulate_speed", "daemon_latency", "offline_eval", "live",
-              "overhead", "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite", "cuda")
+              "overhead", "live_vs_sim", "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite", "cuda")
 EVAL_SEEDS = (2, 3, 4)
 """Seeds of the live and offline evaluation runs: never recorded for training (samples are seeds 0, 1)."""
 DEFAULT_OUT = Path("out/benchmarks")
@@ -263,6 +263,13 @@ def plan_overhead(p: Plan) -> list[Command]:
                      "--seeds", ",".join(map(str, p.seeds)), "--json", str(j)], j)]
 
 
+def plan_live_vs_sim(p: Plan) -> list[Command]:
+    """benchmarks/live_vs_sim.py: every workload live vs the simulation of its own trace, on the first unseen seed."""
+    j = p.path("live_vs_sim.json")
+    argv = [p.py, "benchmarks/live_vs_sim.py", "--models", str(p.models), "--seed", str(p.seeds[0]), "--json", str(j)]
+    return [Command(argv + (["--quick"] if p.quick else []), j)]
+
+
 def _script(name: str, *args: str) -> Callable[[Plan], list[Command]]:
     """A benchmark whose own printed tables are its section (its stdout, kept in its log)."""
     def plan(p: Plan) -> list[Command]:
@@ -279,6 +286,7 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
     "offline_eval": plan_offline_eval,
     "live": plan_live,
     "overhead": plan_overhead,
+    "live_vs_sim": plan_live_vs_sim,
     "oracle_search": _script("oracle_search", "--cases", "4000"),
     "daemon_flood": _script("daemon_flood", "--seconds", "4"),
     "daemon_ranks": _script("daemon_ranks"),
@@ -288,7 +296,7 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
 
 
 def needs_models(name: str, p: Plan) -> bool:
-    if name in ("predictor_latency", "daemon_latency", "offline_eval", "cuda", "overhead"):
+    if name in ("predictor_latency", "daemon_latency", "offline_eval", "cuda", "overhead", "live_vs_sim"):
         return True
     return name == "live" and any(pol.startswith("learned:") for pol in p.policies)
 
@@ -503,6 +511,7 @@ TITLES = {
     "offline_eval": "Offline evaluation on unseen seeds",
     "live": "Live hit rate and slowdown",
     "overhead": "Where the slowdown goes",
+    "live_vs_sim": "Live run vs the simulation of its own trace",
     "oracle_search": "How good a bound the oracle is",
     "daemon_flood": "Daemon under a flooding client",
     "daemon_ranks": "One daemon, several local ranks",
@@ -537,7 +546,7 @@ def section_markdown(s: Section, out_dir: Path) -> list[str]:
         body = {"record_overhead": md_record_overhead, "predictor_latency": md_predictor_latency,
                 "simulate_speed": md_simulate_speed, "daemon_latency": md_daemon_latency,
                 "offline_eval": md_offline_eval, "cuda": md_cuda, "oracle_search": md_printed,
-                "overhead": md_printed, "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed}.get(s.name)
+                "overhead": md_printed, "live_vs_sim": md_printed, "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed}.get(s.name)
         content = md_live(s, out_dir) if s.name == "live" else body(s) if body else []
     except Exception as exc:  # noqa: BLE001 - a changed JSON layout must not lose the other sections
         content = [f"(could not tabulate {s.name}'s JSON: {type(exc).__name__}: {exc})"]

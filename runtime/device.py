@@ -183,9 +183,10 @@ class SimulatedDevice:
 
     def wait(self, copy: SimCopy) -> tuple[torch.Tensor, int]:
         """Block (wall time) until the copy is done on the clock, which runs meanwhile;
-        returns the tensor and that stall. Waiting for a real clone that runs behind the
-        model first is the simulator's cost, not the link's: off the clock, not a stall
-        (counted in `copy_lag_ns`)."""
+        returns the tensor and that stall: exactly the copy time left, which is what the
+        clock advances by (sleeping longer is not link time). Waiting for a real clone that
+        runs behind the model first, and oversleeping, are the simulator's cost, not the
+        link's: off the clock, not a stall (counted in `copy_lag_ns`)."""
         if copy.result is None:
             t0 = time.monotonic_ns()
             self.clock.pause()
@@ -197,11 +198,14 @@ class SimulatedDevice:
         if copy.done():  # a hit: nothing to wait for, no stall to time
             return copy.result, 0  # type: ignore[return-value]
         t0 = time.monotonic_ns()
-        left = copy.done_at_ns - self.clock.now_ns()
-        with self.clock.running():
+        left = max(0, copy.done_at_ns - self.clock.now_ns())
+        with self.clock.running(advance_ns=left):
             sleep_until(t0 + left)
         assert copy.result is not None
-        return copy.result, time.monotonic_ns() - t0
+        # The stall is the copy time left, on the clock and in the report; waking later than
+        # asked (a busy machine) is the emulation's cost, like a clone behind the model.
+        self.copy_lag_ns += max(0, time.monotonic_ns() - t0 - left)
+        return copy.result, left
 
     def wait_copied(self, copy: SimCopy) -> None:
         """Block until the engine has made the copy's real clone (no clock accounting)."""

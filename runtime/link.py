@@ -103,6 +103,8 @@ class ComputeClock:
         """The latest now_ns() returned: the clock is at least this (now_ns never runs backwards)."""
         self.work_reads = 0
         """Reads of the work counter so far (each a CPU-clock syscall on the simulated device)."""
+        self.waited_ns = 0
+        """Wall time spent inside `running()` so far (stalls, the optimizer's waits): on the clock."""
 
     def work_ns(self) -> int:
         """The work counter itself (CPU ns), for timing a step in the clock's units."""
@@ -120,10 +122,22 @@ class ComputeClock:
 
     def now_ns(self) -> int:
         now = int(self._base_ns + self.rate * (self._work_now() - self._mark))
-        if now < self.last_ns:  # wall taken for work in a hot interval the job was descheduled in
+        if now < self.last_ns:
+            # Wall time taken off as bookkeeping in a hot interval the job was descheduled in
+            # (or the two CPU clocks read a moment apart): not work, but not to be taken off
+            # the compute that follows either. Without this the clock stood still until the
+            # work caught up, and a stall meanwhile advanced it by nothing (stalled twice).
+            self._base_ns += self.last_ns - now
             return self.last_ns
         self.last_ns = now
         return now
+
+    def compute_ns(self) -> int:
+        """The clock less every wait on it (`waited_ns`): the compute the copy engine has
+        seen so far. A live run on the simulated device stamps its trace with it, so the
+        simulator, adding the stalls it computes itself to the trace's deltas, runs on the
+        clock the live copies ran on (docs/simulated-device.md)."""
+        return self.now_ns() - self.waited_ns
 
     def set_rate(self, rate: float) -> None:
         """From now on one ns of work advances the clock `rate` ns (no jump at the change)."""
@@ -196,8 +210,10 @@ class ComputeClock:
         return wrapped
 
     @contextmanager
-    def running(self) -> Iterator[None]:
-        """A stall: inside, the clock advances by wall time (even within `excluding`)."""
+    def running(self, advance_ns: int | None = None) -> Iterator[None]:
+        """A stall: inside, the clock advances by wall time (even within `excluding`).
+        With `advance_ns` it advances by exactly that however long the wait took in wall
+        time (the simulated device: the copy time left; a late wake-up is not link time)."""
         depth = self._depth
         if depth:
             self._depth = 1
@@ -207,7 +223,10 @@ class ComputeClock:
             yield
         finally:
             waited = self._wall() - w0
-            self._base_ns += waited
+            on_clock = waited if advance_ns is None else advance_ns
+            self._base_ns += on_clock
+            self.waited_ns += on_clock
+            self.last_ns += on_clock  # the clock is past the stall, whatever a descheduled hook takes off later
             self._mark += self._work() - k0  # work done while waiting is not compute
             if self._hot:
                 self._hot_ext += waited  # a stall, not bookkeeping

@@ -19,6 +19,7 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -27,6 +28,7 @@ from predictor.interface import BasePolicy, Policy, TensorInfo, check_policy
 from runtime.defaults import DAEMON_BATCH_EVENTS, LIVE_LOOKAHEAD
 from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
+from runtime.live_trace import CLOCK_COMPUTE, LiveTrace
 from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
 from runtime.run_report import Identity, LiveCounters, RunReport
 from runtime.store import StoreConfig, TensorStore, check_budget
@@ -85,6 +87,9 @@ class PrefetchConfig:
     its model was trained on this seed (`in_sample`, predictor.provenance)."""
     workload: str | None = None
     """The job's workload name, when known (compared with the model's training runs)."""
+    trace_out: str | Path | None = None
+    """Keep this run's own trace here (runtime.live_trace: managed events; on the simulated
+    device timed by its compute clock), for `simulate_like_run(report, pf.trace_stem)`."""
 
     def __post_init__(self) -> None:
         parse_budget(self.budget)
@@ -141,7 +146,13 @@ class Prefetcher:
         self._link_fixed = config.link is not None or self.device.name != "simulated"
         self.store = TensorStore(self.device, check_policy(policy) if policy is not None else _NullPolicy(), StoreConfig(
             budget_bytes=budget_bytes, budget_fraction=fraction, warmup_steps=config.warmup_steps))
+        self.live_trace = LiveTrace(self.store, config.trace_out) if config.trace_out is not None else None
+        self.trace_stem: Path | None = None
+        """The stem of this run's own trace once closed (with `trace_out`)."""
         self.tracker = AccessTracker(model, optimizer, self.store, config.tracker)
+        if self.live_trace is not None and isinstance(self.device, SimulatedDevice):
+            self.tracker.clock = self.device.clock.compute_ns  # the trace times what the copy engine saw
+            self.live_trace.clock = CLOCK_COMPUTE
         if not config.reference_tensors and config.policy.startswith("learned:") and policy is None:
             config.reference_tensors = _artifact_rows(config.policy, self.tracker.architecture)
         if config.reference_tensors:
@@ -424,6 +435,13 @@ class Prefetcher:
         self.store.close()
         self.store.policy.close()
         self.device.close()
+        if self.live_trace is not None:
+            self.trace_stem = self.live_trace.write(
+                name=self.config.workload or type(self.model).__name__,
+                manifest={"architecture": self.tracker.architecture, "workload": self.config.workload,
+                          "seed": self.config.seed, "modules": self.tracker.module_paths,
+                          "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
+                          "prefetch_policy": self.config.policy, "device": self.device.name})
 
 
 def _artifact_rows(spec: str, architecture: str) -> list[dict[str, Any]] | None:

@@ -142,6 +142,11 @@ class AccessTracker:
         self._saved_hooks: torch.autograd.graph.saved_tensors_hooks | None = None
         self._pack_counts: dict[tuple[int, int], int] = {}
         self._attached = False
+        self.clock: Callable[[], int] = monotonic_ns
+        """The time source of each event's time_ns: wall time (time.monotonic_ns), unless the
+        prefetcher on the simulated device sets the compute its copy engine saw
+        (runtime.link.ComputeClock.compute_ns), so a trace it writes times what the
+        simulator replays as compute (docs/traces.md)."""
         self.wrap: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda fn: fn
         """Applied to every hook before it is installed (the prefetcher times them: runtime.overhead)."""
         self._pack_fn: Callable[[torch.Tensor], Any] = self._pack
@@ -223,7 +228,7 @@ class AccessTracker:
     # a logging sink (the recorder) takes the tuple straight into its buffer.
     def _emit(self, phase: int, kind: int, access: int, tid: int, module_idx: int, nbytes: int = -1) -> None:
         ev = (self._step, self._micro if self._micro > 0 else 0, self._seq, phase, kind, access, tid,
-              self._tensor_nbytes[tid] if nbytes < 0 else nbytes, monotonic_ns(), module_idx,
+              self._tensor_nbytes[tid] if nbytes < 0 else nbytes, self.clock(), module_idx,
               self._module_layer[module_idx])  # index -1 hits the trailing -1 sentinel
         self._seq += 1
         buf = self._buffer
