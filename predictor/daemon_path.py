@@ -135,7 +135,8 @@ class SimulatedDaemonPolicy(DaemonAdvice):
     The daemon never goes down here: no socket, no timeouts.
     """
 
-    def __init__(self, inner: Policy, *, lookahead: int, path: DaemonPath = DaemonPath()):
+    def __init__(self, inner: Policy, *, lookahead: int, path: DaemonPath | None = None):
+        path = path or DaemonPath()  # what live runs do
         super().__init__(lookahead=lookahead, fallback=path.fallback)
         self.inner = inner
         self.path = path
@@ -183,9 +184,6 @@ class SimulatedDaemonPolicy(DaemonAdvice):
             _, r_ids, r_nu = self._in_flight.popleft()
             arrived.append((r_ids, r_nu))
         return self._take(arrived) if arrived else ()
-
-    def upcoming(self, k: int) -> list[int] | None:
-        return None  # what the store is told comes from replies, not a ranked view
 
     def extend(self, tensors: TensorInfo, first_id: int) -> None:
         self.inner.extend(tensors, first_id)

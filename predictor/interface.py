@@ -137,8 +137,9 @@ class Policy(Protocol):
     def bind_clock(self, now_ns: Callable[[], int]) -> None:
         """The executor's clock (nanoseconds, rising), for a policy that models time itself:
         the simulated daemon path (predictor.daemon_path) needs it to tell when a batch's reply
-        has come back. Executors call it once, before start(); the simulator passes its compute
-        clock. A live run need not call it (real time passes by itself). Default: nothing."""
+        has come back. Executors call it once, before start(); the simulator passes its clock (the
+        trace's compute time plus the waits so far, as a live run's wall clock would read). A live
+        run need not call it (real time passes by itself). Default: nothing."""
         ...
 
     def close(self) -> None:
