@@ -272,7 +272,7 @@ class OraclePolicy(BasePolicy):
                 self._front = ri + 1
         out = self._extend(i + 1)
         if self._pending_out:
-            out = self._pending_out + out
+            out = self._pending_out + list(out)
             self._pending_out = []
         return out
 
@@ -320,11 +320,17 @@ class OraclePolicy(BasePolicy):
         return out
 
     # -- internals ---------------------------------------------------------------------
-    def _extend(self, pos: int) -> list[int]:
+    def _extend(self, pos: int) -> Sequence[int]:
         """Grow the window over future reads while its distinct bytes fit the budget."""
-        out: list[int] = []
         front = self._front
-        read_t, count, nbytes, prev_w = self._win_t, self._count, self._nbytes, self._win_prev_write
+        read_t, count, nbytes = self._win_t, self._count, self._nbytes
+        if front >= len(read_t):
+            return ()
+        t = read_t[front]
+        if count[t] == 0 and self._wbytes + nbytes[t] > self.budget_bytes:
+            return ()  # the window is full (most events): nothing to do
+        out: list[int] = []
+        prev_w = self._win_prev_write
         is_read = self._win_is_read
         wbytes, budget, r = self._wbytes, self.budget_bytes, len(read_t)
         while front < r:

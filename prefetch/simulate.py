@@ -9,13 +9,10 @@
     simulate_like_run(run_report)   # a `prefetch run` report: its trace, policy, budget, link
     simulate(traces, "learned:models/", daemon=True)   # learned as live runs serve it (below)
 
-Our ChampSim: a recorded trace is replayed, event by event, through a model of the live
-tensor store (runtime.store.TensorStore) and its copy engine (runtime.device's simulated
-device), with a policy deciding what to prefetch. The model is the live store's, rule for
-rule, so a live run and the simulation of its own trace agree on the hit rate (within a
-couple of points: the live run's compute is slower by the store's own overhead, so its
-copies have more time). Each trace is simulated on its own device (its own clock, budget
-and link); the report sums them and keeps a per-trace breakdown.
+Our ChampSim: a recorded trace is replayed, event by event, through the device tier
+(runtime.tier.DeviceTier, the live store's own rules) over a virtual-clock copy engine
+(prefetch.sim_trace), with a policy deciding what to prefetch. Each trace is simulated on
+its own device (its own clock, budget and link); the report sums them and keeps a per-trace breakdown.
 
 The model, rule by rule, and the policy calling convention: docs/simulator.md.
 """
@@ -32,7 +29,7 @@ from predictor.interface import Policy, PolicyError, check_policy
 from prefetch.oracle import VARIANTS as ORACLE_VARIANTS
 from prefetch.oracle import OraclePolicy, compute_deltas
 from prefetch.sim_report import SimReport, _combine, format_table
-from prefetch.sim_trace import HIT, LATE, MISS, WRITE, _simulate_trace, _warmup_split
+from prefetch.sim_trace import HIT, LATE, MISS, WRITE, TraceStream, _simulate_trace, _warmup_split
 from runtime.budget import Budget, parse_budget
 from runtime.defaults import LIVE_LOOKAHEAD
 from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
@@ -82,13 +79,17 @@ def simulate(
         budget_bytes = parsed.resolve(managed, largest, f"{largest_key} in {trace.stem.name}")
         trace_link = link or _link_from_ratio(trace, link_ratio, latency_s, warmup_steps, managed)
         best: SimReport | None = None
+        stream = TraceStream.of(trace, warmup_steps)  # prepared once for every strategy of a portfolio
         for pol in _make_policies(policy, trace, budget_bytes, lookahead):
             if path is not None:
                 pol = SimulatedDaemonPolicy(pol, lookahead=lookahead, path=path)
             run = _simulate_trace(
                 trace, pol, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,
                 link=trace_link, warmup_steps=warmup_steps,
+                give_up=None if best is None else best.stats.late + best.stats.misses, stream=stream,
             )
+            if run is None:
+                continue  # a portfolio variant that missed more reads than the best so far
             run.variant = pol.variant
             run.lookahead = lookahead if isinstance(policy, str) and policy != "oracle" else None
             # the oracle's portfolio: the best hit rate, then the shortest time (first wins ties)

@@ -82,7 +82,7 @@ class CudaMonitor:
     def before_step_end(self, step: int) -> None:
         """Called before the store's step end: finished stall timings into the stats
         (blocking once, at the end of the warm-up, so they land on the right side)."""
-        self.store.stats.stall_ns += self.device.collect_stall_ns(block=step + 1 == self.warmup_steps)
+        self.store.stall_ns += self.device.collect_stall_ns(block=step + 1 == self.warmup_steps)
 
     def after_step_end(self, step: int) -> None:
         if not self._open:
@@ -98,7 +98,7 @@ class CudaMonitor:
 
     # -- accounting ----------------------------------------------------------------------
     def _managed_param_ids(self) -> set[int]:
-        return {id(p) for tid, p in self.store.tracker.params_by_tid.items() if self.store._managed[tid]}
+        return {id(p) for tid, p in self.store.tracker.params_by_tid.items() if self.store.managed[tid]}
 
     def own_device_bytes(self) -> int:
         """The job's device bytes now: the tier plus every other tensor of the job on the
@@ -156,7 +156,7 @@ class CudaMonitor:
 
     def report(self) -> dict[str, Any]:
         """The report keys: stalls still pending are read (a sync) and added first."""
-        self.store.stats.stall_ns += self.device.collect_stall_ns(block=True)
+        self.store.stall_ns += self.device.collect_stall_ns(block=True)
         bound = self.bound()
         measured = self.steps_measured > 0
         return {

@@ -18,23 +18,23 @@ The store is the tracker's AccessSink during `runtime.prefetching(...)`:
                  writes them back to the host; the backward's read fetches them again
                  unless a prefetch already did. Read once, they are freed.
 
-Gradients and optimizer state are observed (the policy sees them) but stay where the
-optimizer keeps them. Prefetch requests come from the policy, soonest first; eviction
-drops tensors the policy predicts furthest away, LRU when it has no view. Hot path: no
-device syncs; the only waits are the late and miss waits, which are the stall we count.
+Which tensors are on the device, what is copied next and what gives way is decided by
+the device tier (runtime.tier.DeviceTier, the simulator's too); this class is its engine
+over a real device (CUDA, or the simulated copy thread) plus the torch glue: binding
+`param.data`, saved-tensor hooks, user writes. Hot path: no device syncs; the only waits
+are the late and miss waits, which are the stall we count.
 """
 
 from __future__ import annotations
 
-import heapq
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from predictor.interface import NO_PREDICTION, Policy
+from runtime.tier import DeviceTier
 from runtime.device import Device
 from runtime.stats import AccessStats
 from runtime.trace_format import Access, Kind, is_managed
@@ -64,26 +64,19 @@ class StoreConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
-class TensorStore:
+class TensorStore(DeviceTier):
     """Host tier, device tier, copies and counters for one model."""
 
     def __init__(self, device: Device, policy: Policy, config: StoreConfig):
+        super().__init__(policy, config.budget_bytes)
         self.device = device
-        self.policy = policy
         self.config = config
         self.tracker: Any = None  # set by attach(); the store rebinds parameters through it
-        self.budget_bytes: int | None = config.budget_bytes
-        self.stats = AccessStats()
-        self.warmup_stats: AccessStats | None = None
-        self._kind: list[int] = []
-        self._managed: list[bool | None] = []
-        self.managed_flags = self._managed
+        self.managed_flags = self.managed
+        self._managed, self._nbytes, self._kind = self.managed, self.nb, self.kind  # old names (transitional)
         """Shared with the tracker (AccessSink): events of ids flagged False are not sent."""
-        self._nbytes: list[int] = []
         self._host: list[Any] = []  # master copy (parameters) or written-back copy (activations)
         self._dev: list[torch.Tensor | None] = []
-        self._inflight: list[Any] = []  # a Copy to the device, or None
-        self._prefetched: list[bool] = []
         # parameters only: what the store bound to `param.data` and the param's version then
         self._param: list[torch.nn.Parameter | None] = []
         self._bound_ptr: list[int] = []  # data_ptr() of the tensor bound (host master or device copy)
@@ -92,26 +85,38 @@ class TensorStore:
         self.stale_copies = 0  # copies dropped: the master was written after they were issued
         self.dirty_writebacks = 0  # device copies the user wrote to, written back to their masters
         self.adopted_params = 0  # tensors the user assigned to `p.data`, taken as the new masters
-        self._resident: OrderedDict[int, None] = OrderedDict()  # tids holding device bytes, LRU first
-        self._pending: list[tuple[float, int]] = []  # heap of (due read index, tid) not yet issued
-        self._queued: dict[int, float] = {}  # tid -> its live entry's due
-        self._reads = 0  # managed reads so far: the clock predictions are relative to
-        self._step_start_reads = 0  # _reads when the current optimizer step began
-        self._step_reads_prev = 0  # managed reads in the previous optimizer step
-        self._deferred: dict[int, float] = {}  # parameter requests held until the optimizer ran
-        self.device_bytes = 0
-        self.peak_device_bytes = 0
         self.warmup_peak_device_bytes = 0
         self.persistent_bytes = 0  # small parameters kept resident (not managed)
-        self.budget_overflows = 0  # times a needed tensor did not fit even after evicting all else
-        self.prefetch_refused = 0
         self.managed_events = 0  # managed accesses (reads and writes) acted on: the policy's stream
         self.step = 0
         self.timeline: list[tuple[str, int, int, int]] | None = None
         """When a list: ("late"|"miss", start_ns, wait_ns, tid) stalls and ("step", t_ns, 0, step) ends."""
-        self._in_optimizer = False
-        self._current = -1
         self._seen_step = self._seen_micro = -1  # (step, micro-step) of the last access: a change is a new root forward
+
+    # -- the tier's counters under the names the reports use ------------------------------------
+    @property
+    def stats(self) -> AccessStats:
+        return self.totals()
+
+    @property
+    def warmup_stats(self) -> AccessStats | None:
+        return self.warmup
+
+    @property
+    def device_bytes(self) -> int:
+        return self.used
+
+    @property
+    def peak_device_bytes(self) -> int:
+        return self.peak
+
+    @property
+    def budget_overflows(self) -> int:
+        return self.overcommits
+
+    @property
+    def prefetch_refused(self) -> int:
+        return self.refused
 
     # -- setup -------------------------------------------------------------------------
     def attach(self, tracker: Any) -> None:
@@ -119,10 +124,11 @@ class TensorStore:
         self.tracker = tracker
         for tid, p in tracker.params_by_tid.items():
             self._grow(tid)
-            self._nbytes[tid] = p.numel() * p.element_size()
-            self._managed[tid] = is_managed(Kind.PARAMETER, self._nbytes[tid])
-            if not self._managed[tid]:
-                self.persistent_bytes += self._nbytes[tid]  # stays where it is, outside the budget
+            nbytes = p.numel() * p.element_size()
+            managed = is_managed(Kind.PARAMETER, nbytes)
+            self.declare(tid, int(Kind.PARAMETER), nbytes, managed)
+            if not managed:
+                self.persistent_bytes += nbytes  # stays where it is, outside the budget
                 continue
             self._param[tid] = p
             self._host[tid] = self._master_of(p.data)
@@ -132,32 +138,77 @@ class TensorStore:
 
     def managed_bytes(self) -> int:
         """Bytes of the managed tensors known so far (the base of a fractional budget)."""
-        return sum(n for n, m in zip(self._nbytes, self._managed) if m)
+        return sum(n for n, m in zip(self.nb, self.managed) if m)
 
     def largest_managed_bytes(self) -> int:
-        return max((n for n, m in zip(self._nbytes, self._managed) if m), default=0)
+        return max((n for n, m in zip(self.nb, self.managed) if m), default=0)
 
     def _largest_key(self) -> str:
-        cands = [i for i, m in enumerate(self._managed) if m]
+        cands = [i for i, m in enumerate(self.managed) if m]
         if not cands or self.tracker is None:
             return "?"
-        i = max(cands, key=self._nbytes.__getitem__)
+        i = max(cands, key=self.nb.__getitem__)
         keys = self.tracker.tensor_keys
         return keys[i] if i < len(keys) else "?"
 
     def _grow(self, tid: int) -> None:
-        while len(self._kind) <= tid:
-            self._managed.append(None)  # decided at the first known size: is_managed
-            self._kind.append(-1)
-            self._nbytes.append(0)
-            self._host.append(None)
-            self._dev.append(None)
-            self._inflight.append(None)
-            self._prefetched.append(False)
-            self._param.append(None)
-            self._bound_ptr.append(0)
-            self._bound_dev.append(False)
-            self._ver.append(0)
+        if tid < len(self._host):
+            return
+        self.reserve(tid + 1)
+        grow = tid + 1 - len(self._host)
+        self._host.extend([None] * grow)
+        self._dev.extend([None] * grow)
+        self._param.extend([None] * grow)
+        self._bound_ptr.extend([0] * grow)
+        self._bound_dev.extend([False] * grow)
+        self._ver.extend([0] * grow)
+
+    # -- the tier's engine: the device ------------------------------------------------------------
+    def _start_copy(self, tid: int) -> Any:
+        param = self._param[tid]
+        if param is not None:
+            self._ver[tid] = param._version  # a write after this makes the copy stale (checked at the read)
+        return self.device.copy_in(self._host[tid])
+
+    def _land(self, tid: int, copy: Any) -> int | None:
+        late = not copy.done()
+        self._dev[tid], waited = self.device.wait(copy)
+        if not late:
+            return None
+        if self.timeline is not None:
+            self.timeline.append(("late", time.monotonic_ns() - waited, waited, tid))
+        return waited
+
+    def _fetch(self, tid: int) -> int:
+        src = self._host[tid]
+        if src is None:
+            raise RuntimeError(f"tensor {self._key(tid)} read but never stored")
+        self._dev[tid], waited = self.device.wait(self.device.copy_in(src))
+        if self.timeline is not None:
+            self.timeline.append(("miss", time.monotonic_ns() - waited, waited, tid))
+        return waited
+
+    def _finish(self, tid: int, copy: Any) -> int:
+        self._dev[tid], waited = self.device.wait(copy)
+        return waited
+
+    def _write_back(self, tid: int) -> None:
+        dev, self._dev[tid] = self._dev[tid], None
+        if dev is not None:
+            self._host[tid] = self.device.pending_host(self.device.copy_out(dev))
+
+    def _drop(self, tid: int) -> None:
+        dev, self._dev[tid] = self._dev[tid], None
+        self._unbind(tid, dev)  # writes back a device copy the user wrote to
+
+    def _busy(self):
+        return self.tracker.params_in_use()  # parameters of modules still in their forward
+
+    def _eta(self, tid: int) -> tuple[int, int, int]:
+        raise NotImplementedError("admit_prefetch needs the future: a simulator-only policy hook")
+
+    def describe(self, tid: int) -> str:
+        return f"tensor {self._key(tid)}"
 
     # -- parameter binding and writes outside the optimizer ----------------------------------
     def _master_of(self, t: torch.Tensor) -> torch.Tensor:
@@ -173,46 +224,46 @@ class TensorStore:
         self._ver[tid] = self._param[tid]._version
 
     def _uncount(self, tid: int) -> None:
-        if tid in self._resident:
-            del self._resident[tid]
-            self.device_bytes -= self._nbytes[tid]
+        if tid in self.resident:
+            del self.resident[tid]
+            self.used -= self.nb[tid]
 
     def _drop_stale(self, tid: int, *, refetch: bool = False) -> None:
         """Forget a copy in flight taken before its master was written (it may even have
         raced the write). With `refetch`, request it again (issued at the next drain, from
         the written master); else the read fetches it."""
-        self._inflight[tid] = None
-        self._prefetched[tid] = False
+        self.inflight[tid] = None
+        self.pref[tid] = 0
         self._uncount(tid)
         self.stale_copies += 1
         if refetch:
-            when = self.policy.predicted_next_use(tid)
+            when = self.pnu(tid)
             if when != NO_PREDICTION:
-                self._want(tid, self._reads + when)
+                self.want(tid, self.reads + when)
 
     def _revalidate(self) -> None:
         """A root forward begins, and user code ran since the last one: copies in flight
         whose master it wrote (a clamp after each step) are issued again now, in time for
         their reads, rather than each found stale at its read (a miss)."""
-        param, ver, inflight = self._param, self._ver, self._inflight
-        stale = [t for t in self._resident if inflight[t] is not None and param[t] is not None
+        param, ver, inflight = self._param, self._ver, self.inflight
+        stale = [t for t in self.resident if inflight[t] is not None and param[t] is not None
                  and param[t]._version != ver[t]]
         for tid in stale:
             self._drop_stale(tid, refetch=True)
         if stale:
-            self._drain()
+            self.drain()
 
     def _adopt(self, tid: int) -> None:
         """The user assigned a new tensor to `p.data`: it is the master now; whatever the
         store held for the parameter (a copy in flight, a device copy) is dropped."""
         new = self._param[tid].data
-        if self._inflight[tid] is not None:
+        if self.inflight[tid] is not None:
             self.stale_copies += 1
-        self._inflight[tid] = None
+        self.inflight[tid] = None
         self._dev[tid] = None
-        self._prefetched[tid] = False
+        self.pref[tid] = 0
         self._uncount(tid)
-        self._nbytes[tid] = new.numel() * new.element_size()
+        self.nb[tid] = new.numel() * new.element_size()
         self._host[tid] = self._master_of(new)
         self._bind(tid, self._host[tid], dev=False)
         self.adopted_params += 1
@@ -227,7 +278,7 @@ class TensorStore:
         if self._bound_dev[tid] and dev is not None and p._version != self._ver[tid]:
             self._host[tid].copy_(dev)  # note: a D2H copy and a sync on CUDA; only after a user's write
             self.dirty_writebacks += 1
-            self.stats.bytes_written_back += self._nbytes[tid]
+            self.bytes_written_back += self.nb[tid]
         self._bind(tid, self._host[tid], dev=False)
 
     def params_written(self) -> None:
@@ -236,51 +287,51 @@ class TensorStore:
         flight are dropped and requested again; bound device copies are written back to
         their masters when evicted."""
         for tid, p in self.tracker.params_by_tid.items():
-            if not self._managed[tid]:
+            if not self.managed[tid]:
                 continue
             if p.data_ptr() != self._bound_ptr[tid]:
                 self._adopt(tid)
-            elif self._inflight[tid] is not None:
+            elif self.inflight[tid] is not None:
                 self._drop_stale(tid, refetch=True)
             elif self._bound_dev[tid]:
                 self._ver[tid] = -1  # no version matches: dirty
-        self._drain()
+        self.drain()
 
     # -- AccessSink ----------------------------------------------------------------------
     def new_tensor(self, row: dict[str, Any]) -> None:
         tid = row["tensor_id"]
         self._grow(tid)
-        self._kind[tid] = row["kind"]
-        self._nbytes[tid] = row["nbytes"]
-        if row["nbytes"] > 0:  # a preloaded artifact row has no size yet: decided when seen
-            self._managed[tid] = is_managed(row["kind"], row["nbytes"])
+        nbytes = row["nbytes"]
+        # a preloaded artifact row has no size yet: managed is decided when seen
+        self.declare(tid, row["kind"], nbytes, is_managed(row["kind"], nbytes) if nbytes > 0 else None)
 
     def access(self, step, micro_step, seq, phase, kind, access, tensor_id, nbytes, time_ns, module_id, layer) -> None:
-        managed = self._managed[tensor_id]
+        managed = self.managed[tensor_id]
         if managed is None:  # first sight of a preloaded row: its size is known now
-            managed = self._managed[tensor_id] = is_managed(kind, nbytes)
-            self._nbytes[tensor_id] = nbytes
+            managed = self.managed[tensor_id] = is_managed(kind, nbytes)
+            self.nb[tensor_id] = nbytes
         if not managed:
             return  # persistent (small) or not a managed kind: not an access, not in the policy's stream
         self.managed_events += 1
         if micro_step != self._seen_micro or step != self._seen_step:  # a root forward began
             self._seen_step, self._seen_micro = step, micro_step
             self._revalidate()
-        if access == Access.READ:
-            self._read(tensor_id)
-            self._current = tensor_id  # being handed to compute: not evictable until the next access
-            self._queued.pop(tensor_id, None)  # read: a pending request for it is moot
-            self._reads += 1
-        requests = self.policy.observe(step, micro_step, phase, access, tensor_id)
-        if self._in_optimizer:
+        if access != Access.READ or kind != Kind.PARAMETER:
+            self.event(step, micro_step, phase, access, tensor_id)
             return
-        if requests:
-            self._prefetch(requests)
-        elif self._pending:
-            self._drain()
+        # a parameter written outside the optimizer since the store last looked? (attribute reads, no sync)
+        tid = tensor_id
+        p = self._param[tid]
+        if p.data_ptr() != self._bound_ptr[tid]:
+            self._adopt(tid)  # `p.data = new`: new is the master, any copy of the old one is moot
+        elif self.inflight[tid] is not None and p._version != self._ver[tid]:
+            self._drop_stale(tid)  # the master was written after this copy was issued: fetched below, a miss
+        self.event(step, micro_step, phase, access, tid)
+        if not self._bound_dev[tid]:  # a hit on a bound copy keeps its bind-time version
+            self._bind(tid, self._dev[tid], dev=True)
 
     def pack(self, kind: int, tensor_id: int, tensor: torch.Tensor) -> Any:
-        if not self._managed[tensor_id]:
+        if not self.managed[tensor_id]:
             return tensor  # persistent: autograd keeps it where it is
         if kind == Kind.PARAMETER:
             # Keep only the view's geometry (autograd may save `weight.t()`), not the
@@ -289,122 +340,59 @@ class TensorStore:
             return (tuple(tensor.shape), tensor.stride(), tensor.storage_offset() - base.storage_offset())
         tid = tensor_id
         self._grow(tid)
-        if self._dev[tid] is not None or self._inflight[tid] is not None or self._host[tid] is not None:
-            self._free(tid)  # a previous step's copy that was never read
-        self._nbytes[tid] = tensor.numel() * tensor.element_size()
-        self._make_room(self._nbytes[tid], protect=tid)  # room first: the peak never passes the budget
+        if self.exists[tid]:
+            self._release(tid)  # a previous step's value that was never read
+        self.write(tid, tensor.numel() * tensor.element_size())
         self._dev[tid] = tensor
-        self._account_in(tid)
         return tid
 
     def unpack(self, kind: int, tensor_id: int, packed: Any) -> torch.Tensor:
-        if not self._managed[tensor_id]:
+        if not self.managed[tensor_id]:
             return packed
         if kind == Kind.PARAMETER:
             shape, stride, rel_offset = packed
             dev = self._dev_or_host(tensor_id)
             return dev.as_strided(shape, stride, dev.storage_offset() + rel_offset)
         t = self._dev_or_host(tensor_id)
-        self._free(tensor_id)  # an activation is read once in backward
+        self._release(tensor_id)  # an activation is read once in backward
         return t
+
+    def _release(self, tid: int) -> None:
+        """An activation's value is gone: the tier frees it, the store drops its tensors."""
+        self.free(tid)
+        self._dev[tid] = None
+        self._host[tid] = None
 
     def step_end(self, step: int) -> None:
         self.step = step + 1
         if self.timeline is not None:
             self.timeline.append(("step", time.monotonic_ns(), 0, step))
         if self.budget_bytes is None and self.step >= 1:
-            self.budget_bytes = max(1, int(self.config.budget_fraction * self.managed_bytes()))
+            self.set_budget(max(1, int(self.config.budget_fraction * self.managed_bytes())))
             check_budget(self.budget_bytes, self.largest_managed_bytes(), self._largest_key())
-            self._make_room(0)
-        self.stats.steps += 1
+            self.make_room(0, -1, False, 0)
+        self.steps += 1
         if self.step == self.config.warmup_steps:
-            self.warmup_stats = self.stats.snapshot()
-            self.warmup_peak_device_bytes = self.peak_device_bytes
-            self.peak_device_bytes = self.device_bytes  # the peak reported is over measured steps
+            self.warmup_peak_device_bytes = self.peak
+            self.begin_measurement()  # the peak reported is over measured steps
 
     # -- optimizer ---------------------------------------------------------------------
     def before_optimizer_step(self) -> None:
-        """The optimizer updates host masters: finish copies that read them and drop the
-        device copies, which it makes stale. Those the policy still expects soon are
-        queued again, soonest first, and fetched (updated) once the step is done."""
-        self._in_optimizer = True
-        nxt = self.policy.predicted_next_use
-        refetch = []
-        for tid, p in list(self.tracker.params_by_tid.items()):
-            if not self._managed[tid]:
-                continue
-            if self._inflight[tid] is not None:
-                self.device.wait(self._inflight[tid])  # a copy still reading the host master
-                self._inflight[tid] = None
-            if p.data_ptr() != self._bound_ptr[tid]:
-                self._adopt(tid)  # the user assigned p.data: the optimizer must update that tensor's master
-            if tid in self._resident:
-                self._prefetched[tid] = False
-                self._evict(tid, invalidate=True)
-                when = nxt(tid)
-                if when != NO_PREDICTION:
-                    refetch.append((when, tid))  # stale now; wanted again once updated
-            if p.grad is not None and p.grad.device != self._host[tid].device:
+        """The optimizer updates host masters (the tier drops their device copies and
+        requeues those still expected). Parameters the user assigned are adopted first, so
+        the optimizer updates that tensor's master; on CUDA gradients come to the host."""
+        for tid, p in self.tracker.params_by_tid.items():
+            if self.managed[tid] and p.data_ptr() != self._bound_ptr[tid]:
+                self._adopt(tid)
+        self.optimizer_begin()
+        for tid, p in self.tracker.params_by_tid.items():
+            if self.managed[tid] and p.grad is not None and p.grad.device != self._host[tid].device:
                 # CUDA: the host optimizer needs host grads. note: CPU-GPU sync point (a blocking
                 # copy per managed parameter per step; overlapping it with backward is issue 15)
                 p.grad = p.grad.to(self._host[tid].device)
-        for when, tid in refetch:
-            self._want(tid, self._reads + when)
 
     def after_optimizer_step(self) -> None:
-        self._in_optimizer = False
-        deferred, self._deferred = self._deferred, {}
-        self._step_reads_prev = self._reads - self._step_start_reads
-        self._step_start_reads = self._reads  # requests from here on belong to the next step
-        for tid, due in deferred.items():
-            self._want(tid, due)
-        self._drain()
-
-    # -- reads -------------------------------------------------------------------------
-    def _read(self, tid: int) -> None:
-        st = self.stats
-        st.accesses += 1
-        is_param = self._kind[tid] == Kind.PARAMETER
-        if is_param:  # written outside the optimizer since the store last looked? (attribute reads, no sync)
-            p = self._param[tid]
-            if p.data_ptr() != self._bound_ptr[tid]:
-                self._adopt(tid)  # `p.data = new`: new is the master, any copy of the old one is moot
-            elif self._inflight[tid] is not None and p._version != self._ver[tid]:
-                self._drop_stale(tid)  # the master was written after this copy was issued: fetch again below, a miss
-        copy = self._inflight[tid]
-        if copy is not None:
-            late = not copy.done()
-            if late:
-                st.late += 1
-            else:
-                st.hits += 1
-            t, waited = self.device.wait(copy)
-            st.stall_ns += waited
-            if late and self.timeline is not None:
-                self.timeline.append(("late", time.monotonic_ns() - waited, waited, tid))
-            self._inflight[tid] = None
-            self._dev[tid] = t
-        elif self._dev[tid] is not None:
-            st.hits += 1
-        else:
-            st.misses += 1
-            src = self._host[tid]
-            if src is None:
-                raise RuntimeError(f"tensor {self._key(tid)} read but never stored")
-            self._make_room(self._nbytes[tid], protect=tid, refuse=False)
-            t, waited = self.device.wait(self.device.copy_in(src))
-            st.stall_ns += waited
-            if self.timeline is not None:
-                self.timeline.append(("miss", time.monotonic_ns() - waited, waited, tid))
-            st.bytes_copied += self._nbytes[tid]
-            self._dev[tid] = t
-            self._account_in(tid)
-        if self._prefetched[tid]:
-            self._prefetched[tid] = False
-            st.prefetch_used += 1
-        self._resident.move_to_end(tid)
-        if is_param and not self._bound_dev[tid]:  # a hit on a bound copy keeps its bind-time version
-            self._bind(tid, self._dev[tid], dev=True)
+        self.optimizer_end()
 
     def _dev_or_host(self, tid: int) -> torch.Tensor:
         t = self._dev[tid]
@@ -412,172 +400,28 @@ class TensorStore:
             raise RuntimeError(f"tensor {self._key(tid)} not resident after its read")
         return t
 
-    # -- prefetch and eviction ------------------------------------------------------------
-    def _prefetch(self, requests) -> None:
-        """Queue the policy's new requests by when they are due and issue them in that
-        order while the budget allows. A refused request stays queued until room appears
-        or its tensor is read, so nothing the policy asked for is lost."""
-        nxt = self.policy.predicted_next_use
-        now = self._reads
-        for i, tid in enumerate(requests):
-            if tid >= len(self._kind) or not self._managed[tid]:
-                continue
-            if self._dev[tid] is not None or self._inflight[tid] is not None or self._host[tid] is None:
-                continue  # resident, in flight, or an activation not produced yet
-            when = nxt(tid)
-            self._want(tid, now + (when if when != NO_PREDICTION else i + 1))
-        self._drain()
-
-    def _want(self, tid: int, due: float) -> None:
-        if self._kind[tid] == Kind.PARAMETER and self._step_reads_prev and \
-                due > self._step_start_reads + self._step_reads_prev and not self._in_optimizer:
-            # Expected in the next step: the optimizer will rewrite its host master first, so a
-            # copy now would be thrown away. Hold the request until the step is done.
-            if self._deferred.get(tid, float("inf")) > due:
-                self._deferred[tid] = due
-            return
-        old = self._queued.get(tid)
-        if old is None or due < old:
-            self._queued[tid] = due
-            heapq.heappush(self._pending, (due, tid))
-
-    def _drain(self) -> None:
-        pending, queued = self._pending, self._queued
-        budget = self.budget_bytes
-        while pending:
-            due, tid = heapq.heappop(pending)
-            if queued.get(tid) != due:
-                continue  # superseded by an earlier due, or already served
-            if self._dev[tid] is not None or self._inflight[tid] is not None or self._host[tid] is None:
-                del queued[tid]
-                continue
-            n = self._nbytes[tid]
-            if budget is not None and self.device_bytes + n > budget:
-                # note: evictions may queue their victims again (heap pushes): we popped first
-                if not self._make_room(n, protect=tid, refuse=True, limit=due - self._reads):
-                    heapq.heappush(pending, (due, tid))
-                    self.prefetch_refused += 1
-                    return  # later requests are due later still: wait for the next access
-            del queued[tid]
-            self._inflight[tid] = self.device.copy_in(self._host[tid])
-            param = self._param[tid]
-            if param is not None:
-                self._ver[tid] = param._version  # a write after this makes the copy stale (checked at the read)
-            self._prefetched[tid] = True
-            self.stats.prefetch_issued += 1
-            self.stats.bytes_copied += n
-            self._account_in(tid)
-
-    def _account_in(self, tid: int) -> None:
-        if tid not in self._resident:
-            self._resident[tid] = None
-            self.device_bytes += self._nbytes[tid]
-            if self.device_bytes > self.peak_device_bytes:
-                self.peak_device_bytes = self.device_bytes
-
-    def _make_room(self, need: int, *, protect: int = -1, refuse: bool = False, limit: float = NO_PREDICTION) -> bool:
-        """Evict until `need` more bytes fit: first, in LRU order, tensors outside the
-        policy's horizon; then the furthest predicted use first. With `refuse`, never
-        evict a tensor the policy expects sooner than `limit` reads from now
-        (ChampSim-style refusal). One pass asks the policy once per candidate."""
-        budget = self.budget_bytes
-        if budget is None:
-            return True
-        if self.device_bytes + need <= budget:
-            return True
-        nxt = self.policy.predicted_next_use
-        inflight, current = self._inflight, self._current
-        busy = self.tracker.params_in_use()  # parameters of modules still in their forward
-        ranked = []
-        for tid in list(self._resident):
-            if tid == protect or tid == current or inflight[tid] is not None or tid in busy:
-                continue
-            when = nxt(tid)
-            if when == NO_PREDICTION:
-                self._evict(tid)
-                if self.device_bytes + need <= budget:
-                    return True
-            else:
-                ranked.append((when, tid))
-        ranked.sort(reverse=True)  # one ranking per call, not per eviction
-        for far, tid in ranked:
-            if self.device_bytes + need <= budget:
-                break
-            if refuse and far <= limit:
-                return False
-            self._evict(tid)
-        if self.device_bytes + need > budget:
-            if refuse:
-                return False
-            # A demand fetch or a write must fit: wait for copies in flight to land (a
-            # stall), then evict the furthest of them. Only what is in use can overflow.
-            inflight = sorted(((nxt(t), t) for t in self._resident if self._inflight[t] is not None and t != protect),
-                              reverse=True)  # the copy needed last goes first (Belady), not the oldest
-            for _, tid in inflight:
-                if self.device_bytes + need <= budget:
-                    break
-                t, waited = self.device.wait(self._inflight[tid])
-                self.stats.stall_ns += waited
-                self._inflight[tid] = None
-                self._dev[tid] = t
-                self._evict(tid)
-            if self.device_bytes + need > budget:
-                self.budget_overflows += 1
-        return True
-
-    def _evict(self, tid: int, invalidate: bool = False) -> None:
-        if tid not in self._resident:
-            return
-        del self._resident[tid]
-        self.device_bytes -= self._nbytes[tid]
-        if not invalidate:  # dropping copies the optimizer makes stale is not an eviction
-            self.stats.evictions += 1
-        dev = self._dev[tid]
-        self._dev[tid] = None
-        if self._prefetched[tid]:
-            self._prefetched[tid] = False  # issued, never used
-        if self._kind[tid] == Kind.PARAMETER:
-            self._unbind(tid, dev)  # writes back a device copy the user wrote to
-        elif dev is not None:  # an activation: write it back
-            copy = self.device.copy_out(dev)
-            self._host[tid] = self.device.pending_host(copy)
-            self.stats.bytes_written_back += self._nbytes[tid]
-        if not invalidate:
-            when = self.policy.predicted_next_use(tid)
-            if when != NO_PREDICTION:  # still expected: fetch it back when room appears
-                self._want(tid, self._reads + when)
-
-    def _free(self, tid: int) -> None:
-        if tid in self._resident:
-            del self._resident[tid]
-            self.device_bytes -= self._nbytes[tid]
-        self._dev[tid] = None
-        self._inflight[tid] = None
-        self._host[tid] = None
-        self._prefetched[tid] = False
-
     def _key(self, tid: int) -> str:
         keys = self.tracker.tensor_keys if self.tracker is not None else []
         return keys[tid] if tid < len(keys) else f"#{tid}"
 
     # -- results -----------------------------------------------------------------------
     def measured_stats(self) -> AccessStats:
-        return self.stats - self.warmup_stats if self.warmup_stats is not None else self.stats
+        return self.measured()
 
     def close(self) -> None:
         """Put every parameter back on its master copy (the model stays usable)."""
         if self.tracker is None:
             return
         for tid in list(self.tracker.params_by_tid):
-            if not self._managed[tid]:
+            if not self.managed[tid]:
                 continue
-            if self._inflight[tid] is not None:
-                self.device.wait(self._inflight[tid])
-                self._inflight[tid] = None
+            if self.inflight[tid] is not None:
+                self._finish(tid, self.inflight[tid])
+                self.inflight[tid] = None
             self._unbind(tid, self._dev[tid])  # keeps a tensor the user assigned, writes back a written copy
             self._dev[tid] = None
-        self._resident.clear()
-        self.device_bytes = 0
+        self.resident.clear()
+        self.used = 0
 
 
 def check_budget(budget_bytes: int, largest_bytes: int, largest_key: str = "?") -> None:

@@ -76,7 +76,7 @@ def test_without_a_daemon_prediction_the_local_replay_answers(models):
             step()
         pol = pf.store.policy
         assert pol.client.connected
-        params = [t for t in pf.tracker.params_by_tid if pf.store._managed[t]]
+        params = [t for t in pf.tracker.params_by_tid if pf.store.managed[t]]
         pol._due.clear()  # the daemon has predicted nothing yet
         local = [pol.fallback.predicted_next_use(t) for t in params]
         assert any(math.isfinite(x) for x in local)  # replay knows the next step's order

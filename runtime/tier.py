@@ -1,0 +1,517 @@
+"""The device tier: what the device holds, what is copied next, what gives way. One implementation.
+
+The live store (runtime.store.TensorStore: torch glue over a real or simulated device) and
+the simulator (prefetch.sim_trace: a virtual-clock engine driven by a trace's compute
+times) are both this class plus an engine. So the live run and the simulation of its own
+trace make the same decisions, rule for rule, by construction; only time can differ.
+
+The tier works on tensor ids: their sizes, residents (LRU order), copies in flight, the
+request queue ordered by predicted use, refusal and deferral, make-room and eviction,
+write-back, and the statistics (hit / late / miss, stall, bytes). It asks its engine, the
+methods a subclass overrides, for time: start a copy (`_start_copy`), land one at a read
+(`_land`), fetch on demand (`_fetch`), wait for one to finish (`_finish`), write an
+evicted activation back (`_write_back`), let a parameter's device copy go (`_drop`), and
+which parameters are in use (`_busy`). The rules are in docs/simulator.md ("The model");
+each is written once, here.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from heapq import heapify, heappop, heappush
+from typing import Any, Callable, Collection, Sequence
+
+from predictor.interface import INF_POS, NO_PREDICTION, Policy, overrides
+from runtime.stats import AccessStats
+from runtime.trace_format import Access, Kind
+
+HIT, LATE, MISS, WRITE = 0, 1, 2, 3
+"""What a managed event was for the tier: a read's outcome, or a write."""
+
+_READ = int(Access.READ)
+_INF = NO_PREDICTION
+_PARAM, _ACT = int(Kind.PARAMETER), int(Kind.ACTIVATION)
+_NONE: frozenset[int] = frozenset()
+
+
+class DeviceTier:
+    """Device residency under a byte budget, over tensor ids; engines subclass it."""
+
+    def __init__(self, policy: Policy, budget_bytes: int | None = None):
+        self._budget: int | None = None
+        self._limit: float = float("inf")  # the budget, or no limit while it is unknown
+        self.set_budget(budget_bytes)
+        # per tensor id
+        self.nb: list[int] = []
+        self.kind: list[int] = []
+        self.managed: list[bool | None] = []
+        """None until a size is known (trace_format.is_managed); False: not the tier's."""
+        self.exists = bytearray()  # has a value somewhere (parameters always; activations from write to free)
+        self.inflight: list[Any] = []  # the engine's handle of a prefetch not read yet, else None
+        self.pref = bytearray()  # brought by a prefetch, not read yet: the `mark` it was issued under
+        self.stamp: list[int] = []  # heap mode: LRU tick of insertion or last read
+        self.hkey: list[int] = []  # heap mode: the key last pushed (next_read_key changes only then)
+        # device state
+        self.resident: OrderedDict[int, None] = OrderedDict()  # ids with device bytes (incl. in flight), LRU first
+        self.used = 0
+        self.peak = 0
+        self.pending: list[tuple[float, int]] = []  # heap of (due read count, id) not yet issued
+        self.queued: dict[int, float] = {}  # id -> its live entry's due
+        self.deferred: dict[int, float] = {}  # parameter requests held until the optimizer ran
+        self.reads = 0  # managed reads so far: the clock predictions are relative to
+        self.step_start = 0  # reads when the current optimizer step began
+        self.step_prev = 0  # reads in the previous optimizer step
+        self.in_optimizer = False
+        self.current = -1  # the id read last: handed to compute, not evictable
+        self.mark = 1  # 1 in warm-up, 2 measured: a prefetch's use is credited to the period that issued it
+        # counters (AccessStats and the tier's own)
+        self.hits = self.late = self.misses = 0  # accesses: their sum
+        self.stall_ns = self.bytes_copied = self.bytes_written_back = 0
+        self.prefetch_issued = self.prefetch_used = self.carried = self.evictions = 0
+        self.overcommits = self.write_stall_ns = self.requested = self.refused = self.optimizer_wait_ns = 0
+        self.steps = 0
+        self._warm: AccessStats | None = None
+        self._warm_extra = (0, 0, 0, 0, 0)
+        self.set_policy(policy)
+
+    # -- setup -------------------------------------------------------------------------------
+    def set_policy(self, policy: Policy) -> None:
+        """Fast paths decided once (not per event): called only when the policy overrides them."""
+        self._policy = policy
+        self.observe = policy.observe
+        self.pnu: Callable[[int], float] = policy.predicted_next_use
+        self.use_heap = overrides(policy, "next_read_key")  # the oracle: the scan's victims, in O(log n)
+        self.key = policy.next_read_key
+        self.rekeyed = policy.rekeyed if overrides(policy, "rekeyed") else None
+        self.admit = policy.admit_prefetch if overrides(policy, "admit_prefetch") else None
+        self._heap: list[tuple[int, int, int]] = []
+        self._tick = 0
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self.set_policy(policy)
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """Device budget; None: not known yet (no limit until it is set)."""
+        return self._budget
+
+    @budget_bytes.setter
+    def budget_bytes(self, budget_bytes: int | None) -> None:
+        self.set_budget(budget_bytes)
+
+    def set_budget(self, budget_bytes: int | None) -> None:
+        self._budget = budget_bytes
+        self._limit = float("inf") if budget_bytes is None else budget_bytes
+
+    def reserve(self, n: int) -> None:
+        """Room for ids below `n` (unknown kind, no size, not decided managed)."""
+        grow = n - len(self.nb)
+        if grow <= 0:
+            return
+        self.nb.extend([0] * grow)
+        self.kind.extend([-1] * grow)
+        self.managed.extend([None] * grow)
+        self.exists.extend(bytes(grow))
+        self.inflight.extend([None] * grow)
+        self.pref.extend(bytes(grow))
+        self.stamp.extend([0] * grow)
+        self.hkey.extend([0] * grow)
+
+    def declare(self, tid: int, kind: int, nbytes: int, managed: bool | None) -> None:
+        if tid >= len(self.nb):
+            self.reserve(tid + 1)
+        self.kind[tid] = kind
+        self.nb[tid] = nbytes
+        self.managed[tid] = managed
+        if kind != _ACT:
+            self.exists[tid] = 1  # a parameter always has its host master
+
+    # -- engine: what subclasses provide -----------------------------------------------------
+    def _start_copy(self, tid: int) -> Any:
+        """Start copying `tid` to the device; return a handle for _land/_finish."""
+        raise NotImplementedError
+
+    def _land(self, tid: int, handle: Any) -> int | None:
+        """A read reached a prefetch: None if its copy is complete (a hit), else the ns waited (late)."""
+        raise NotImplementedError
+
+    def _fetch(self, tid: int) -> int:
+        """A miss: copy `tid` now behind the queue and wait; return the ns waited."""
+        raise NotImplementedError
+
+    def _finish(self, tid: int, handle: Any) -> int:
+        """Wait for a copy in flight to complete (it is then resident); return the ns waited."""
+        raise NotImplementedError
+
+    def _write_back(self, tid: int) -> None:
+        """An evicted activation goes back to the host (the compute does not wait)."""
+
+    def _drop(self, tid: int) -> None:
+        """A parameter's device copy is let go (evicted or made stale by the optimizer)."""
+
+    def _busy(self) -> Collection[int]:
+        """Parameters of modules whose forward is under way: not evictable."""
+        return _NONE
+
+    def _eta(self, tid: int) -> tuple[int, int, int]:
+        """(when a copy of `tid` started now would complete, now, compute time now), for admit_prefetch."""
+        raise NotImplementedError
+
+    # -- a managed event -----------------------------------------------------------------------
+    def event(self, step: int, micro_step: int, phase: int, access: int, t: int) -> int:
+        """Serve the event (a read: hit, late or miss), show it to the policy, queue and issue
+        its requests. An activation's write is placed (write) and a read one freed (free)
+        by the caller, after this. One function, attributes read once: it runs per event."""
+        resident, inflight = self.resident, self.inflight
+        if access == _READ:
+            if t in resident:
+                h = inflight[t]
+                if h is not None:
+                    waited = self._land(t, h)
+                    inflight[t] = None
+                    if waited is None:
+                        self.hits += 1
+                        out = HIT
+                    else:
+                        self.late += 1
+                        self.stall_ns += waited
+                        out = LATE
+                else:
+                    self.hits += 1
+                    out = HIT
+                resident.move_to_end(t)
+            else:
+                self.misses += 1
+                out = MISS
+                if not self.exists[t]:
+                    raise ValueError(self.describe(t) + " read before any write of it")
+                n = self.nb[t]
+                if self.used + n > self._limit:
+                    self.make_room(n, t, False, 0)
+                self.stall_ns += self._fetch(t)
+                self.bytes_copied += n
+                self._place(t)
+            pref = self.pref
+            pv = pref[t]
+            if pv:
+                if pv == self.mark:
+                    self.prefetch_used += 1
+                else:
+                    self.carried += 1  # issued in warm-up, used after it: credited to warm-up
+                pref[t] = 0
+            self.current = t
+            self.queued.pop(t, None)  # read: a pending request for it is moot
+            self.reads += 1
+            reqs = self.observe(step, micro_step, phase, access, t)
+            if self.use_heap:
+                self._tick = tick = self._tick + 1
+                self.stamp[t] = tick
+                if inflight[t] is None:  # re-keyed by the read: pushed with its new key
+                    self.hkey[t] = k = self.key(t)
+                    heappush(self._heap, (-k, tick, t))
+                if self.rekeyed is not None or len(self._heap) > 4 * len(resident) + 1024:
+                    self._rekey(-1)  # the policy's re-keyed ids; compaction
+        else:
+            out = WRITE
+            reqs = self.observe(step, micro_step, phase, access, t)
+            if self.use_heap:
+                self._rekey(t)
+        if self.in_optimizer:
+            return out  # the optimizer's own reads and writes: its post-hook requeues
+        if reqs:
+            self.request(reqs)
+        if self.pending:
+            self.drain()
+        return out
+
+    def request(self, reqs: Sequence[int]) -> None:
+        """Queue the policy's requests by when they are due (position + 1 without a prediction)."""
+        resident, exists, managed, pnu = self.resident, self.exists, self.managed, self.pnu
+        n = len(managed)
+        reads = self.reads
+        for j, p in enumerate(reqs):
+            if p >= n or p in resident or not exists[p] or not managed[p]:
+                continue  # resident, in flight, not produced yet, or not managed
+            d = pnu(p)
+            self.want(p, reads + (d if d != _INF else j + 1))
+
+    def write(self, t: int, nbytes: int) -> None:
+        """An activation is produced on the device: its previous value goes, room is made
+        first (the peak never passes the budget), then it is resident."""
+        if self.exists[t]:
+            self.free(t)
+        self.nb[t] = nbytes
+        if self.used + nbytes > self._limit:
+            st = self.stall_ns
+            self.make_room(nbytes, t, False, 0)
+            self.write_stall_ns += self.stall_ns - st
+        self.exists[t] = 1
+        self._place(t)
+
+    def free(self, t: int) -> None:
+        """An activation's value is gone (read by autograd, or replaced): no cost."""
+        if t in self.resident:
+            del self.resident[t]
+            self.used -= self.nb[t]
+        self.exists[t] = 0
+        self.inflight[t] = None
+        self.pref[t] = 0
+
+    # -- the optimizer step ---------------------------------------------------------------------
+    def optimizer_begin(self) -> None:
+        """The optimizer updates the host masters: copies still reading them finish (step
+        time, not stall), every parameter's device copy is dropped (not an eviction), and
+        those still expected are queued again, fetched (updated) once the step is done."""
+        self.in_optimizer = True
+        kind, inflight, nb, pnu = self.kind, self.inflight, self.nb, self.pnu
+        for p in [p for p in self.resident if kind[p] != _ACT]:
+            h = inflight[p]
+            if h is not None:
+                self.optimizer_wait_ns += self._finish(p, h)
+                inflight[p] = None
+            del self.resident[p]
+            self.used -= nb[p]
+            self.pref[p] = 0
+            self._drop(p)
+            d = pnu(p)
+            if d != _INF:
+                self.want(p, self.reads + d)
+
+    def optimizer_end(self) -> None:
+        """The optimizer's post-hook: requests from here on belong to the next step."""
+        self.in_optimizer = False
+        self.step_prev, self.step_start = self.reads - self.step_start, self.reads
+        held, self.deferred = self.deferred, {}
+        for p, due in held.items():
+            self.want(p, due)
+        if self.pending:
+            self.drain()
+
+    # -- the request queue -----------------------------------------------------------------------
+    def want(self, t: int, due: float) -> None:
+        if self.kind[t] == _PARAM and self.step_prev and due > self.step_start + self.step_prev \
+                and not self.in_optimizer:
+            # Expected in the next step: the optimizer will rewrite its host master first, so a
+            # copy now would be thrown away. Hold the request until the step is done.
+            if self.deferred.get(t, _INF) > due:
+                self.deferred[t] = due
+            return
+        old = self.queued.get(t)
+        if old is None or due < old:
+            if old is None:
+                self.requested += 1
+            self.queued[t] = due
+            heappush(self.pending, (due, t))
+
+    def drain(self) -> None:
+        """Issue queued requests, soonest due first, while room can be made; a refused one
+        stays at the head and draining stops until the next event (ChampSim's prefetch_line
+        returning false): later requests are due later still."""
+        pending, queued, resident, exists, nb = self.pending, self.queued, self.resident, self.exists, self.nb
+        admit, limit, inflight, pref, mark = self.admit, self._limit, self.inflight, self.pref, self.mark
+        start, use_heap, stamp = self._start_copy, self.use_heap, self.stamp
+        while pending:
+            due, p = heappop(pending)
+            if queued.get(p) != due:
+                continue  # superseded by an earlier due, or already served
+            if p in resident or not exists[p]:
+                del queued[p]
+                continue
+            if admit is not None:
+                end, now, cnow = self._eta(p)
+                if not admit(p, end, now, cnow):
+                    del queued[p]
+                    continue
+            n = nb[p]
+            if self.used + n > limit and not self.make_room(n, p, True, due):
+                heappush(pending, (due, p))
+                self.refused += 1
+                return
+            del queued[p]
+            inflight[p] = start(p)
+            pref[p] = mark
+            resident[p] = None  # _place, for a copy in flight: it enters the eviction heap once read
+            self.used = used = self.used + n
+            if used > self.peak:
+                self.peak = used
+            if use_heap:
+                self._tick = stamp[p] = self._tick + 1
+            self.bytes_copied += n
+            self.prefetch_issued += 1
+
+    # -- room -----------------------------------------------------------------------------------
+    def make_room(self, need: int, protect: int, refuse: bool, due: float) -> bool:
+        """Evict until `need` more bytes fit. Candidates: residents except `protect`, the
+        tensor read last, unread prefetches and parameters in use. First, in LRU order, those
+        outside the policy's horizon; then the furthest predicted use first. With `refuse`
+        (a prefetch), never evict one predicted at or before `due`; otherwise (a demand
+        fetch, a write) wait for unread prefetches to land, the one needed last first, and
+        evict them; still short, go over budget and count an overcommit."""
+        limit = self._limit
+        if self.used + need <= limit:
+            return True
+        inflight, current = self.inflight, self.current
+        busy = self._busy()
+        if self.use_heap:
+            ok = self._room_from_heap(need, protect, refuse, due, busy)
+            if ok is not None:
+                return ok
+        else:
+            pnu, nb = self.pnu, self.nb
+            finite: list[tuple[float, int]] = []
+            lru: list[int] = []  # pass 1's victims, chosen before any goes (no copy of the resident set)
+            short = self.used + need - limit
+            for v in self.resident:
+                if v == protect or v == current or inflight[v] is not None or v in busy:
+                    continue
+                d = pnu(v)
+                if d == _INF:
+                    lru.append(v)
+                    short -= nb[v]
+                    if short <= 0:
+                        break
+                else:
+                    finite.append((d, v))
+            for v in lru:
+                self.evict(v, _INF)
+            if short <= 0:
+                return True
+            finite.sort(reverse=True)  # one ranking per call, not per eviction
+            horizon = due - self.reads
+            for d, v in finite:
+                if refuse and d <= horizon:
+                    return False
+                self.evict(v, d)
+                if self.used + need <= limit:
+                    return True
+        if refuse:
+            return False
+        pnu = self.pnu
+        for d, v in sorted([(pnu(v), v) for v in self.resident if inflight[v] is not None and v != protect],
+                           reverse=True):  # the copy needed last goes first (Belady), not the oldest
+            self.stall_ns += self._finish(v, inflight[v])
+            inflight[v] = None
+            self.evict(v, d)
+            if self.used + need <= limit:
+                return True
+        self.overcommits += 1
+        return True
+
+    def _room_from_heap(self, need: int, protect: int, refuse: bool, due: float, busy: Collection[int]) -> bool | None:
+        """Heap mode (a policy with next_read_key): the same victims as the scan, in O(log n).
+        None: not enough room among the candidates."""
+        heap, resident, stamp, hkey, inflight = self._heap, self.resident, self.stamp, self.hkey, self.inflight
+        current, limit = self.current, self._limit
+        aside = []
+        ok = None
+        while heap:
+            e = heappop(heap)
+            v = e[2]
+            if v not in resident or stamp[v] != e[1] or hkey[v] != -e[0]:
+                continue  # stale: evicted, freed, read again or re-keyed since pushed
+            if v == protect or v == current or inflight[v] is not None or v in busy:
+                aside.append(e)  # not a candidate now: back once the victims are chosen
+                continue
+            k = -e[0]
+            if k >= INF_POS:
+                self.evict(v, _INF)
+            else:
+                if refuse and k <= due:
+                    aside.append(e)
+                    ok = False
+                    break
+                self.evict(v, float(k - self.reads))
+            if self.used + need <= limit:
+                ok = True
+                break
+        for e in aside:
+            heappush(heap, e)
+        return ok
+
+    def _rekey(self, t: int) -> None:
+        """Heap mode, after observe: the observed id (-1: none) and those the policy re-keyed."""
+        heap, resident, inflight, stamp, key, hkey = self._heap, self.resident, self.inflight, self.stamp, self.key, self.hkey
+        if t >= 0 and t in resident and inflight[t] is None:
+            hkey[t] = k = key(t)
+            heappush(heap, (-k, stamp[t], t))
+        if self.rekeyed is not None:
+            for v in self.rekeyed():
+                if v in resident and inflight[v] is None:
+                    hkey[v] = k = key(v)
+                    heappush(heap, (-k, stamp[v], v))
+        if len(heap) > 4 * len(resident) + 1024:  # compact: drop the stale entries
+            self._heap = [(-hkey[v], stamp[v], v) for v in resident if inflight[v] is None]
+            heapify(self._heap)
+
+    def _place(self, t: int) -> None:
+        """`t` now has device bytes (a prefetch, a demand fetch, a write)."""
+        self.resident[t] = None
+        self.used += self.nb[t]
+        if self.used > self.peak:
+            self.peak = self.used
+        if self.use_heap:
+            self._tick += 1
+            self.stamp[t] = self._tick
+            if self.inflight[t] is None:  # an unread prefetch is not evictable: it enters the heap once read
+                self.hkey[t] = k = self.key(t)
+                heappush(self._heap, (-k, self._tick, t))
+
+    def evict(self, v: int, far: float) -> None:
+        """Evict a resident `v` (predicted `far` reads away): an activation is written back,
+        a parameter's copy dropped; one still expected is queued again."""
+        del self.resident[v]
+        self.used -= self.nb[v]
+        self.evictions += 1
+        self.pref[v] = 0
+        if self.kind[v] == _ACT:
+            self.bytes_written_back += self.nb[v]
+            self._write_back(v)
+        else:
+            self._drop(v)
+        if far != _INF:
+            self.want(v, self.reads + far)
+
+    # -- statistics -------------------------------------------------------------------------------
+    def totals(self) -> AccessStats:
+        return AccessStats(
+            accesses=self.hits + self.late + self.misses, hits=self.hits, late=self.late, misses=self.misses, stall_ns=self.stall_ns,
+            bytes_copied=self.bytes_copied, bytes_written_back=self.bytes_written_back,
+            prefetch_issued=self.prefetch_issued, prefetch_used=self.prefetch_used, evictions=self.evictions,
+            steps=self.steps,
+        )
+
+    def begin_measurement(self) -> None:
+        """Warm-up ends: snapshot the counters (ChampSim's way of dropping it); the peak
+        reported is over the measured steps from here."""
+        self._warm = self.totals()
+        self._warm_extra = (self.overcommits, self.write_stall_ns, self.requested, self.refused,
+                            self.optimizer_wait_ns)
+        self.mark = 2
+        self.peak = self.used
+
+    @property
+    def warmup(self) -> AccessStats | None:
+        """Warm-up counters, a warm-up prefetch used after warm-up credited to warm-up."""
+        if self._warm is None:
+            return None
+        w = self._warm.snapshot()
+        w.prefetch_used += self.carried
+        return w
+
+    def measured(self) -> AccessStats:
+        return self.totals() - self._warm if self._warm is not None else self.totals()
+
+    def measured_extra(self) -> dict[str, int]:
+        """The tier's own counters over the measured steps."""
+        now = (self.overcommits, self.write_stall_ns, self.requested, self.refused, self.optimizer_wait_ns)
+        names = ("overcommits", "write_stall_ns", "prefetch_requested", "prefetch_refused", "optimizer_wait_ns")
+        return {k: a - b for k, a, b in zip(names, now, self._warm_extra)}
+
+    def describe(self, tid: int) -> str:
+        """How errors name a tensor id (subclasses know keys)."""
+        return f"tensor #{tid}"
