@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from heapq import heappop, heappush
 from itertools import islice
-from typing import Collection
+from typing import Any, Collection, Generator
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from runtime.trace_format import Access, Kind, Phase, Trace
 _READ = int(Access.READ)
 _ACT = int(Kind.ACTIVATION)
 _NOTHING: frozenset[int] = frozenset()
-_CHUNK = 256  # measured events between checks of `give_up`
+_CHUNK = 256  # measured events a run goes on by in a portfolio race
 
 
 def _warmup_split(trace: Trace, warmup_steps: int) -> tuple[int, int]:
@@ -153,7 +154,46 @@ class TraceStream:
         )
 
 
-def _simulate_trace(
+def simulate_portfolio(trace: Trace, policies: list[Policy], **kw: Any) -> SimReport:
+    """Simulate `trace` with each policy and keep the best hit rate, then the shortest time
+    (the first in `policies` wins ties): the oracle's portfolio (prefetch.oracle.VARIANTS).
+
+    Best first, not one after the other: the run with the fewest missed reads so far goes on
+    by a chunk of events; once one has finished, a run that has already missed more reads
+    than it cannot win and is dropped. The pick is the same as simulating every policy to
+    the end; the likely winner finishes first, so the others stop early."""
+    stream = kw.pop("stream", None) or TraceStream.of(trace, kw["warmup_steps"])
+    chunk = _CHUNK if len(policies) > 1 else len(stream.tids) + 1
+    runs = [_run_trace(trace, p, stream=stream, chunk=chunk, **kw) for p in policies]
+    if len(runs) == 1:
+        return _finish(runs[0])
+    race = [(0, k) for k in range(len(runs))]
+    best: tuple[tuple[float, int, int], SimReport] | None = None
+    while race:
+        missed, k = heappop(race)
+        if best is not None and missed > best[1].stats.late + best[1].stats.misses:
+            runs[k].close()  # cannot have the best hit rate any more
+            continue
+        try:
+            heappush(race, (next(runs[k]), k))
+        except StopIteration as done:
+            r = done.value
+            rank = (r.stats.hit_rate, -r.measured_ns, -k)
+            if best is None or rank > best[0]:
+                best = (rank, r)
+    assert best is not None
+    return best[1]
+
+
+def _finish(run: Generator[int, None, SimReport]) -> SimReport:
+    while True:
+        try:
+            next(run)
+        except StopIteration as done:
+            return done.value
+
+
+def _run_trace(
     trace: Trace,
     policy: Policy,
     *,
@@ -163,13 +203,12 @@ def _simulate_trace(
     managed_bytes: int,
     link: LinkModel,
     warmup_steps: int,
-    give_up: int | None = None,
     stream: TraceStream | None = None,
-) -> SimReport | None:
-    """Replay one trace through the device tier with `policy`. With `give_up` (the oracle's
-    portfolio: the best variant's late + missed reads so far), None as soon as this run has
-    missed more measured reads: it cannot have the best hit rate. `stream`: the trace
-    prepared (TraceStream.of), when it is simulated more than once."""
+    chunk: int = _CHUNK,
+) -> Generator[int, None, SimReport]:
+    """Replay one trace through the device tier with `policy`, a chunk of events at a time:
+    yields the measured reads missed (late or miss) so far after each chunk, returns the
+    report. `stream`: the trace prepared (TraceStream.of), when it is simulated more than once."""
     if stream is None or stream.trace is not trace or stream.warmup_steps != warmup_steps:
         stream = TraceStream.of(trace, warmup_steps)
     measured_steps, measure_start = stream.measured_steps, stream.measure_start
@@ -181,9 +220,7 @@ def _simulate_trace(
 
     tier = _TraceTier(policy, budget_bytes, cpy)
     tier.names = trace.keys
-    tier.reserve(trace.num_tensors)
-    for t, (k, b, m) in enumerate(zip(stream.kinds, stream.nb, stream.managed)):
-        tier.declare(t, k, b, m)
+    tier.declare_all(stream.kinds, stream.nb, stream.managed)
     if overrides(policy, "bind_clock"):
         policy.bind_clock(tier.now)
     policy.start(TensorInfo.from_table(trace.tensors))
@@ -192,14 +229,15 @@ def _simulate_trace(
     outcome = bytearray(n)  # per managed event: HIT (0), LATE, MISS, WRITE
     tier.steps = warmup_steps
     t_measure = 0
-    chunks = [(0, measure_start)] + [(lo, min(lo + _CHUNK, n)) for lo in range(measure_start, n, _CHUNK)]
+    chunks = [(0, measure_start)] + [(lo, min(lo + chunk, n)) for lo in range(measure_start, n, chunk)]
+    warm_missed = 0
     for lo, hi in chunks:
         if lo == measure_start:  # end of warm-up
             tier.begin_measurement()
             t_measure = tier.now()
-            warm_misses = tier.late + tier.misses
-        elif give_up is not None and lo > measure_start and tier.late + tier.misses - warm_misses > give_up:
-            return None  # already more reads missed than the best variant's: it cannot win
+            warm_missed = tier.late + tier.misses
+        elif lo > measure_start:
+            yield tier.late + tier.misses - warm_missed
         for i, (s, m, ph, a, t, c, opt, busy) in enumerate(zip(
             islice(steps_l, lo, hi), islice(micro_l, lo, hi), islice(phase_l, lo, hi), islice(access_l, lo, hi),
             islice(tids_l, lo, hi), islice(ctime_l, lo, hi), islice(opt_l, lo, hi), islice(busy_l, lo, hi),
@@ -231,7 +269,7 @@ def _simulate_trace(
         baseline_ns=stream.baseline_ns,
         overcommits=extra["overcommits"], write_stall_ns=extra["write_stall_ns"],
         prefetch_requested=extra["prefetch_requested"], prefetch_refused=extra["prefetch_refused"],
-        optimizer_wait_ns=extra["optimizer_wait_ns"], trace=trace.stem.name,
+        optimizer_wait_ns=extra["optimizer_wait_ns"], trace=trace.stem.name, variant=policy.variant,
         outcomes=np.frombuffer(bytes(outcome), dtype=np.int8),
     )
 
@@ -268,4 +306,5 @@ def _params_in_use(trace: Trace, idx: np.ndarray, phase_l: list[int]) -> list[fr
         return c
 
     mods = np.asarray(trace.column("module_id"))[idx].tolist()
-    return [chain(m) if ph in _FORWARD_PHASES else _NOTHING for m, ph in zip(mods, phase_l)]
+    of = {m: chain(m) for m in set(mods)}
+    return [of[m] if ph in _FORWARD_PHASES else _NOTHING for m, ph in zip(mods, phase_l)]

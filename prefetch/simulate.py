@@ -29,7 +29,7 @@ from predictor.interface import Policy, PolicyError, check_policy
 from prefetch.oracle import VARIANTS as ORACLE_VARIANTS
 from prefetch.oracle import OraclePolicy, compute_deltas
 from prefetch.sim_report import SimReport, _combine, format_table
-from prefetch.sim_trace import HIT, LATE, MISS, WRITE, TraceStream, _simulate_trace, _warmup_split
+from prefetch.sim_trace import HIT, LATE, MISS, WRITE, _warmup_split, simulate_portfolio
 from runtime.budget import Budget, parse_budget
 from runtime.defaults import LIVE_LOOKAHEAD
 from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
@@ -78,24 +78,15 @@ def simulate(
         managed, largest, largest_key = _sizes(trace)
         budget_bytes = parsed.resolve(managed, largest, f"{largest_key} in {trace.stem.name}")
         trace_link = link or _link_from_ratio(trace, link_ratio, latency_s, warmup_steps, managed)
-        best: SimReport | None = None
-        stream = TraceStream.of(trace, warmup_steps)  # prepared once for every strategy of a portfolio
-        for pol in _make_policies(policy, trace, budget_bytes, lookahead):
-            if path is not None:
-                pol = SimulatedDaemonPolicy(pol, lookahead=lookahead, path=path)
-            run = _simulate_trace(
-                trace, pol, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,
-                link=trace_link, warmup_steps=warmup_steps,
-                give_up=None if best is None else best.stats.late + best.stats.misses, stream=stream,
-            )
-            if run is None:
-                continue  # a portfolio variant that missed more reads than the best so far
-            run.variant = pol.variant
-            run.lookahead = lookahead if isinstance(policy, str) and policy != "oracle" else None
-            # the oracle's portfolio: the best hit rate, then the shortest time (first wins ties)
-            if best is None or (run.stats.hit_rate, -run.measured_ns) > (best.stats.hit_rate, -best.measured_ns):
-                best = run
-        assert best is not None
+        pols = _make_policies(policy, trace, budget_bytes, lookahead)
+        if path is not None:
+            pols = [SimulatedDaemonPolicy(pol, lookahead=lookahead, path=path) for pol in pols]
+        # the oracle's portfolio: the best hit rate, then the shortest time (first wins ties)
+        best = simulate_portfolio(
+            trace, pols, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,
+            link=trace_link, warmup_steps=warmup_steps,
+        )
+        best.lookahead = lookahead if isinstance(policy, str) and policy != "oracle" else None
         runs.append(best)
     report = runs[0] if len(runs) == 1 else _combine(runs)
     if isinstance(policy, str) and policy.startswith("learned:"):

@@ -122,6 +122,15 @@ class DeviceTier:
         self.stamp.extend([0] * grow)
         self.hkey.extend([0] * grow)
 
+    def declare_all(self, kinds: list[int], nbytes: list[int], managed: list[bool]) -> None:
+        """Every id at once (a trace's tensor table): declare() for ids 0..n-1, in bulk."""
+        n = len(kinds)
+        self.reserve(n)
+        self.kind[:n] = kinds
+        self.nb[:n] = nbytes
+        self.managed[:n] = managed
+        self.exists[:n] = bytes(k != _ACT for k in kinds)
+
     def declare(self, tid: int, kind: int, nbytes: int, managed: bool | None) -> None:
         if tid >= len(self.nb):
             self.reserve(tid + 1)
