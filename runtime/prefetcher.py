@@ -9,7 +9,9 @@ Parameters and saved activations live in host memory; a device tier under the bu
 holds what the policy predicts comes next. On CUDA copies run on a side stream; without
 CUDA on the simulated device (a copy-engine thread timed by the link model). The first
 step is warm-up: it fixes the budget (as a fraction of the managed bytes seen) and, for
-the simulated device, the link (from the link ratio and the step's measured time).
+the simulated device, the link (from the link ratio and the step's measured time), unless
+both are known up front (a reference tensor table, and the all-resident step's wall and
+CPU time: `prefetch run` gives all three), when they are fixed before the first step.
 """
 
 from __future__ import annotations
@@ -160,6 +162,12 @@ class Prefetcher:
             managed = sum(r["nbytes"] for r in config.reference_tensors if is_managed(r["kind"], r["nbytes"]))
             if budget_bytes is None and managed:  # sizes known up front: the budget is too
                 self.store.budget_bytes = max(1, int(fraction * managed))
+            if managed and not self._link_fixed and config.baseline_step_time_s and config.baseline_step_cpu_s:
+                # and so is the link: fixed now, the warm-up step's copies take link time as
+                # in the simulation of this run's trace (with the warm-up link, instant, the
+                # simulator entered the measured steps with a copy backlog the live run had not)
+                self._fix_link()
+                self._link_fixed = True
         self.store.attach(self.tracker)
         if self.store.budget_bytes is not None:  # refuse an impossible budget before training starts
             check_budget(self.store.budget_bytes, self.store.largest_managed_bytes(), self.store._largest_key())

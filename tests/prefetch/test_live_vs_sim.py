@@ -3,7 +3,8 @@
 Issue 10's check: same workload, same seed, live (runtime.prefetching with `trace_out`)
 and `simulate_like_run(report, trace)` on the trace that very run wrote, whose times are
 the compute the live copy engine saw (runtime.link.ComputeClock.compute_ns). Hit rates
-must agree within 1 pt; the device clock's slowdown within 5 %.
+must agree within 1 pt, the device clock's slowdown within 2 % (measured: 0 to 0.3 pt,
+0.0 to 0.5 %, on a loaded machine).
 """
 
 from __future__ import annotations
@@ -17,52 +18,82 @@ from runtime.live_trace import CLOCK_COMPUTE
 from runtime.trace_format import load_trace
 
 WORKLOADS = ("gpt2", "llama")
-POLICIES = (
-    "none",
-    "replay",
-    "markov",
-    # TODO(issue 10): learned through the daemon joins once the simulator models the daemon
-    # path (a predictor/ wrapper the simulator uses for `learned:`): drop the skip mark and
-    # give it a model trained on seeds other than 2 (tests/fixtures' way: record + train).
-    pytest.param("learned", marks=pytest.mark.skip(
-        reason="the simulator runs learned: in process, live runs it through the daemon (batched, a batch "
-               "late, replay beside it): no like-for-like figure until the daemon path is simulated")),
-)
+LEARNED_SKIP = pytest.mark.skip(
+    reason="TODO(issue 10): the simulated daemon path needs the shared tier's bind_clock (uncommitted), and "
+           "its fixed round trip is not the live daemon's: replies read 0 to 15 batches late live, 1 simulated; "
+           "llama learned measured +0.22 and +1.34 pt in two runs")
+"""Drop this mark once the daemon path's simulated timing matches the live one (the model is
+trained here, on seeds 0 and 1; the test is then slow, ~35 s)."""
+POLICIES = ("none", "replay", "markov", pytest.param("learned", marks=[LEARNED_SKIP, pytest.mark.slow]))
 STEPS = 4
+SEED = 2
+TRAIN_SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory):
-    """One live run and its simulation per workload and (unskipped) policy, seed 2."""
+def models(tmp_path_factory):
+    """A learned model per workload's architecture, trained on seeds 0 and 1 (not the evaluated 2)."""
+    from predictor.train import TrainConfig, train
+    from prefetch.recording import record_workload
+
+    root = tmp_path_factory.mktemp("learned")
+    dirs = []
+    for w in WORKLOADS:
+        for seed in TRAIN_SEEDS:
+            dirs.append(root / w / f"seed{seed}")
+            record_workload(w, STEPS, dirs[-1], seed=seed, progress=False)
+    train(dirs, root / "models", progress=False, log=lambda *a: None)
+    return root / "models"
+
+
+def _runs(tmp_path_factory, policies: list[str]) -> dict[tuple[str, str], dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         out = {}
         for w in WORKLOADS:
             folder = tmp_path_factory.mktemp(w)
-            for r in live_and_simulated(w, ["none", "replay", "markov"], seed=2, steps=STEPS, out=folder):
+            for r in live_and_simulated(w, policies, seed=SEED, steps=STEPS, out=folder):
                 out[w, r["policy"]] = r
         return out
     finally:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    """One live run and its simulation per workload and policy without a model, seed 2."""
+    return _runs(tmp_path_factory, ["none", "replay", "markov"])
+
+
+@pytest.fixture(scope="module")
+def learned_rows(tmp_path_factory, models):
+    """The same for learned through the daemon (what `learned:DIR` does live)."""
+    return _runs(tmp_path_factory, [f"learned:{models}"])
+
+
+def _row(request, workload: str, policy: str) -> dict:
+    return request.getfixturevalue("learned_rows" if policy == "learned" else "rows")[workload, policy]
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("workload", WORKLOADS)
-def test_hit_rates_agree_within_one_point(rows, workload, policy):
-    """|live hit rate - simulated hit rate| <= 1 pt, over the same managed reads."""
-    r = rows[workload, policy]
+def test_hit_rates_agree_within_one_point(request, workload, policy):
+    """|live hit rate - simulated hit rate| <= 1 pt, over the same managed reads, on a seed
+    the learned model was not trained on."""
+    r = _row(request, workload, policy)
     assert r["accesses_live"] == r["accesses_sim"] > 0
+    assert not r["in_sample"]
     assert abs(r["hit_pt"]) <= 1.0, r
 
 
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("workload", WORKLOADS)
-def test_slowdowns_agree(rows, workload, policy):
-    """The device clock's slowdown (compute + waits over compute) is the simulator's within 5 %:
+def test_slowdowns_agree(request, workload, policy):
+    """The device clock's slowdown (compute + waits over compute) is the simulator's within 2 %:
     the trace's deltas are compute only, so the simulator's own stalls are not counted twice."""
-    r = rows[workload, policy]
-    assert r["slowdown_sim"] == pytest.approx(r["slowdown_live"], rel=0.05), r
+    r = _row(request, workload, policy)
+    assert r["slowdown_sim"] == pytest.approx(r["slowdown_live"], rel=0.02), r
 
 
 def test_live_trace_is_timed_by_the_compute_clock(rows):
