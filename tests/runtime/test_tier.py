@@ -1,0 +1,114 @@
+"""runtime.tier: one device tier; the live store and the simulator are engines over it, not copies of it."""
+
+from __future__ import annotations
+
+import pytest
+
+from predictor.interface import NO_PREDICTION, BasePolicy
+from prefetch.sim_trace import _TraceTier
+from runtime.store import TensorStore
+from runtime.tier import HIT, LATE, MISS, WRITE, DeviceTier
+from runtime.trace_format import Access, Kind
+
+RULES = ("event", "request", "write", "free", "optimizer_begin", "optimizer_end", "want", "drain", "make_room",
+         "_room_from_heap", "_rekey", "_place", "evict", "begin_measurement", "measured", "totals")
+"""The tier's rules: written once, in DeviceTier."""
+ENGINE = ("_start_copy", "_land", "_fetch", "_finish", "_write_back", "_drop", "_busy", "_eta", "describe")
+
+R, W = int(Access.READ), int(Access.WRITE)
+P, A = int(Kind.PARAMETER), int(Kind.ACTIVATION)
+
+
+@pytest.mark.parametrize("engine", [TensorStore, _TraceTier])
+def test_engines_override_time_not_rules(engine):
+    """The live store and the simulator's engine subclass the tier and define none of its rules, only the engine hooks."""
+    assert issubclass(engine, DeviceTier)
+    for name in RULES:
+        assert name in DeviceTier.__dict__, name
+        assert engine.__dict__.get(name) is None, f"{engine.__name__} redefines the tier's rule {name}"
+    assert {n for n in ENGINE if n in engine.__dict__} >= {"_start_copy", "_land", "_fetch", "_finish"}
+
+
+class Clock(DeviceTier):
+    """The smallest engine: every copy takes `copy_ns`, time moves only when the test says."""
+
+    def __init__(self, policy, budget, copy_ns=10):
+        super().__init__(policy, budget)
+        self.now, self.copy_ns, self.free_at = 0, copy_ns, 0
+
+    def _start_copy(self, tid):
+        self.free_at = max(self.free_at, self.now) + self.copy_ns
+        return self.free_at
+
+    def _land(self, tid, ready):
+        if ready <= self.now:
+            return None
+        waited, self.now = ready - self.now, ready
+        return waited
+
+    def _fetch(self, tid):
+        return self._finish(tid, self._start_copy(tid))
+
+    def _finish(self, tid, ready):
+        waited = max(0, ready - self.now)
+        self.now += waited
+        return waited
+
+
+class Next(BasePolicy):
+    """Asks for tensor t + 1 after each read of t; predicts nothing (LRU eviction)."""
+
+    def observe(self, step, micro_step, phase, access, tensor_id):
+        return [tensor_id + 1] if access == R else []
+
+    def predicted_next_use(self, tensor_id):
+        return NO_PREDICTION
+
+
+def _tier(budget=300, copy_ns=10):
+    tier = Clock(Next(), budget, copy_ns)
+    tier.declare_all([P, P, P, A], [100, 100, 100, 100], [True, True, True, True])
+    return tier
+
+
+def test_a_prefetch_is_a_hit_once_landed_late_before():
+    """Read 0 (miss) prefetches 1; read 1 after the copy's time is a hit, read 2 right away is late, then stalls."""
+    tier = _tier()
+    assert tier.event(0, 0, 0, R, 0) == MISS and tier.stall_ns == 10
+    tier.now += 10  # compute: tensor 1's copy (issued at 10, done at 20) lands
+    assert tier.event(0, 0, 0, R, 1) == HIT  # and prefetches 2, done at 30
+    assert tier.event(0, 0, 0, R, 2) == LATE and tier.stall_ns == 20
+    assert (tier.hits, tier.late, tier.misses, tier.prefetch_used) == (1, 1, 1, 2)
+
+
+def test_budget_holds_and_lru_gives_way():
+    """Three tensors fit; the fourth read evicts the least recently used; the peak never passes the budget."""
+    tier = _tier(budget=200)
+    for t in (0, 1, 2):
+        tier.event(0, 0, 0, R, t)
+        tier.now += 100
+    assert tier.used <= 200 and tier.peak <= 200 and tier.evictions >= 1
+    assert 0 not in tier.resident and 2 in tier.resident
+
+
+def test_an_activation_is_written_freed_and_never_read_unwritten():
+    """A write places an activation, its read frees it; a read of one never written is an error naming it."""
+    tier = _tier()
+    assert tier.event(0, 0, 0, W, 3) == WRITE
+    tier.write(3, 100)
+    assert 3 in tier.resident and tier.used == 100
+    assert tier.event(0, 0, 1, R, 3) == HIT
+    tier.free(3)
+    assert 3 not in tier.resident and tier.used == 0
+    with pytest.raises(ValueError, match="tensor #3 read before any write"):
+        tier.event(1, 0, 0, R, 3)
+
+
+def test_optimizer_drops_parameter_copies_not_as_evictions():
+    """The optimizer step drops every parameter's device copy (waiting for one in flight) and counts no eviction."""
+    tier = _tier()
+    tier.event(0, 0, 0, R, 0)  # prefetches 1, in flight
+    tier.optimizer_begin()
+    assert not tier.resident and tier.used == 0 and tier.evictions == 0 and tier.optimizer_wait_ns == 10
+    tier.optimizer_end()
+    assert tier.step_start == tier.reads == 1
