@@ -61,7 +61,8 @@ class DaemonPolicy(DaemonAdvice):
         self.note = (f"daemon {endpoint}: " + (
             f"serves {self.client.served_policy}" + (f" ({self.client.hello.fallback_reason})"
                                                      if self.client.hello and self.client.hello.fallback_reason else "")
-            if connected else f"did not answer; local {fallback} serves"))
+            if connected else f"did not answer; local {fallback} serves")
+            + (f"; local {fallback} answers next use where the daemon has none" if connected else ""))
         self._was_down = not connected
         self._up = connected  # client.connected as of the last observe (read per eviction candidate)
 
