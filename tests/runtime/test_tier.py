@@ -81,9 +81,11 @@ def test_a_prefetch_is_a_hit_once_landed_late_before():
     assert (tier.hits, tier.late, tier.misses, tier.prefetch_used) == (1, 1, 1, 2)
 
 
-def test_budget_holds_and_lru_gives_way():
-    """Three tensors fit; the fourth read evicts the least recently used; the peak never passes the budget."""
+@pytest.mark.parametrize("policy", [Next(), BasePolicy()], ids=["prefetching", "none"])
+def test_budget_holds_and_lru_gives_way(policy):
+    """Two tensors fit; the third read (a prefetch or a miss) evicts the least recently used; the peak never passes the budget."""
     tier = _tier(budget=200)
+    tier.policy = policy
     for t in (0, 1, 2):
         tier.event(0, 0, 0, R, t)
         tier.now += 100
