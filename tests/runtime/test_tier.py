@@ -65,6 +65,13 @@ class Next(BasePolicy):
         return NO_PREDICTION
 
 
+class Nothing(Next):
+    """Asks for nothing: every absent read is a miss."""
+
+    def observe(self, step, micro_step, phase, access, tensor_id):
+        return []
+
+
 def _tier(budget=300, copy_ns=10):
     tier = Clock(Next(), budget, copy_ns)
     tier.declare_all([P, P, P, A], [100, 100, 100, 100], [True, True, True, True])
@@ -81,7 +88,7 @@ def test_a_prefetch_is_a_hit_once_landed_late_before():
     assert (tier.hits, tier.late, tier.misses, tier.prefetch_used) == (1, 1, 1, 2)
 
 
-@pytest.mark.parametrize("policy", [Next(), BasePolicy()], ids=["prefetching", "none"])
+@pytest.mark.parametrize("policy", [Next(), Nothing()], ids=["prefetching", "none"])
 def test_budget_holds_and_lru_gives_way(policy):
     """Two tensors fit; the third read (a prefetch or a miss) evicts the least recently used; the peak never passes the budget."""
     tier = _tier(budget=200)
