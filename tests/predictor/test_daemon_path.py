@@ -268,3 +268,26 @@ def test_simulate_like_run_sends_learned_through_the_daemon(traces, model_dir):
     assert simulate_like_run(run).policy == f"learned:{model_dir} via daemon"
     assert simulate_like_run(run, daemon=False).policy == f"learned:{model_dir}"
     assert simulate_like_run({**run, "policy": "replay"}).policy == "replay"
+
+
+def test_cli_via_daemon_selects_the_path_and_its_options_need_it(traces, tmp_path, capsys):
+    """`prefetch simulate --via-daemon` reports the policy through the daemon, its round trip
+    reaches the path (a round trip longer than the trace: nothing requested); the path's
+    options without --via-daemon, and a bad fallback, are one-line errors naming the flag."""
+    import json
+
+    from prefetch.cli import main as cli_main
+
+    trace, out = str(_trace(traces)), tmp_path / "r.json"
+    assert cli_main(["simulate", trace, "--policy", "replay", "--via-daemon", "--json", str(out)]) == 0
+    served = json.loads(out.read_text())
+    assert served["policy"] == "replay via daemon" and served["prefetch_requested"] > 0
+    assert cli_main(["simulate", trace, "--policy", "replay", "--via-daemon", "--daemon-round-trip-us", "1e12",
+                     "--daemon-fallback", "none", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["prefetch_requested"] == 0
+    capsys.readouterr()
+    assert cli_main(["simulate", trace, "--policy", "replay", "--daemon-fallback", "none"]) == 2
+    assert "--daemon-fallback goes with --via-daemon" in capsys.readouterr().err
+    assert cli_main(["simulate", trace, "--policy", "replay", "--via-daemon", "--daemon-fallback", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "--daemon-fallback: unknown policy 'bogus'" in err and len(err.strip().splitlines()) == 1
