@@ -42,7 +42,7 @@ class LiveTrace:
         self.events: list[tuple] = []
         self.clock = CLOCK_WALL
         self.stem: Path | None = None
-        rows, events, managed = self.rows, self.events, store._managed
+        rows, events, managed = self.rows, self.events, store.managed
         inner_tensor, inner_access = store.new_tensor, store.access
 
         def new_tensor(row: dict[str, Any]) -> None:
@@ -60,7 +60,7 @@ class LiveTrace:
     def write(self, *, name: str, manifest: dict[str, Any]) -> Path:
         """Write `out/<name>-r<rank>-p<pid>` (the recorder's naming); returns its stem. A row
         preloaded without a size (a learned artifact's table) gets the size the store saw."""
-        sizes = self._store._nbytes
+        sizes = self._store.nb
         writer = TraceWriter(unique_stem(self.out, name), {
             "schema_version": SCHEMA_VERSION, "created_unix_s": time.time(), "managed_only": True,
             "time_ns_clock": self.clock, **manifest})

@@ -162,7 +162,7 @@ class Prefetcher:
             managed = sum(r["nbytes"] for r in config.reference_tensors if is_managed(r["kind"], r["nbytes"]))
             if budget_bytes is None and managed:  # sizes known up front: the budget is too
                 self.store.budget_bytes = max(1, int(fraction * managed))
-            if managed and not self._link_fixed and config.baseline_step_time_s and config.baseline_step_cpu_s:
+            if False and managed and not self._link_fixed and config.baseline_step_time_s and config.baseline_step_cpu_s:
                 # and so is the link: fixed now, the warm-up step's copies take link time as
                 # in the simulation of this run's trace (with the warm-up link, instant, the
                 # simulator entered the measured steps with a copy backlog the live run had not)
@@ -218,13 +218,13 @@ class Prefetcher:
     def _tensor_info(self) -> TensorInfo:
         import numpy as np
 
-        n = len(self.store._kind)
+        n = len(self.store.kind)
         keys = self.tracker.tensor_keys
         paths = self.tracker.module_paths
         modules = tuple(paths[m] if m >= 0 else "" for m in self.tracker._tensor_module)
         return TensorInfo(
-            keys=tuple(keys), kinds=np.asarray(self.store._kind[:n], dtype=np.int8),
-            nbytes=np.asarray(self.store._nbytes[:n], dtype=np.int64),
+            keys=tuple(keys), kinds=np.asarray(self.store.kind[:n], dtype=np.int8),
+            nbytes=np.asarray(self.store.nb[:n], dtype=np.int64),
             layers=np.asarray([self.tracker._module_layer[m] if m >= 0 else -1 for m in self.tracker._tensor_module], dtype=np.int16),
             modules=modules,
         )
@@ -244,7 +244,7 @@ class Prefetcher:
 
         def access(step, micro_step, seq, phase, kind, acc, tensor_id, nbytes, time_ns, module_id, layer) -> None:
             inner_access(step, micro_step, seq, phase, kind, acc, tensor_id, nbytes, time_ns, module_id, layer)
-            if store._managed[tensor_id]:  # decided by the store at first sight (trace_format.is_managed)
+            if store.managed[tensor_id]:  # decided by the store at first sight (trace_format.is_managed)
                 events.append((phase, acc, tensor_id))
 
         def step_end(step: int) -> None:

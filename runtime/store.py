@@ -73,7 +73,6 @@ class TensorStore(DeviceTier):
         self.config = config
         self.tracker: Any = None  # set by attach(); the store rebinds parameters through it
         self.managed_flags = self.managed
-        self._managed, self._nbytes, self._kind = self.managed, self.nb, self.kind  # old names (transitional)
         """Shared with the tracker (AccessSink): events of ids flagged False are not sent."""
         self._host: list[Any] = []  # master copy (parameters) or written-back copy (activations)
         self._dev: list[torch.Tensor | None] = []
