@@ -162,7 +162,7 @@ class Prefetcher:
             managed = sum(r["nbytes"] for r in config.reference_tensors if is_managed(r["kind"], r["nbytes"]))
             if budget_bytes is None and managed:  # sizes known up front: the budget is too
                 self.store.budget_bytes = max(1, int(fraction * managed))
-            if False and managed and not self._link_fixed and config.baseline_step_time_s and config.baseline_step_cpu_s:
+            if managed and not self._link_fixed and config.baseline_step_time_s and config.baseline_step_cpu_s:
                 # and so is the link: fixed now, the warm-up step's copies take link time as
                 # in the simulation of this run's trace (with the warm-up link, instant, the
                 # simulator entered the measured steps with a copy backlog the live run had not)
