@@ -148,7 +148,7 @@ class CudaMonitor:
         persistent += sum(b.numel() * b.element_size() for b in self.model.buffers() if b.is_cuda)
         persistent += sum(t.numel() * t.element_size() for t in self._optimizer_tensors() if t.is_cuda)
         st = self.store
-        small_acts = sum(n for k, n, m in zip(st._kind, st._nbytes, st._managed) if k == Kind.ACTIVATION and not m)
+        small_acts = sum(n for k, n, m in zip(st.kind, st.nb, st.managed) if k == Kind.ACTIVATION and not m)
         working = small_acts + WORKING_SET_LARGEST * st.largest_managed_bytes() + ROUNDING_SLACK
         budget = st.budget_bytes or 0
         return {"budget_bytes": budget, "persistent_bytes": persistent, "managed_grad_bytes": managed_grads,
