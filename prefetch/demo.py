@@ -9,8 +9,8 @@ The protocol (issue 9): the learned model never sees the runs it is scored on.
 3. runs every workload live on each EVALUATION seed (default 2, 3, 4; disjoint from the
    training seeds) with every registered policy (`none`, `replay`, ... and `learned`), each against the same
    job all resident (losses, parameters and optimizer state compared bit for bit);
-4. evaluates the learned model offline on those unseen runs' traces, and simulates each
-   live run's own trace with the same policies and the `oracle` (simulated figures are
+4. evaluates the learned model offline on those unseen runs' traces, and simulates the
+   trace recorded from each run's seed with the same policies and the `oracle` (simulated figures are
    only ever compared with simulated figures of the same trace), plus a budget sweep on
    an unseen trace;
 5. writes results.json and the report (prefetch.report), and prints the table: per
@@ -143,7 +143,7 @@ class DemoConfig:
                 "budget": self.budget, "link_ratio": self.link_ratio,
                 "policies": [p.partition(":")[0] for p in self.policies],
                 "summary": "median over the evaluation seeds with min-max; learned trained on the training seeds "
-                           "only; simulated figures (oracle included) replay each live run's own trace"}
+                           "only; simulated figures (oracle included) replay the trace recorded (all resident) from the same seed"}
 
 
 def _say(msg: str) -> None:
@@ -258,7 +258,7 @@ def run_demo(out: str | Path | None = None, *, config: DemoConfig | None = None,
                 check_learned({"policy": "learned", **t}, f"offline evaluation of {t.get('trace')}")
             doc["offline_eval"] = _offline_summary(evaluation)
             done("offline_eval")
-        say("4/5 simulating each live run's own trace: the same policies and the oracle; a budget sweep")
+        say("4/5 simulating the recorded trace of each run's seed: the same policies and the oracle; a budget sweep")
         _simulate(cfg, runs, doc)
         done("simulate")
     finally:

@@ -99,7 +99,7 @@ def format_table(rows: list[dict[str, Any]], protocol: dict[str, Any] | None = N
 
     Live figures are the median over the runs (seeds) with [min-max] for hit rate and
     slowdown; late, misses, stall and MiB copied are medians. The simulated columns replay
-    each run's own trace; the oracle row has only simulated figures. The fastest policy
+    the trace recorded (all resident) from each run's seed; the oracle row has only simulated figures. The fastest policy
     per workload (lowest median slowdown, `none` included) is marked."""
     summary = summarize(rows, protocol)
     runs = [s for s in summary if s["kind"] == "run"]
@@ -211,8 +211,9 @@ LEGEND = """\
 - **accuracy**: prefetches used / prefetches issued.
 - **identical loss/param/optim**: the prefetched run's losses, final parameters and optimizer state equal the
   all-resident twin's, bit for bit (`?`: not reported by the run).
-- **sim hit rate / sim slowdown**: the simulator (prefetch.simulate) replaying each live run's own trace with
-  the same policy, budget and link. ***oracle (sim)***: the offline bound on those same traces; it is
+- **sim hit rate / sim slowdown**: the simulator (prefetch.simulate) replaying the trace recorded (all
+  resident) from each live run's seed with the same policy, budget and link (a live run against the simulation
+  of its own trace: benchmarks/live_vs_sim.py). ***oracle (sim)***: the offline bound on those same traces; it is
   simulated, so compare it with the sim columns only, never with live figures.
 - **sim vs oracle**: a run's simulated hit rate minus the oracle's on the same trace, in percentage points."""
 
@@ -230,7 +231,7 @@ def format_markdown(rows: list[dict[str, Any]], *, title: str | None = None, mac
         setup.append(f"- **protocol**: learned trained on seeds {_seed_text(protocol.get('train_seeds'))} "
                      f"({protocol.get('train_steps', '?')} steps each); every policy run live on the unseen seeds "
                      f"{_seed_text(protocol.get('eval_seeds'))}, one run per seed; figures are the median over "
-                     "them with [min-max]; simulated figures replay each live run's own trace")
+                     "them with [min-max]; simulated figures replay the trace recorded from each run's seed")
     setup.append(f"- **device**: {_describe_device(rows, machine)}")
     link = _describe_link(rows)
     if link:
