@@ -3,6 +3,7 @@
     DaemonAdvice                    the bookkeeping: dues from commands, staleness, the local fallback
       runtime.daemon_policy.DaemonPolicy   + a ZeroMQ DaemonClient (the live path)
       SimulatedDaemonPolicy                + an in-process policy behind batching and a round trip
+    ReplySchedule                   which event each reply was read at, as a live run recorded it
 
 A learned policy in a live run is served by the prefetch daemon: the training process
 sends its accesses in batches of `DAEMON_BATCH_EVENTS`, reads replies once per batch right
@@ -19,19 +20,28 @@ the daemon" means what the live one means:
   answers NO_PREDICTION, i.e. no local view). docs/predictor.md, "The daemon path, live
   and simulated", has the measurements that keep replay.
 - while the daemon is down (`_up` False, live only) the fallback serves everything.
+
+When a reply is read is the one thing the simulation cannot know: live, it depends on
+how fast the daemon answered. The simulated path models it (a fixed round trip on the
+executor's clock) unless it is given the run's own `ReplySchedule` (the live DaemonPolicy
+records one, kept with the run's trace under the manifest key `daemon_replies`); then
+each batch's reply is read at exactly the event it was read at live.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from predictor.interface import NO_PREDICTION, BasePolicy, Policy, TensorInfo
 from runtime.defaults import DAEMON_BATCH_EVENTS, DAEMON_ROUND_TRIP_NS
 from runtime.wire import MAX_COMMAND_IDS
+
+MANIFEST_KEY = "daemon_replies"
+"""The trace manifest key holding a live run's ReplySchedule (ReplySchedule.as_manifest)."""
 
 _READ = 0
 DEFAULT_FALLBACK = "replay"
@@ -98,6 +108,80 @@ class DaemonAdvice(BasePolicy):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplySchedule:
+    """When a live run read each daemon reply, by event: what the simulation of that run follows.
+
+    The client sends a batch every `batch_events` events and polls right after each send,
+    so batch b (events b*B .. b*B+B-1) goes out at event b*B+B-1 and its reply is read at
+    the poll after some send: `read_at[b]`, an event index counted from 0 in the session
+    (the client's own observe calls), or -1 when that reply was never read (refused or lost;
+    replies come in order). Batches past the end of `read_at` were never answered before
+    the run ended. `events`: the events the session observed; `source` names the trace in errors.
+    """
+
+    batch_events: int
+    events: int
+    read_at: tuple[int, ...]
+    source: str = "daemon reply schedule"
+
+    def __post_init__(self) -> None:
+        where, size = f"{self.source}: {MANIFEST_KEY}", self.batch_events
+        if size < 1:
+            raise ValueError(f"{where}: batch_events must be >= 1, got {size}")
+        if self.events < 0:
+            raise ValueError(f"{where}: events must be >= 0, got {self.events}")
+        last = -1
+        for b, at in enumerate(self.read_at):
+            if at == -1:
+                continue
+            sent = (b + 1) * size - 1
+            if at < sent:
+                raise ValueError(f"{where}: batch {b}'s reply is recorded at event {at}, before the batch was sent "
+                                 f"(event {sent})")
+            if at >= self.events:
+                raise ValueError(f"{where}: batch {b}'s reply is recorded at event {at}, past the "
+                                 f"{self.events} events recorded")
+            if (at + 1) % size:
+                raise ValueError(f"{where}: batch {b}'s reply is recorded at event {at}, which is no poll "
+                                 f"(the client polls right after a send: every {size} events)")
+            if at < last:
+                raise ValueError(f"{where}: batch {b}'s reply is recorded at event {at}, before an earlier "
+                                 f"batch's (event {last}): replies come in order")
+            last = at
+
+    @property
+    def replies(self) -> int:
+        """Replies read (batches with a recorded event)."""
+        return sum(1 for at in self.read_at if at >= 0)
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {"batch_events": self.batch_events, "events": self.events, "read_at": list(self.read_at)}
+
+    @classmethod
+    def from_manifest(cls, obj: Any, source: str) -> "ReplySchedule":
+        """The schedule a trace manifest holds under MANIFEST_KEY; a one-line ValueError naming `source` if malformed."""
+        ok = isinstance(obj, dict) and all(isinstance(obj.get(k), int) and not isinstance(obj.get(k), bool)
+                                           for k in ("batch_events", "events"))
+        read_at = obj.get("read_at") if isinstance(obj, dict) else None
+        if not ok or not isinstance(read_at, list) or not all(type(x) is int for x in read_at):
+            raise ValueError(f"{source}: {MANIFEST_KEY} must be {{batch_events: int, events: int, read_at: [int, ...]}}")
+        return cls(obj["batch_events"], obj["events"], tuple(read_at), source)
+
+    @classmethod
+    def from_trace(cls, trace: Any) -> "ReplySchedule | None":
+        """The schedule kept with a trace (a runtime.trace_format.Trace), None when it has none;
+        checked against the trace: it must cover exactly the trace's events."""
+        obj = trace.manifest.get(MANIFEST_KEY)
+        if obj is None:
+            return None
+        sched = cls.from_manifest(obj, str(trace.stem))
+        if sched.events != trace.num_events:
+            raise ValueError(f"{trace.stem}: {MANIFEST_KEY} covers {sched.events} events, the trace has "
+                             f"{trace.num_events}: not this trace's schedule")
+        return sched
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonPath:
     """How the simulated daemon path delivers a policy's requests (defaults: what live runs do)."""
 
@@ -107,8 +191,14 @@ class DaemonPath:
     """From a batch's send to its reply being readable, on the executor's clock (measured: runtime.defaults)."""
     fallback: str = DEFAULT_FALLBACK
     """The local policy answering next use where the daemon gave no fresh due; "none": no local view."""
+    schedule: ReplySchedule | None = None
+    """A live run's recorded reply schedule: each reply is read at its recorded event (the
+    round trip is then unused). None: the round-trip model."""
 
     def __post_init__(self) -> None:
+        if self.schedule is not None and self.schedule.batch_events != self.batch_events:
+            raise ValueError(f"daemon path: batch_events {self.batch_events}, but {self.schedule.source} was "
+                             f"recorded with batches of {self.schedule.batch_events}")
         if self.batch_events < 1:
             raise ValueError(f"daemon path: batch_events must be >= 1, got {self.batch_events}")
         if self.round_trip_ns < 0:
@@ -118,8 +208,15 @@ class DaemonPath:
         if parse_spec(self.fallback)[0] == LEARNED:
             raise ValueError("daemon path: the local fallback must be a policy without a model (replay, none, ...)")
 
+    @property
+    def replies(self) -> str:
+        """"recorded" (a live run's schedule) or "modelled" (the round trip): when replies are read."""
+        return "modelled" if self.schedule is None else "recorded"
+
     def describe(self) -> str:
-        return (f"daemon path: batches of {self.batch_events}, round trip {self.round_trip_ns / 1000:g} us, "
+        when = (f"replies read at the events recorded live ({self.schedule.replies} replies, {self.schedule.source})"
+                if self.schedule is not None else f"round trip {self.round_trip_ns / 1000:g} us")
+        return (f"daemon path: batches of {self.batch_events}, daemon replies: {self.replies}, {when}, "
                 f"local {self.fallback} beside it")
 
 
@@ -133,6 +230,10 @@ class SimulatedDaemonPolicy(DaemonAdvice):
     reply becomes requests at the first send at or after its arrival. Until then the
     fallback answers next use. Needs `bind_clock` before `start` (the simulator calls it).
     The daemon never goes down here: no socket, no timeouts.
+
+    With `path.schedule` (a live run's ReplySchedule) the clock is not used: batch b's reply
+    is read at exactly event `read_at[b]`, never when -1 or past the schedule's end. A stream
+    longer than the schedule's `events` is not the run it was recorded from: ValueError.
     """
 
     def __init__(self, inner: Policy, *, lookahead: int, path: DaemonPath | None = None):
@@ -146,20 +247,26 @@ class SimulatedDaemonPolicy(DaemonAdvice):
         self.served_by = f"{inner.served_by or inner.name} (simulated daemon)"
         self.note = path.describe()
         self.variant = inner.variant
+        self.schedule = path.schedule
         self._now: Callable[[], int] | None = None
         self._buffered = 0
+        self._events = 0  # events observed this session (the schedule's clock)
+        self._sent = 0  # batches sent this session
         self._batch: list[int] = []  # the inner policy's requests for the batch being filled
-        self._in_flight: deque[tuple[int, list[int], list[float]]] = deque()  # (readable at, ids, next uses)
+        # (readable at: ns on the executor's clock, or the event index with a schedule; ids; next uses)
+        self._in_flight: deque[tuple[int, list[int], list[float]]] = deque()
 
     def bind_clock(self, now_ns: Callable[[], int]) -> None:
         self._now = now_ns
 
     def start(self, tensors: TensorInfo) -> None:
-        if self._now is None:
+        if self._now is None and self.schedule is None:
             raise RuntimeError("SimulatedDaemonPolicy needs the executor's clock: call bind_clock() before start()")
         self.inner.start(tensors)
         self.start_advice(tensors)
         self._buffered = 0
+        self._events = 0
+        self._sent = 0
         self._batch = []
         self._in_flight.clear()
 
@@ -168,6 +275,12 @@ class SimulatedDaemonPolicy(DaemonAdvice):
         reqs = self.inner.observe(step, micro_step, phase, access, tensor_id)  # the daemon's view
         if len(reqs):
             self._batch.extend(reqs)
+        event = self._events
+        self._events = event + 1
+        sched = self.schedule
+        if sched is not None and event >= sched.events:
+            raise ValueError(f"{sched.source}: {MANIFEST_KEY} covers {sched.events} events, the stream has more: "
+                             "not the run it was recorded from")
         self._buffered += 1
         if self._buffered < self.batch_events:
             return ()
@@ -176,8 +289,16 @@ class SimulatedDaemonPolicy(DaemonAdvice):
         ids, self._batch = self._batch[:MAX_COMMAND_IDS], []
         pnu = self.inner.predicted_next_use
         next_use = np.asarray([pnu(t) for t in ids], dtype=np.float32).tolist()  # float32 on the wire
-        now = self._now()  # type: ignore[misc]
-        self._in_flight.append((now + self.round_trip_ns, ids, next_use))
+        b = self._sent
+        self._sent = b + 1
+        if sched is None:
+            now = self._now()  # type: ignore[misc]
+            self._in_flight.append((now + self.round_trip_ns, ids, next_use))
+        else:  # read at the recorded event; never when -1 or not recorded (the run ended first)
+            now = event
+            at = sched.read_at[b] if b < len(sched.read_at) else -1
+            if at >= 0:
+                self._in_flight.append((at, ids, next_use))
         # the poll right after the send: every reply that has arrived, oldest first
         arrived = []
         while self._in_flight and self._in_flight[0][0] <= now:
@@ -194,4 +315,4 @@ class SimulatedDaemonPolicy(DaemonAdvice):
         self.fallback.close()
 
 
-__all__ = ["DEFAULT_FALLBACK", "DaemonAdvice", "DaemonPath", "SimulatedDaemonPolicy"]
+__all__ = ["DEFAULT_FALLBACK", "MANIFEST_KEY", "DaemonAdvice", "DaemonPath", "ReplySchedule", "SimulatedDaemonPolicy"]

@@ -12,6 +12,11 @@ by the simulated device's compute clock, runtime.live_trace) and
 `simulate_like_run(report, trace)` on it. No all-resident twin: the live slowdown here is
 the device clock's, (compute + waits) / compute over the measured steps, the quantity the
 simulator models; a wall slowdown against the baseline pass is given beside it.
+
+A learned run goes through the daemon; its trace keeps the event each reply was read at
+(predictor.daemon_path.ReplySchedule), which the simulation follows: the row's
+`daemon_replies` says "recorded". `modelled_too` adds, per learned run, a row simulated
+with the round-trip model instead ("modelled"): what the latency model alone gives.
 """
 
 from __future__ import annotations
@@ -107,13 +112,16 @@ def compare(live: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
 
 def live_and_simulated(workload_name: str, policies: list[str], *, seed: int, steps: int, out: str | Path | None = None,
                        budget: float = 0.4, link_ratio: float = DEFAULT_LINK_RATIO, warmup: int = 1,
-                       trace_clock: str = "compute", keep_outcomes: bool = False) -> list[dict[str, Any]]:
+                       trace_clock: str = "compute", keep_outcomes: bool = False,
+                       modelled_too: bool = False) -> list[dict[str, Any]]:
     """One row per policy (see `compare`), with `workload`, `policy`, `seed`, `trace` and
     `in_sample` (a learned model trained on this seed). `trace_clock` says which trace is
     simulated: "compute" (the run's own, timed by the device clock: the check), "wall"
     (the run's own, timed in wall time) or "recorded" (the recorded pass's, what `prefetch
     run --trace-out` keeps). `keep_outcomes`: each row also carries the simulation's
-    per-event outcomes (`sim_outcomes`) and the live report (for diagnosis)."""
+    per-event outcomes (`sim_outcomes`) and the live report (for diagnosis). `daemon_replies`:
+    for a learned row, "recorded" or "modelled" (module docstring; `modelled_too` adds the
+    modelled row after each recorded one), else None."""
     if trace_clock not in ("compute", "wall", "recorded"):
         raise ValueError(f"trace_clock must be compute, wall or recorded, got {trace_clock!r}")
     from prefetch.simulate import simulate_like_run
@@ -134,14 +142,18 @@ def live_and_simulated(workload_name: str, policies: list[str], *, seed: int, st
             live, stem = live_run(workload, policy, seed=seed, steps=steps, budget=budget, link_ratio=link_ratio,
                                   warmup=warmup, baseline=baseline, reference=reference, out=out / label,
                                   wall_clock=trace_clock == "wall")
-            sim = simulate_like_run(live, recorded if trace_clock == "recorded" else stem)
-            row = {"workload": workload_name, "policy": label, "seed": seed, "trace_clock": trace_clock,
-                   "trace": str(recorded if trace_clock == "recorded" else stem),
-                   "in_sample": live.get("in_sample"), **compare(live, sim.as_dict())}
-            if keep_outcomes:
-                row["sim_outcomes"] = sim.outcomes
-                row["live_report"] = live
-            rows.append(row)
+            trace = recorded if trace_clock == "recorded" else stem
+            sims = [simulate_like_run(live, trace)]
+            if modelled_too and sims[0].extra.get("daemon_replies") == "recorded":
+                sims.append(simulate_like_run(live, trace, daemon=True))  # the round-trip model alone
+            for sim in sims:
+                row = {"workload": workload_name, "policy": label, "seed": seed, "trace_clock": trace_clock,
+                       "trace": str(trace), "daemon_replies": sim.extra.get("daemon_replies"),
+                       "in_sample": live.get("in_sample"), **compare(live, sim.as_dict())}
+                if keep_outcomes:
+                    row["sim_outcomes"] = sim.outcomes
+                    row["live_report"] = live
+                rows.append(row)
         return rows
     finally:
         if tmp is not None:

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from predictor.daemon_path import DaemonPath, SimulatedDaemonPolicy
+from predictor.daemon_path import DaemonPath, ReplySchedule, SimulatedDaemonPolicy
 from predictor.interface import Policy, PolicyError, check_policy
 from prefetch.oracle import VARIANTS as ORACLE_VARIANTS
 from prefetch.oracle import OraclePolicy, compute_deltas
@@ -115,8 +115,11 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
     and `lookahead` when present, else LIVE_LOOKAHEAD). trace: the trace it recorded (a stem, a file
     or a Trace; default: the report's `trace`). A report without a link (a CUDA run) is
     simulated with the default link ratio. `overrides` go to simulate() (e.g. policy=...).
-    A learned policy is simulated through the daemon path (daemon=True), as a live run
-    serves it (live `learned:` always goes through the daemon), unless `daemon` is overridden.
+    A learned policy is simulated through the daemon path, as a live run serves it (live
+    `learned:` always goes through the daemon), unless `daemon` is overridden: with the
+    trace's recorded reply schedule when it has one (manifest `daemon_replies`: each reply
+    read at the event the run read it), else the round-trip model; the report's
+    `daemon_replies` says which ("recorded" or "modelled"). `daemon=True` asks for the model.
     The hit rate is what the live one should be within a couple of points.
     """
     if trace is None:
@@ -138,8 +141,14 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
     kwargs.update(overrides)
     policy = kwargs.pop("policy", run_report["policy"])
     if "daemon" not in kwargs:  # as the live run serves it: learned through the daemon, the rest in process
-        kwargs["daemon"] = isinstance(policy, str) and policy.startswith("learned:")
-    return simulate(trace, policy, **kwargs)
+        learned = isinstance(policy, str) and policy.startswith("learned:")
+        schedule = ReplySchedule.from_trace(trace) if learned else None
+        kwargs["daemon"] = DaemonPath(batch_events=schedule.batch_events, schedule=schedule) if schedule is not None else learned
+    report = simulate(trace, policy, **kwargs)
+    path = DaemonPath() if kwargs["daemon"] is True else (kwargs["daemon"] or None)
+    if path is not None:
+        report.extra["daemon_replies"] = path.replies
+    return report
 
 
 def _load(traces) -> list[Trace]:

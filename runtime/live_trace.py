@@ -10,6 +10,11 @@ very run it came from:
   (runtime.link.ComputeClock.compute_ns: the device clock less its waits), not wall time;
   on CUDA it is wall time (time.monotonic_ns), as in a recorded trace.
 
+A learned run served by the daemon also keeps, in the manifest under `daemon_replies`, the
+event each daemon reply was read at (predictor.daemon_path.ReplySchedule.as_manifest,
+from runtime.daemon_policy.DaemonPolicy), so its simulation reads each reply where this
+run read it (docs/traces.md, "A prefetched run's own trace").
+
 Events and tensor rows are kept in memory during the run (one tuple per managed access,
 inside the hooks, off the simulated device's clock) and written when the prefetcher closes:
 a writer thread during the run would be CPU time the simulated device counts as compute.
@@ -27,6 +32,8 @@ from runtime.trace_format import SCHEMA_VERSION
 from runtime.trace_writer import TraceWriter, check_output_dir
 
 CLOCK_WALL = "wall: time.monotonic_ns"
+DAEMON_REPLIES_KEY = "daemon_replies"
+"""Manifest key of the daemon's reply schedule (predictor.daemon_path.MANIFEST_KEY: the same name)."""
 CLOCK_COMPUTE = "compute: simulated device clock less its waits (runtime.link.ComputeClock.compute_ns)"
 
 
@@ -42,6 +49,8 @@ class LiveTrace:
         self.events: list[tuple] = []
         self.clock = CLOCK_WALL
         self.stem: Path | None = None
+        self.daemon_replies = False
+        """Whether the written trace holds the daemon's reply schedule (manifest `daemon_replies`)."""
         rows, events, managed = self.rows, self.events, store.managed
         inner_tensor, inner_access = store.new_tensor, store.access
 
@@ -57,13 +66,15 @@ class LiveTrace:
         store.new_tensor, store.access = new_tensor, access  # type: ignore[method-assign]
         self._store = store
 
-    def write(self, *, name: str, manifest: dict[str, Any]) -> Path:
+    def write(self, *, name: str, manifest: dict[str, Any], daemon_replies: dict[str, Any] | None = None) -> Path:
         """Write `out/<name>-r<rank>-p<pid>` (the recorder's naming); returns its stem. A row
-        preloaded without a size (a learned artifact's table) gets the size the store saw."""
+        preloaded without a size (a learned artifact's table) gets the size the store saw.
+        `daemon_replies`: the daemon's reply schedule (ReplySchedule.as_manifest), kept in the manifest."""
         sizes = self._store.nb
+        extra = {DAEMON_REPLIES_KEY: daemon_replies} if daemon_replies is not None else {}
         writer = TraceWriter(unique_stem(self.out, name), {
             "schema_version": SCHEMA_VERSION, "created_unix_s": time.time(), "managed_only": True,
-            "time_ns_clock": self.clock, **manifest})
+            "time_ns_clock": self.clock, **manifest, **extra})
         for row in sorted(self.rows, key=lambda r: r["tensor_id"]):
             if not row["nbytes"] and row["tensor_id"] < len(sizes):
                 row = {**row, "nbytes": int(sizes[row["tensor_id"]] or 0)}
@@ -71,4 +82,5 @@ class LiveTrace:
         writer.add_events(self.events)
         writer.close(steps=(self.events[-1][0] + 1) if self.events else 0)
         self.stem = writer.stem
+        self.daemon_replies = daemon_replies is not None
         return writer.stem

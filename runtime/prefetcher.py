@@ -377,7 +377,23 @@ class Prefetcher:
             identity=Identity(**identity) if identity else None,
             cuda=cuda,
             provenance=self.provenance().as_dict() if self.config.policy.startswith("learned:") else None,
+            extra=self._trace_extra(),
         )
+
+    def _daemon_policy(self) -> Any:
+        """The store's DaemonPolicy (a learned run served by the daemon), else None."""
+        if not self.config.policy.startswith("learned:"):
+            return None
+        from runtime.daemon_policy import DaemonPolicy
+
+        return self.store.policy if isinstance(self.store.policy, DaemonPolicy) else None
+
+    def _trace_extra(self) -> dict[str, Any]:
+        """With a kept trace and the daemon: whether it holds the reply schedule (`daemon_replies`)."""
+        pol = self._daemon_policy()
+        if self.live_trace is None or self.trace_stem is None or pol is None:
+            return {}
+        return {"daemon_replies": "recorded" if self.live_trace.daemon_replies else pol.schedule_note or "not recorded"}
 
     def compare_state(self, reference: Any, *, losses: Any = None, reference_losses: Any = None) -> dict[str, Any]:
         """Compare the model and optimizer now, bit for bit, with `reference` (a
@@ -444,8 +460,11 @@ class Prefetcher:
         self.store.policy.close()
         self.device.close()
         if self.live_trace is not None:
+            pol = self._daemon_policy()
+            schedule = pol.reply_schedule() if pol is not None else None
             self.trace_stem = self.live_trace.write(
                 name=self.config.workload or type(self.model).__name__,
+                daemon_replies=schedule.as_manifest() if schedule is not None else None,
                 manifest={"architecture": self.tracker.architecture, "workload": self.config.workload,
                           "seed": self.config.seed, "modules": self.tracker.module_paths,
                           "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",

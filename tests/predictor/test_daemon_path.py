@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zmq
 
-from predictor.daemon_path import DaemonPath, SimulatedDaemonPolicy
+from predictor.daemon_path import DaemonPath, ReplySchedule, SimulatedDaemonPolicy
 from predictor.interface import NO_PREDICTION, BasePolicy, TensorInfo
 from predictor.policies import make_policy
 from prefetch.daemon_config import DaemonConfig
@@ -291,3 +291,145 @@ def test_cli_via_daemon_selects_the_path_and_its_options_need_it(traces, tmp_pat
     assert cli_main(["simulate", trace, "--policy", "replay", "--via-daemon", "--daemon-fallback", "bogus"]) == 2
     err = capsys.readouterr().err
     assert "--daemon-fallback: unknown policy 'bogus'" in err and len(err.strip().splitlines()) == 1
+
+
+# -- the recorded reply schedule (ReplySchedule) ------------------------------------------------
+def scheduled(inner, read_at, *, events=100, batch=2, fallback="replay") -> SimulatedDaemonPolicy:
+    sched = ReplySchedule(batch, events, tuple(read_at), "run-x")
+    pol = SimulatedDaemonPolicy(inner, lookahead=4, path=DaemonPath(batch_events=batch, fallback=fallback,
+                                                                     schedule=sched))
+    pol.start(table())  # no clock: a schedule does not need one
+    return pol
+
+
+def test_a_recorded_schedule_is_followed_exactly():
+    """Batch b's reply is delivered at event read_at[b], whatever the clock says; -1 and
+    batches past the schedule's end are never delivered; replies read together keep their order."""
+    script = {0: [1], 2: [2], 4: [3], 6: [4], 8: [5], 10: [6]}  # one request per batch of 2
+    pol = scheduled(Scripted(script, {}), [3, 7, -1, 9, 9])
+    clock = Clock()
+    clock.t = 10**15  # a modelled reply would have arrived long ago: ignored
+    pol.bind_clock(clock)
+    got = [list(pol.observe(0, 0, FWD, READ, 11)) for _ in range(14)]
+    assert [(i, r) for i, r in enumerate(got) if r] == [(3, [1]), (7, [2]), (9, [4, 5])]
+    assert pol.note is not None and "daemon replies: recorded" in pol.note and "run-x" in pol.note
+
+
+def test_a_bad_schedule_is_a_one_line_error_naming_its_trace():
+    """A reply recorded before its batch was sent, off a poll, out of order or past the events; a
+    stream longer than the schedule; a path with other batches; a malformed manifest entry: each
+    a one-line ValueError naming the trace."""
+    bad = {"before the batch was sent": [0], "no poll": [1, 4], "in order": [5, 3], "past the": [1, 3, 5, 7, 9, 11]}
+    for why, read_at in bad.items():
+        with pytest.raises(ValueError, match=why) as err:
+            ReplySchedule(2, 10, tuple(read_at), "run-x")
+        assert str(err.value).startswith("run-x: daemon_replies:") and "\n" not in str(err.value)
+    pol = scheduled(Scripted({}, {}), [1, 3], events=4)
+    for _ in range(4):
+        pol.observe(0, 0, FWD, READ, 11)
+    with pytest.raises(ValueError, match="run-x: daemon_replies covers 4 events, the stream has more"):
+        pol.observe(0, 0, FWD, READ, 11)
+    with pytest.raises(ValueError, match="recorded with batches of 2"):
+        DaemonPath(batch_events=3, schedule=ReplySchedule(2, 4, (1,), "run-x"))
+    for obj in ({"batch_events": 2, "events": 4}, {"batch_events": "2", "events": 4, "read_at": []},
+                {"batch_events": 2, "events": 4, "read_at": [1.5]}, [1, 3]):
+        with pytest.raises(ValueError, match=r"^run-x: daemon_replies must be \{batch_events"):
+            ReplySchedule.from_manifest(obj, "run-x")
+
+
+def test_live_client_records_the_schedule_its_simulation_replays(tmp_path):
+    """A live DaemonPolicy whose replies come back irregularly (some held for polls) records
+    which event it read each at; the simulated path given that schedule returns the very same
+    requests and next use at every event."""
+    from runtime.daemon_policy import DaemonPolicy
+
+    lookahead, batch = 4, 2
+    gate = threading.Semaphore(0)
+
+    def factory(spec, *, architecture, tensors, lookahead):
+        policy = Gated(make_policy("replay", lookahead=lookahead), gate, batch)
+        policy.start(tensors)
+        return PolicyChoice(policy, served="replay")
+
+    ctx = zmq.Context()
+    d = run_daemon_in_thread(DaemonConfig(bind="tcp://127.0.0.1:*", poll_ms=1), policy_factory=factory, context=ctx)
+    events = stream(4, swap_in_step=2)
+    live_reqs, live_nu = [], []
+    live = DaemonPolicy("learned:unused", architecture="Arch-test", endpoint=d.endpoint, lookahead=lookahead,
+                        tensors_fn=table, batch_events=batch)
+    try:
+        assert live.client.connected
+        live.start(table())
+        sends = 0
+        for ev in events:
+            live_reqs.append(list(live.observe(*ev)))
+            live_nu.append([live.predicted_next_use(t) for t in range(N)])
+            if not live.client.buffered:  # a batch went out: hold every third, then let two through
+                sends += 1
+                if sends % 3:
+                    gate.release(1 if sends % 3 == 1 else 2)
+                    assert live.client.wait(5000), "the daemon did not answer"
+    finally:
+        live.close()
+        d.stop()
+        ctx.term()
+    sched = live.reply_schedule()
+    assert sched is not None and live.schedule_note is None
+    assert sched.events == len(events) and sched.batch_events == batch
+    lateness = {at - (2 * b + 1) for b, at in enumerate(sched.read_at) if at >= 0}
+    assert 0 < max(lateness) and len(lateness) > 1, sched.read_at  # irregular: not one fixed lag
+
+    sim = SimulatedDaemonPolicy(make_policy("replay", lookahead=lookahead), lookahead=lookahead,
+                                path=DaemonPath(batch_events=batch, schedule=sched))
+    sim.start(table())
+    sim_reqs, sim_nu = [], []
+    for ev in events:
+        sim_reqs.append(list(sim.observe(*ev)))
+        sim_nu.append([sim.predicted_next_use(t) for t in range(N)])
+    assert any(sim_reqs)
+    assert sim_reqs == live_reqs
+    assert sim_nu == live_nu
+
+
+def test_live_client_keeps_no_schedule_when_the_daemon_was_down():
+    """A client that never reached its daemon has no schedule, and says why."""
+    from runtime.daemon_policy import DaemonPolicy
+
+    live = DaemonPolicy("learned:unused", architecture="Arch-test", endpoint="tcp://127.0.0.1:9",
+                        lookahead=4, tensors_fn=table, batch_events=2, connect_timeout_s=0.2)
+    try:
+        assert not live.client.connected
+        live.start(table())
+        for ev in stream(1):
+            live.observe(*ev)
+    finally:
+        live.close()
+    assert live.reply_schedule() is None
+    assert live.schedule_note == "daemon reply schedule not kept: the daemon was down"
+
+
+def test_simulate_like_run_follows_the_traces_recorded_schedule(traces, model_dir):
+    """A learned run's trace with a reply schedule is simulated by it (report: daemon_replies
+    "recorded"): every reply read at its own send is the zero round trip, none read is an
+    infinite one; without a schedule the model serves ("modelled"); one for another trace is
+    an error naming the trace."""
+    from prefetch.simulate import simulate, simulate_like_run
+    from runtime.trace_format import load_trace
+
+    spec = f"learned:{model_dir}"
+    run = {"policy": spec, "budget_bytes": 1 << 22}
+    trace = load_trace(_trace(traces)).managed()
+    n, size = trace.num_events, 2
+    modelled = simulate_like_run(run, trace)
+    assert modelled.extra["daemon_replies"] == "modelled"
+    for read_at, rtt in ((tuple(2 * b + 1 for b in range(n // size)), 0), ((), 10**15)):
+        trace.manifest["daemon_replies"] = {"batch_events": size, "events": n, "read_at": list(read_at)}
+        got = simulate_like_run(run, trace)
+        want = simulate(trace, spec, budget=1 << 22, daemon=DaemonPath(round_trip_ns=rtt))
+        assert got.extra["daemon_replies"] == "recorded"
+        assert (got.stats.hits, got.stats.late, got.prefetch_requested) == (
+            want.stats.hits, want.stats.late, want.prefetch_requested)
+    assert simulate_like_run(run, trace, daemon=True).extra["daemon_replies"] == "modelled"
+    trace.manifest["daemon_replies"]["events"] = n + 2
+    with pytest.raises(ValueError, match=f"^{trace.stem}: daemon_replies covers {n + 2} events, the trace has {n}"):
+        simulate_like_run(run, trace)
