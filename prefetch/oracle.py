@@ -54,7 +54,7 @@ amortised plus the requests it returns.
 from __future__ import annotations
 
 from heapq import heappop, heappush
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -175,6 +175,32 @@ def future_tables(tensor_ids: np.ndarray, is_read: np.ndarray, is_write: np.ndar
     return {"value_next_read": value_next_read, "prev_write": prev_write, "initial_next_read": initial}
 
 
+def _tables(trace: Trace, window: str) -> dict[str, Any]:
+    """What every oracle strategy with this window reads of `trace` (built once per trace: Trace.derived)."""
+    ms = managed_stream(trace)
+    idx = ms["index"]
+    tids = np.asarray(trace.column("tensor_id"), dtype=np.int64)[idx]
+    access = np.asarray(trace.column("access"))[idx]
+    nbytes = trace.tensor_nbytes()
+    kinds = trace.tensor_kinds()
+    is_read = access == _READ
+    # a parameter's write is the optimizer's update of its host master: no device value
+    is_write = ~is_read & (kinds[tids] == int(Kind.ACTIVATION))
+    tables = future_tables(tids, is_read, is_write, trace.num_tensors)
+    win = np.flatnonzero(is_read if window == "reads" else is_read | is_write)  # window events
+    win_index = np.full(len(tids), -1, dtype=np.int64)
+    win_index[win] = np.arange(len(win))
+    return {
+        "managed_bytes": int(nbytes[trace.managed_tensors()].sum()),
+        "tids": tids.tolist(), "nbytes": nbytes.tolist(),
+        "vnr": tables["value_next_read"].tolist(), "initial": tables["initial_next_read"].tolist(),
+        "win_is_read": is_read[win].tolist(), "win_index": win_index.tolist(), "win_t": tids[win].tolist(),
+        "win_prev_write": tables["prev_write"][win].tolist(),
+        "reads": np.cumsum(is_read).tolist() + [0],  # reads up to each event; [-1]: before the first
+        "ctime": ms["ctime"].tolist(),  # compute time up to each event, no stalls
+    }
+
+
 class OraclePolicy(BasePolicy):
     """Perfect future knowledge of one trace: Belady eviction, aggressive in-order prefetching.
 
@@ -192,14 +218,9 @@ class OraclePolicy(BasePolicy):
             raise ValueError(f"oracle window must be one of {WINDOWS}, got {window!r}")
         if not 0 < fraction <= 1:
             raise ValueError(f"oracle window fraction must be in (0, 1], got {fraction}")
-        ms = managed_stream(trace)
-        idx = ms["index"]
-        tids = np.asarray(trace.column("tensor_id"), dtype=np.int64)[idx]
-        access = np.asarray(trace.column("access"))[idx]
         self.num_tensors = trace.num_tensors
-        nbytes = trace.tensor_nbytes()
-        kinds = trace.tensor_kinds()
-        budget = int(nbytes[trace.managed_tensors()].sum()) if budget_bytes is None else int(budget_bytes)
+        shared = trace.derived(("oracle", window), lambda: _tables(trace, window))  # the same for every strategy
+        budget = shared["managed_bytes"] if budget_bytes is None else int(budget_bytes)
         self.budget_bytes = int(fraction * budget)
         """Window size: the distinct bytes the oracle looks ahead (`fraction` of the device budget)."""
         self.window = window
@@ -212,24 +233,10 @@ class OraclePolicy(BasePolicy):
         optimizer step), and evicts what lies beyond it first, in LRU order."""
         self.variant = (window + (f"@{fraction:g}" if fraction != 1 else "") + ("+drop-late" if drop_late else "")
                         + ("+horizon" if horizon else ""))
-        is_read = access == _READ
-        # a parameter's write is the optimizer's update of its host master: no device value
-        is_write = ~is_read & (kinds[tids] == int(Kind.ACTIVATION))
-        tables = future_tables(tids, is_read, is_write, self.num_tensors)
-        win = np.flatnonzero(is_read if window == "reads" else is_read | is_write)  # window events
-        self._win_is_read = is_read[win].tolist()
-        win_index = np.full(len(tids), -1, dtype=np.int64)
-        win_index[win] = np.arange(len(win))
-        # Python lists: observe() indexes them once per event
-        self._tids = tids.tolist()
-        self._nbytes = nbytes.tolist()
-        self._vnr = tables["value_next_read"].tolist()
-        self._initial = tables["initial_next_read"].tolist()
-        self._win_index = win_index.tolist()
-        self._win_t = tids[win].tolist()
-        self._win_prev_write = tables["prev_write"][win].tolist()
-        self._reads = np.cumsum(is_read).tolist() + [0]  # reads up to each event; [-1]: before the first
-        self._ctime = ms["ctime"].tolist()  # compute time up to each event, no stalls
+        # Python lists (observe() indexes them once per event), read-only: shared by the strategies
+        self._tids, self._nbytes, self._vnr, self._initial = shared["tids"], shared["nbytes"], shared["vnr"], shared["initial"]
+        self._win_is_read, self._win_index, self._win_t = shared["win_is_read"], shared["win_index"], shared["win_t"]
+        self._win_prev_write, self._reads, self._ctime = shared["win_prev_write"], shared["reads"], shared["ctime"]
         self._started = False
 
     # -- Policy protocol ---------------------------------------------------------------
@@ -270,7 +277,12 @@ class OraclePolicy(BasePolicy):
                     self._wbytes -= self._nbytes[tensor_id]
             else:  # the window had not reached this event (only before the first extension)
                 self._front = ri + 1
-        out = self._extend(i + 1)
+        front, win_t = self._front, self._win_t
+        out: Sequence[int] = ()
+        if front < len(win_t):
+            t = win_t[front]
+            if self._count[t] or self._wbytes + self._nbytes[t] <= self.budget_bytes:
+                out = self._extend(i + 1)  # else the window is full (most events): nothing to do
         if self._pending_out:
             out = self._pending_out + list(out)
             self._pending_out = []
@@ -324,11 +336,6 @@ class OraclePolicy(BasePolicy):
         """Grow the window over future reads while its distinct bytes fit the budget."""
         front = self._front
         read_t, count, nbytes = self._win_t, self._count, self._nbytes
-        if front >= len(read_t):
-            return ()
-        t = read_t[front]
-        if count[t] == 0 and self._wbytes + nbytes[t] > self.budget_bytes:
-            return ()  # the window is full (most events): nothing to do
         out: list[int] = []
         prev_w = self._win_prev_write
         is_read = self._win_is_read

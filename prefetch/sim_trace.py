@@ -49,8 +49,9 @@ class _TraceTier(DeviceTier):
         self.comp = 0
         self.lag = 0
         self.engine_free = 0  # when the FIFO copy engine finishes its last queued copy
-        self.busy: Collection[int] = _NOTHING  # parameters of the modules running at this event
-        self.names: list[str] = []
+        self.running = -1  # the module whose forward is under way at this event (-1: none)
+        self.modules: ModulesRunning | None = None
+        self.trace: Trace | None = None
 
     def now(self) -> int:
         return self.comp + self.lag
@@ -85,14 +86,14 @@ class _TraceTier(DeviceTier):
         self.engine_free = (free if free > now else now) + self.cpy[tid]
 
     def _busy(self) -> Collection[int]:
-        return self.busy
+        return self.modules.params(self.running)
 
     def _eta(self, tid: int) -> tuple[int, int, int]:
         now, free = self.comp + self.lag, self.engine_free
         return (free if free > now else now) + self.cpy[tid], now, self.comp
 
     def describe(self, tid: int) -> str:
-        return f"activation {self.names[tid]}"
+        return f"{self.trace.stem.name}: activation {self.trace.keys[tid]}" if self.trace else super().describe(tid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +120,10 @@ class TraceStream:
     """An activation's size at its pack."""
     ctime: list[int]
     """Compute time up to each managed event (prefetch.oracle.managed_stream)."""
-    busy: list[frozenset[int]]
-    """Parameters of the modules running at each event (the live store spares them)."""
+    running: list[int]
+    """The module whose forward is under way at each event (-1: none)."""
+    modules: "ModulesRunning"
+    """Its parameters and its ancestors' (the live store spares them)."""
     opt: list[tuple[int, int] | None]
     """The optimizer step before managed event j: the compute time of its pre- and post-hook."""
     baseline_ns: int
@@ -128,6 +131,11 @@ class TraceStream:
 
     @classmethod
     def of(cls, trace: Trace, warmup_steps: int) -> "TraceStream":
+        """The trace prepared for `warmup_steps`, built once per trace (Trace.derived)."""
+        return trace.derived(("sim_stream", warmup_steps), lambda: cls._build(trace, warmup_steps))
+
+    @classmethod
+    def _build(cls, trace: Trace, warmup_steps: int) -> "TraceStream":
         full_start, measured_steps = _warmup_split(trace, warmup_steps)
         ms = managed_stream(trace)
         idx = ms["index"]
@@ -149,7 +157,7 @@ class TraceStream:
             access=np.asarray(trace.column("access"))[idx].tolist(),
             tids=np.asarray(trace.column("tensor_id"))[idx].tolist(),
             nbytes=np.asarray(trace.column("nbytes"))[idx].tolist(), ctime=ctime.tolist(),
-            busy=_params_in_use(trace, idx, phase_l), opt=opt_l,
+            running=_running_module(trace, idx), modules=ModulesRunning(trace), opt=opt_l,
             baseline_ns=int(ctime[-1]) - before if n else 0,
         )
 
@@ -213,13 +221,15 @@ def _run_trace(
         stream = TraceStream.of(trace, warmup_steps)
     measured_steps, measure_start = stream.measured_steps, stream.measure_start
     steps_l, micro_l, phase_l, access_l, tids_l = stream.steps, stream.micro, stream.phase, stream.access, stream.tids
-    nbytes_l, ctime_l, busy_l, opt_l, is_act = stream.nbytes, stream.ctime, stream.busy, stream.opt, stream.is_act
+    nbytes_l, ctime_l, run_l, opt_l, is_act = stream.nbytes, stream.ctime, stream.running, stream.opt, stream.is_act
     n = len(tids_l)
     copy_ns = link.copy_ns
-    cpy = [copy_ns(b) for b in stream.nb]  # copy time of each tensor, either direction (its current size)
+    # copy time of each tensor, either direction (its current size: the run changes it for activations)
+    cpy = list(trace.derived(("copy_ns", link.bandwidth_bytes_per_s, link.latency_s),
+                             lambda: [copy_ns(b) for b in stream.nb]))
 
     tier = _TraceTier(policy, budget_bytes, cpy)
-    tier.names = trace.keys
+    tier.trace, tier.modules = trace, stream.modules
     tier.declare_all(stream.kinds, stream.nb, stream.managed)
     if overrides(policy, "bind_clock"):
         policy.bind_clock(tier.now)
@@ -238,18 +248,18 @@ def _run_trace(
             warm_missed = tier.late + tier.misses
         elif lo > measure_start:
             yield tier.late + tier.misses - warm_missed
-        for i, (s, m, ph, a, t, c, opt, busy) in enumerate(zip(
+        for i, (s, m, ph, a, t, c, opt, run) in enumerate(zip(
             islice(steps_l, lo, hi), islice(micro_l, lo, hi), islice(phase_l, lo, hi), islice(access_l, lo, hi),
-            islice(tids_l, lo, hi), islice(ctime_l, lo, hi), islice(opt_l, lo, hi), islice(busy_l, lo, hi),
+            islice(tids_l, lo, hi), islice(ctime_l, lo, hi), islice(opt_l, lo, hi), islice(run_l, lo, hi),
         ), lo):
             if opt is not None:  # the optimizer step: its pre-hook, its compute, its post-hook
                 tier.comp = opt[0]
-                tier.busy = _NOTHING
+                tier.running = -1
                 tier.optimizer_begin()
                 tier.comp = opt[1]
                 tier.optimizer_end()
             tier.comp = c
-            tier.busy = busy
+            tier.running = run
             outcome[i] = event(s, m, ph, a, t)
             if is_act[t]:
                 if a == _READ:
@@ -277,34 +287,40 @@ def _run_trace(
 _FORWARD_PHASES = (int(Phase.FORWARD), int(Phase.EVAL), int(Phase.RECOMPUTE))
 
 
-def _params_in_use(trace: Trace, idx: np.ndarray, phase_l: list[int]) -> list[frozenset[int]]:
-    """Per managed event, the parameters of the modules whose forward is under way: in a
-    forward phase (forward, eval, recompute) the event's module (the one whose pre-hook reads
-    a parameter, or the innermost one packing an activation) and its ancestors by path, as
-    the tracker's module stack holds them; nothing in backward and optimizer phases. The
-    live store does not evict them (runtime.tracker.AccessTracker.params_in_use)."""
-    paths = list(trace.manifest.get("modules") or [])
-    index = {p: i for i, p in enumerate(paths)}
-    kinds = trace.tensor_kinds()
-    owned: dict[int, list[int]] = {}
-    for t, mod in zip(trace.tensors.column("tensor_id").to_pylist(), trace.tensors.column("module").to_pylist()):
-        if kinds[t] == int(Kind.PARAMETER) and (mod or "") in index:
-            owned.setdefault(index[mod or ""], []).append(t)
-    root = [index["<root>"]] if "<root>" in index else []  # the model itself (runtime.tracker's name)
-    chains: dict[int, frozenset[int]] = {}
+class ModulesRunning:
+    """The parameters the live store spares because their module is running: in a forward
+    phase (forward, eval, recompute) the event's module (the one whose pre-hook reads a
+    parameter, or the innermost one packing an activation) and its ancestors by path, as the
+    tracker's module stack holds them (runtime.tracker.AccessTracker.params_in_use); nothing
+    in backward and optimizer phases. Built per module when make-room first asks."""
 
-    def chain(m: int) -> frozenset[int]:
-        c = chains.get(m)
+    def __init__(self, trace: Trace):
+        self.paths = list(trace.manifest.get("modules") or [])
+        self.index = {p: i for i, p in enumerate(self.paths)}
+        kinds = trace.tensor_kinds()
+        self.owned: dict[int, list[int]] = {}
+        for t, mod in zip(trace.tensors.column("tensor_id").to_pylist(), trace.tensors.column("module").to_pylist()):
+            if kinds[t] == int(Kind.PARAMETER) and (mod or "") in self.index:
+                self.owned.setdefault(self.index[mod or ""], []).append(t)
+        self.root = [self.index["<root>"]] if "<root>" in self.index else []  # runtime.tracker's name for the model
+        self._params: dict[int, frozenset[int]] = {-1: _NOTHING}
+
+    def params(self, m: int) -> frozenset[int]:
+        """Parameters of module `m` (a per-event module id; -1: none running) and its ancestors."""
+        c = self._params.get(m)
         if c is None:
-            if 0 <= m < len(paths):
-                parts = paths[m].split(".")
-                mods = [index[q] for q in (".".join(parts[:k]) for k in range(1, len(parts))) if q in index]
-                c = frozenset(t for mm in {*mods, *root, m} for t in owned.get(mm, ()))
+            if 0 <= m < len(self.paths):
+                parts = self.paths[m].split(".")
+                up = [self.index[q] for q in (".".join(parts[:k]) for k in range(1, len(parts))) if q in self.index]
+                c = frozenset(t for mm in {*up, *self.root, m} for t in self.owned.get(mm, ()))
             else:
                 c = _NOTHING
-            chains[m] = c
+            self._params[m] = c
         return c
 
-    mods = np.asarray(trace.column("module_id"))[idx].tolist()
-    of = {m: chain(m) for m in set(mods)}
-    return [of[m] if ph in _FORWARD_PHASES else _NOTHING for m, ph in zip(mods, phase_l)]
+
+def _running_module(trace: Trace, idx: np.ndarray) -> list[int]:
+    """Per managed event, the module whose forward is under way (-1 outside forward phases)."""
+    mods = np.asarray(trace.column("module_id"))[idx]
+    forward = np.isin(np.asarray(trace.column("phase"))[idx], _FORWARD_PHASES)
+    return np.where(forward, mods, -1).tolist()

@@ -220,16 +220,20 @@ class DeviceTier:
             if self.use_heap:
                 self._tick = tick = self._tick + 1
                 self.stamp[t] = tick
-                if inflight[t] is None:  # re-keyed by the read: pushed with its new key
-                    self.hkey[t] = k = self.key(t)
-                    heappush(self._heap, (-k, tick, t))
-                if self.rekeyed is not None or len(self._heap) > 4 * len(resident) + 1024:
-                    self._rekey(-1)  # the policy's re-keyed ids; compaction
+                self.hkey[t] = k = self.key(t)  # re-keyed by the read (landed: not in flight)
+                heap = self._heap
+                heappush(heap, (-k, tick, t))
+                rekeyed = self.rekeyed
+                if (rekeyed is not None and (rk := rekeyed())) or len(heap) > 4 * len(resident) + 1024:
+                    self._rekey(-1, rk if rekeyed is not None else ())
         else:
             out = WRITE
             reqs = self.observe(step, micro_step, phase, access, t)
             if self.use_heap:
-                self._rekey(t)
+                rekeyed = self.rekeyed
+                rk = rekeyed() if rekeyed is not None else ()
+                if rk or t in resident or len(self._heap) > 4 * len(resident) + 1024:
+                    self._rekey(t, rk)
         if self.in_optimizer:
             return out  # the optimizer's own reads and writes: its post-hook requeues
         if reqs:
@@ -442,14 +446,17 @@ class DeviceTier:
             heappush(heap, e)
         return ok
 
-    def _rekey(self, t: int) -> None:
-        """Heap mode, after observe: the observed id (-1: none) and those the policy re-keyed."""
+    def _rekey(self, t: int, rekeyed: Sequence[int] | None = None) -> None:
+        """Heap mode, after observe: the observed id (-1: none) and those the policy re-keyed
+        (`rekeyed`, already asked of it; None: ask now), then compaction."""
         heap, resident, inflight, stamp, key, hkey = self._heap, self.resident, self.inflight, self.stamp, self.key, self.hkey
         if t >= 0 and t in resident and inflight[t] is None:
             hkey[t] = k = key(t)
             heappush(heap, (-k, stamp[t], t))
-        if self.rekeyed is not None:
-            for v in self.rekeyed():
+        if rekeyed is None:
+            rekeyed = self.rekeyed() if self.rekeyed is not None else ()
+        if rekeyed:
+            for v in rekeyed:
                 if v in resident and inflight[v] is None:
                     hkey[v] = k = key(v)
                     heappush(heap, (-k, stamp[v], v))

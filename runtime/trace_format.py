@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -159,6 +159,14 @@ class Trace:
     manifest: dict[str, Any]
     truncated: bool = False
     _columns: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _derived: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def derived(self, key: Any, build: Callable[[], Any]) -> Any:
+        """What a consumer computes from this (immutable) trace, built once per key: the
+        simulator's prepared stream, the oracle's managed stream. Not for mutable results."""
+        if key not in self._derived:
+            self._derived[key] = build()
+        return self._derived[key]
 
     def column(self, name: str) -> np.ndarray:
         """An event column as a numpy array (cached; zero-copy where Arrow allows)."""
