@@ -433,3 +433,34 @@ def test_simulate_like_run_follows_the_traces_recorded_schedule(traces, model_di
     trace.manifest["daemon_replies"]["events"] = n + 2
     with pytest.raises(ValueError, match=f"^{trace.stem}: daemon_replies covers {n + 2} events, the trace has {n}"):
         simulate_like_run(run, trace)
+
+
+def test_live_client_keeps_no_schedule_after_a_partial_batch():
+    """The tensor table growing mid-batch flushes a short batch: batches no longer start every
+    batch_events events, so the client keeps no schedule, and says why."""
+    from runtime.daemon_policy import DaemonPolicy
+
+    def factory(spec, *, architecture, tensors, lookahead):
+        policy = make_policy("replay", lookahead=lookahead)
+        policy.start(tensors)
+        return PolicyChoice(policy, served="replay")
+
+    size = [N]
+    ctx = zmq.Context()
+    d = run_daemon_in_thread(DaemonConfig(bind="tcp://127.0.0.1:*", poll_ms=1), policy_factory=factory, context=ctx)
+    live = DaemonPolicy("learned:unused", architecture="Arch-test", endpoint=d.endpoint, lookahead=4,
+                        tensors_fn=lambda: table(size[0]), batch_events=2)
+    try:
+        assert live.client.connected
+        live.start(table())
+        live.observe(0, 0, FWD, READ, 0)
+        size[0] = N + 1  # a new tensor, seen at the batch's second event: the first goes out alone
+        live.observe(0, 0, FWD, WRITE, N)
+        for ev in stream(1):
+            live.observe(*ev)
+    finally:
+        live.close()
+        d.stop()
+        ctx.term()
+    assert live.reply_schedule() is None
+    assert live.schedule_note == "daemon reply schedule not kept: a partial batch was sent (the tensor table grew)"
