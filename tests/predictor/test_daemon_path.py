@@ -193,13 +193,11 @@ class Gated(BasePolicy):
         return self.inner.predicted_next_use(tensor_id)
 
 
-def test_live_client_and_simulated_path_make_the_same_requests():
-    """Given the same replies (the daemon's replay, each read one batch after its send), the live
-    DaemonPolicy and the simulated path return the same requests and the same next use at every
-    event: the advice is one implementation."""
+def run_live(on_send, *, lookahead: int = 4, batch: int = 2):
+    """A live DaemonPolicy over a real daemon whose replay holds each batch until released:
+    `on_send(gate, client, sends)` after every batch sent. (requests, next uses, the policy, events)."""
     from runtime.daemon_policy import DaemonPolicy
 
-    lookahead, batch = 4, 2
     gate = threading.Semaphore(0)
 
     def factory(spec, *, architecture, tensors, lookahead):
@@ -210,23 +208,38 @@ def test_live_client_and_simulated_path_make_the_same_requests():
     ctx = zmq.Context()
     d = run_daemon_in_thread(DaemonConfig(bind="tcp://127.0.0.1:*", poll_ms=1), policy_factory=factory, context=ctx)
     events = stream(4, swap_in_step=2)
-    live_reqs, live_nu = [], []
+    reqs, nus = [], []
     live = DaemonPolicy("learned:unused", architecture="Arch-test", endpoint=d.endpoint, lookahead=lookahead,
                         tensors_fn=table, batch_events=batch)
     try:
         assert live.client.connected
         live.start(table())
+        sends = 0
         for ev in events:
-            live_reqs.append(list(live.observe(*ev)))
-            live_nu.append([live.predicted_next_use(t) for t in range(N)])
-            if not live.client.buffered:  # a batch went out (and was polled at once): let its reply come
-                gate.release()
-                assert live.client.wait(5000), "the daemon did not answer"
-        assert live.client.stats.commands_received == len(events) // batch - 1  # the last one is never read
+            reqs.append(list(live.observe(*ev)))
+            nus.append([live.predicted_next_use(t) for t in range(N)])
+            if not live.client.buffered:  # a batch went out (and was polled at once)
+                sends += 1
+                on_send(gate, live.client, sends)
     finally:
         live.close()
         d.stop()
         ctx.term()
+    return reqs, nus, live, events
+
+
+def test_live_client_and_simulated_path_make_the_same_requests():
+    """Given the same replies (the daemon's replay, each read one batch after its send), the live
+    DaemonPolicy and the simulated path return the same requests and the same next use at every
+    event: the advice is one implementation."""
+    lookahead, batch = 4, 2
+
+    def one_batch_late(gate, client, sends):  # let its reply come, read at the next send's poll
+        gate.release()
+        assert client.wait(5000), "the daemon did not answer"
+
+    live_reqs, live_nu, live, events = run_live(one_batch_late, lookahead=lookahead, batch=batch)
+    assert live.client.stats.commands_received == len(events) // batch - 1  # the last one is never read
 
     sim, clock = wrapped(make_policy("replay", lookahead=lookahead), batch=batch, rtt=15, lookahead=lookahead)
     sim_reqs, sim_nu = [], []
@@ -341,38 +354,14 @@ def test_live_client_records_the_schedule_its_simulation_replays(tmp_path):
     """A live DaemonPolicy whose replies come back irregularly (some held for polls) records
     which event it read each at; the simulated path given that schedule returns the very same
     requests and next use at every event."""
-    from runtime.daemon_policy import DaemonPolicy
-
     lookahead, batch = 4, 2
-    gate = threading.Semaphore(0)
 
-    def factory(spec, *, architecture, tensors, lookahead):
-        policy = Gated(make_policy("replay", lookahead=lookahead), gate, batch)
-        policy.start(tensors)
-        return PolicyChoice(policy, served="replay")
+    def irregular(gate, client, sends):  # hold every third batch, then let two through
+        if sends % 3:
+            gate.release(1 if sends % 3 == 1 else 2)
+            assert client.wait(5000), "the daemon did not answer"
 
-    ctx = zmq.Context()
-    d = run_daemon_in_thread(DaemonConfig(bind="tcp://127.0.0.1:*", poll_ms=1), policy_factory=factory, context=ctx)
-    events = stream(4, swap_in_step=2)
-    live_reqs, live_nu = [], []
-    live = DaemonPolicy("learned:unused", architecture="Arch-test", endpoint=d.endpoint, lookahead=lookahead,
-                        tensors_fn=table, batch_events=batch)
-    try:
-        assert live.client.connected
-        live.start(table())
-        sends = 0
-        for ev in events:
-            live_reqs.append(list(live.observe(*ev)))
-            live_nu.append([live.predicted_next_use(t) for t in range(N)])
-            if not live.client.buffered:  # a batch went out: hold every third, then let two through
-                sends += 1
-                if sends % 3:
-                    gate.release(1 if sends % 3 == 1 else 2)
-                    assert live.client.wait(5000), "the daemon did not answer"
-    finally:
-        live.close()
-        d.stop()
-        ctx.term()
+    live_reqs, live_nu, live, events = run_live(irregular, lookahead=lookahead, batch=batch)
     sched = live.reply_schedule()
     assert sched is not None and live.schedule_note is None
     assert sched.events == len(events) and sched.batch_events == batch
