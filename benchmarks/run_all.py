@@ -24,12 +24,16 @@ device, and a table per benchmark with the exact command that produced it:
                       median over the seeds with min-max, per workload x policy
   overhead            benchmarks/overhead.py: the slowdown split into stall, bookkeeping, emulation and
                       the rest, for gpt2, llama, vit at budgets 0.4 and 1.0 (none, replay, learned)
+  live_vs_sim         benchmarks/live_vs_sim.py: each workload x policy live on the simulated device against
+                      the simulation of that run's own trace (issue 10's check: hit rates within 1 pt)
   oracle_search       benchmarks/oracle_search.py: random dynamic traces where a policy might beat the oracle
   daemon_flood        benchmarks/daemon_flood.py: another client's round trip while one client floods
   daemon_ranks        benchmarks/daemon_ranks.py: one daemon serving 1, 2 and 4 local ranks
   fault_suite         benchmarks/fault_suite.py: fuzzed wire messages, damaged files, daemon faults
   cuda                where torch.cuda.is_available(): `prefetch run --device cuda` for gpt2 with
                       replay and learned (step time and peak device memory vs all resident)
+  generalisation      opt-in (--only generalisation; minutes): benchmarks/generalisation.py, 20 generated
+                      architectures, each recorded, trained and judged live and simulated on an unseen seed
 
 The evaluation protocol is `prefetch demo`'s: the learned model is trained on the sample
 traces, recorded on seeds 0 (datasets/samples/*/train) and 1 (*/heldout), and scored live and
@@ -60,6 +64,8 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("record_overhead", "predictor_latency", "simulate_speed", "daemon_latency", "offline_eval", "live",
               "overhead", "live_vs_sim", "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite", "cuda")
+OPT_IN = ("generalisation",)
+"""Benchmarks run only when --only names them: too long for the default set."""
 EVAL_SEEDS = (2, 3, 4)
 """Seeds of the live and offline evaluation runs: never recorded for training (samples are seeds 0, 1)."""
 DEFAULT_OUT = Path("out/benchmarks")
@@ -270,6 +276,13 @@ def plan_live_vs_sim(p: Plan) -> list[Command]:
     return [Command(argv + (["--quick"] if p.quick else []), j)]
 
 
+def plan_generalisation(p: Plan) -> list[Command]:
+    """benchmarks/generalisation.py: generated architectures, learned vs the baselines on an unseen seed (trains its own models)."""
+    j = p.path("generalisation.json")
+    argv = [p.py, "benchmarks/generalisation.py", "--out", str(p.path("generalisation")), "--json", str(j)]
+    return [Command(argv + (["--quick"] if p.quick else []), j)]
+
+
 def _script(name: str, *args: str) -> Callable[[Plan], list[Command]]:
     """A benchmark whose own printed tables are its section (its stdout, kept in its log)."""
     def plan(p: Plan) -> list[Command]:
@@ -292,6 +305,7 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
     "daemon_ranks": _script("daemon_ranks"),
     "fault_suite": _script("fault_suite"),
     "cuda": plan_cuda,
+    "generalisation": plan_generalisation,
 }
 
 
@@ -517,6 +531,7 @@ TITLES = {
     "daemon_ranks": "One daemon, several local ranks",
     "fault_suite": "Fault suite",
     "cuda": "CUDA",
+    "generalisation": "Generalisation suite (generated architectures, unseen seed)",
 }
 
 
@@ -546,7 +561,7 @@ def section_markdown(s: Section, out_dir: Path) -> list[str]:
         body = {"record_overhead": md_record_overhead, "predictor_latency": md_predictor_latency,
                 "simulate_speed": md_simulate_speed, "daemon_latency": md_daemon_latency,
                 "offline_eval": md_offline_eval, "cuda": md_cuda, "oracle_search": md_printed,
-                "overhead": md_printed, "live_vs_sim": md_printed, "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed}.get(s.name)
+                "overhead": md_printed, "live_vs_sim": md_printed, "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed, "generalisation": md_printed}.get(s.name)
         content = md_live(s, out_dir) if s.name == "live" else body(s) if body else []
     except Exception as exc:  # noqa: BLE001 - a changed JSON layout must not lose the other sections
         content = [f"(could not tabulate {s.name}'s JSON: {type(exc).__name__}: {exc})"]
@@ -653,7 +668,7 @@ def eval_protocol(seeds_text: str) -> dict[str, Any]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="benchmarks: " + ", ".join(BENCHMARKS))
+                                 epilog="benchmarks: " + ", ".join(BENCHMARKS) + "; opt-in (--only): " + ", ".join(OPT_IN))
     ap.add_argument("--quick", action="store_true",
                     help="fewer steps/repeats/events; live runs: gpt2 and moe with replay and learned, 8 steps")
     ap.add_argument("--only", default=None, metavar="NAMES", help="run only these benchmarks (comma-separated)")
@@ -682,9 +697,10 @@ def _names(text: str | None, flag: str) -> list[str]:
     if not text:
         return []
     names = [n.strip().replace("-", "_") for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in BENCHMARKS]
+    bad = [n for n in names if n not in (*BENCHMARKS, *OPT_IN)]
     if bad:
-        raise SystemExit(f"run_all.py: {flag}: unknown benchmark(s) {', '.join(bad)}; choose from {', '.join(BENCHMARKS)}")
+        raise SystemExit(f"run_all.py: {flag}: unknown benchmark(s) {', '.join(bad)}; choose from "
+                         f"{', '.join((*BENCHMARKS, *OPT_IN))}")
     return names
 
 
@@ -745,10 +761,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     sections: dict[str, Section] = {}
-    for name in BENCHMARKS:
+    for name in (*BENCHMARKS, *OPT_IN):
         if name not in selected:
-            kept = kept_section(name, old) if (only or skip) else None
-            sections[name] = kept or Section(name, status="skipped", note="not selected (--only/--skip)")
+            kept = kept_section(name, old) if (only or skip or name in OPT_IN) else None
+            note = f"opt-in: --only {name}" if name in OPT_IN else "not selected (--only/--skip)"
+            sections[name] = kept or Section(name, status="skipped", note=note)
             continue
         s = Section(name, ran_at=_dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M"))
         s.data["protocol"] = protocol
