@@ -72,6 +72,7 @@ class DeviceTier:
         self.steps = 0
         self._warm: AccessStats | None = None
         self._warm_extra = (0, 0, 0, 0, 0)
+        self._tick = 0  # heap mode: the LRU clock of `stamp`
         self.set_policy(policy)
 
     # -- setup -------------------------------------------------------------------------------
@@ -85,7 +86,12 @@ class DeviceTier:
         self.rekeyed = policy.rekeyed if overrides(policy, "rekeyed") else None
         self.admit = policy.admit_prefetch if overrides(policy, "admit_prefetch") else None
         self._heap: list[tuple[int, int, int]] = []
-        self._tick = 0
+        if self.use_heap and self.resident:  # a policy swapped in mid-run: key the residents
+            for v in self.resident:
+                if self.inflight[v] is None:
+                    self.hkey[v] = k = self.key(v)
+                    self._heap.append((-k, self.stamp[v], v))
+            heapify(self._heap)
 
     @property
     def policy(self) -> Policy:
