@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
                            "train_seeds": list(TRAIN_SEEDS), "eval_seed": EVAL_SEED, "steps": steps,
                            "budget": args.budget, "link_ratio": args.link_ratio, "targets": TARGETS,
                            "distribution": dist, "results": rows})
+    if leaks:  # a figure on a seed the model was trained on is not a generalisation figure
+        print(f"generalisation.py: the learned model was in sample on {', '.join(leaks)}", file=sys.stderr)
+        return 1
     return 0
 
 
