@@ -12,6 +12,12 @@ torch thread count. Printed per row: ns per parameter byte at the largest size (
 [min-max] over repeats), GB/s of parameters stepped, the fitted line's fixed cost per step
 and slope, its worst relative error over the sizes, and the median step at each size; then
 the fastest variant per thread count. The machine's load is printed with the table.
+
+The minor page faults per step at the largest size are printed too: single and foreach
+allocate per-tensor temporaries every step, and where glibc gives those blocks back to the
+OS every step faults them in again (up to ~2x the step; docs/overhead.md). To see the
+cost without that, run with MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ set above
+the largest tensor (e.g. 268435456 each).
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ import torch  # noqa: E402
 
 from common import machine_info, markdown_table, write_json  # noqa: E402
 from runtime.optimizer_cost import VARIANTS, HostOptimizerCost, measure_host_optimizer  # noqa: E402
+
+POOR_FIT = 0.2
+"""A row whose line misses a measured size by more than this is flagged: do not model with it."""
 
 
 def _load() -> str:
@@ -98,14 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for c in results:
         if not c.supported:
-            rows.append([c.variant, c.torch_threads, "unsupported", "", "", "", "", *[""] * len(sizes), c.error])
+            rows.append([c.variant, c.torch_threads, "unsupported", "", "", "", "", "", *[""] * len(sizes), c.error])
             continue
         rows.append([c.variant, c.torch_threads,
                      f"{c.ns_per_byte:.3f} [{c.ns_per_byte_min:.3f}-{c.ns_per_byte_max:.3f}]",
                      f"{c.gb_per_s:.2f}", f"{c.fixed_ns / 1e3:.0f}", f"{c.per_byte_ns:.3f}",
-                     f"{100 * c.fit_max_rel_error:.1f}%", *[f"{t / 1e6:.2f}" for t in c.median_step_ns], ""])
+                     f"{100 * c.fit_max_rel_error:.1f}%", f"{c.page_faults_per_step:.0f}"
+                     if c.page_faults_per_step is not None else "n/a", *[f"{t / 1e6:.2f}" for t in c.median_step_ns],
+                     f"poor fit (> {POOR_FIT:.0%}): noise, contention or page faults" if c.fit_max_rel_error > POOR_FIT else ""])
     print(markdown_table(["variant", "threads", "ns/byte [min-max]", "GB/s", "fixed us/step", "slope ns/byte",
-                          "fit max err", *[f"step ms @{_mib(s)} MiB" for s in sizes], "note"], rows))
+                          "fit max err", f"faults/step @{_mib(sizes[-1]) if sizes else '?'} MiB", *[f"step ms @{_mib(s)} MiB" for s in sizes], "note"], rows))
     print()
     fastest = {}
     for t in sorted({c.torch_threads for c in ok}):

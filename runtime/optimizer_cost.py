@@ -34,6 +34,15 @@ holds. Without it, sizes whose state fits the cache (here 32 MiB of L3 holds par
 gradients and moments of up to ~8 MiB) step several times faster per byte than larger
 ones, and no line fits.
 
+Page faults are counted (`page_faults_per_step`, minor faults of the process during the
+timed steps at the largest size), because they can double a step: the single-tensor and
+foreach variants allocate temporaries the size of each tensor every step, and glibc
+returns large freed blocks to the OS (its mmap and trim thresholds), so each step faults
+them in again (16 MiB of float32 in 8 tensors, single: ~5000 faults and 16 ms a step; the
+same with MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ raised past the tensors, 0
+faults and 7 ms). Which happens depends on the process's allocation history; the fused
+kernel allocates nothing per step.
+
 Threads: the measurement runs on torch's intra-op threads as the caller set them
 (`torch.set_num_threads`); it never changes them, and reports the count it ran with.
 """
@@ -47,6 +56,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+try:
+    import resource  # Unix only: the page-fault count
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
 
 Variant = Literal["single", "foreach", "fused"]
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -114,6 +128,8 @@ class HostOptimizerCost:
     """The line's slope: ns per parameter byte once the fixed cost is paid."""
     fit_max_rel_error: float | None = None
     """Largest |line - median| / median over the measured sizes."""
+    page_faults_per_step: float | None = None
+    """Minor page faults of the process per timed step at the largest size (None: no getrusage)."""
 
     @property
     def gb_per_s(self) -> float | None:
@@ -154,6 +170,11 @@ def fit_line(sizes: list[int], times_ns: list[float]) -> tuple[float, float, flo
         a, b = 0.0, sxy / sxx
     err = max(abs(a + b * n - t) / t for n, t in zip(sizes, times_ns))
     return a, b, err
+
+
+def _minor_faults() -> int:
+    """The process's minor page faults so far (0 where getrusage is missing)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
 
 
 def _one_line(exc: BaseException) -> str:
@@ -221,13 +242,17 @@ def measure_host_optimizer(params_bytes: int, *, variant: Variant, optimizer: st
         return HostOptimizerCost(**base, supported=False, error=_one_line(exc))
     times: list[list[int]] = [[] for _ in sizes]
     clock = time.perf_counter_ns
+    faults = 0
     for _ in range(repeats):  # interleaved: a burst of load hits every size, not one
         for i, opt in enumerate(opts):
             if flush is not None:
                 flush.add_(1.0)  # read and write every line: the caches hold none of the optimizer's tensors
+            f0 = _minor_faults() if i == len(opts) - 1 else None
             t0 = clock()
             opt.step()
             times[i].append(clock() - t0)
+            if f0 is not None:
+                faults += _minor_faults() - f0
     flags = {k: opts[0].defaults.get(k) for k in ("foreach", "fused")}
     medians = [float(statistics.median(t)) for t in times]
     per_byte = [t / sizes[-1] for t in times[-1]]
@@ -235,4 +260,5 @@ def measure_host_optimizer(params_bytes: int, *, variant: Variant, optimizer: st
     return HostOptimizerCost(**base, supported=True, torch_flags=flags, sizes_bytes=tuple(sizes), median_step_ns=tuple(medians),
                              ns_per_byte=statistics.median(per_byte), ns_per_byte_min=min(per_byte),
                              ns_per_byte_max=max(per_byte), fixed_ns=fixed, per_byte_ns=slope,
-                             fit_max_rel_error=err)
+                             fit_max_rel_error=err,
+                             page_faults_per_step=faults / repeats if resource is not None else None)

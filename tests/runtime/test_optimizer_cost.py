@@ -29,6 +29,7 @@ def test_each_variant_measures_a_positive_cost_per_byte(variant):
     assert 0 < c.ns_per_byte_min <= c.ns_per_byte <= c.ns_per_byte_max
     assert c.fixed_ns >= 0 and c.per_byte_ns > 0
     assert c.gb_per_s == pytest.approx(1 / c.ns_per_byte)
+    assert c.page_faults_per_step is not None and c.page_faults_per_step >= 0  # Linux has getrusage
 
 
 def test_ns_per_byte_is_the_largest_size_step_over_its_bytes(fused):
