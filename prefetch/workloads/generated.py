@@ -126,8 +126,10 @@ def generate(seed: int) -> GeneratedArch:
     """The architecture of generator seed `seed` (pure: the same seed, the same architecture).
 
     Each feature is drawn independently, mostly with probability 1/2 to 2/3, so twenty
-    seeds cover every feature and most combinations. Sizes keep a step around 10-50 ms on
-    one CPU thread and every weight matrix above the managed-tensor floor (64 KiB)."""
+    seeds cover every feature and most combinations. Sizes keep a step within 3-80 ms on
+    one CPU thread (report seeds, measured on a loaded 2-core box; most 10-40 ms) and every
+    block's weight matrices above the managed-tensor floor (64 KiB; small heads, routers
+    and the embedding may fall below it and stay resident)."""
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"generator seed must be an int >= 0, got {seed!r}")
     rng = random.Random(f"prefetch-generated:{seed}")  # str seeds hash with sha512: stable across runs
