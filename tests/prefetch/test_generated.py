@@ -134,12 +134,12 @@ def test_record_train_simulate(tmp_path: Path):
     assert 0.0 <= learned.hit_rate <= oracle.hit_rate <= 1.0 and learned.stats.accesses > 0
 
 
-def test_benchmark_refuses_tuning_seeds(capsys):
+def test_benchmark_refuses_tuning_seeds(capsys, tmp_path):
     """benchmarks/generalisation.py refuses a tuning seed without --tuning, in one line."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import generalisation
 
-    assert generalisation.main(["--seeds", "5,1000"]) == 2
+    assert generalisation.main(["--seeds", "5,1000", "--out", str(tmp_path)]) == 2
     assert "tuning seed" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--seeds"):
         generalisation.parse_seeds("10-x")
