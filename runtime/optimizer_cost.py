@@ -204,8 +204,9 @@ def measure_host_optimizer(params_bytes: int, *, variant: Variant, optimizer: st
     The smallest size is params_bytes / 4^(num_sizes-1); each size must hold at least one
     element per tensor. Memory: four copies (parameter, gradient, two Adam moments) of
     every size at once, ~5.3 x params_bytes for 3 sizes, and the flush buffer
-    (`flush_bytes`, default `default_flush_bytes()`; 0 measures with warm caches). ValueError on bad arguments (one
-    line); an unsupported variant comes back with supported=False and the error."""
+    (`flush_bytes`, default `default_flush_bytes()`; 0 measures with warm caches).
+    ValueError on bad arguments (one line); an unsupported variant comes back with
+    supported=False and the error."""
     if variant not in VARIANTS:
         raise ValueError(f"measure_host_optimizer: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     if optimizer not in OPTIMIZERS:
@@ -257,7 +258,8 @@ def measure_host_optimizer(params_bytes: int, *, variant: Variant, optimizer: st
     medians = [float(statistics.median(t)) for t in times]
     per_byte = [t / sizes[-1] for t in times[-1]]
     fixed, slope, err = fit_line(sizes, medians)
-    return HostOptimizerCost(**base, supported=True, torch_flags=flags, sizes_bytes=tuple(sizes), median_step_ns=tuple(medians),
+    return HostOptimizerCost(**base, supported=True, torch_flags=flags, sizes_bytes=tuple(sizes),
+                             median_step_ns=tuple(medians),
                              ns_per_byte=statistics.median(per_byte), ns_per_byte_min=min(per_byte),
                              ns_per_byte_max=max(per_byte), fixed_ns=fixed, per_byte_ns=slope,
                              fit_max_rel_error=err,
