@@ -61,6 +61,9 @@ class Device(Protocol):
     def copy_out(self, dev: torch.Tensor) -> Copy: ...
     def pending_host(self, copy: Copy) -> object: ...
     def wait(self, copy: Copy) -> tuple[torch.Tensor, int]: ...
+    def settle(self, copy: Copy) -> None:
+        """Wait until the copy no longer touches its source (its result is not needed):
+        no clock, no stall. For a run closing, interrupted or not."""
     def close(self) -> None: ...
     def describe(self) -> dict: ...
 
@@ -207,6 +210,9 @@ class SimulatedDevice:
         self.copy_lag_ns += max(0, time.monotonic_ns() - t0 - left)
         return copy.result, left
 
+    def settle(self, copy: SimCopy) -> None:
+        self.wait_copied(copy)
+
     def wait_copied(self, copy: SimCopy) -> None:
         """Block until the engine has made the copy's real clone (no clock accounting)."""
         with self._copied:
@@ -312,6 +318,9 @@ class CudaDevice:
 
     def pending_host(self, copy: CudaCopy) -> torch.Tensor:
         return copy.result  # stream order makes a later copy_in read it after it is written
+
+    def settle(self, copy: CudaCopy) -> None:
+        copy.event.synchronize()  # note: CPU-GPU sync point, at close only
 
     def wait(self, copy: CudaCopy) -> tuple[torch.Tensor, int]:
         """The copy's tensor, usable on the compute stream. Returns 0 ns: the stall is

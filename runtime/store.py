@@ -414,8 +414,8 @@ class TensorStore(DeviceTier):
         for tid in list(self.tracker.params_by_tid):
             if not self.managed[tid]:
                 continue
-            if self.inflight[tid] is not None:
-                self._finish(tid, self.inflight[tid])
+            if self.inflight[tid] is not None:  # its result is not needed: no clock, no wait for the link
+                self.device.settle(self.inflight[tid])
                 self.inflight[tid] = None
             self._unbind(tid, self._dev[tid])  # keeps a tensor the user assigned, writes back a written copy
             self._dev[tid] = None
