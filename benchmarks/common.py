@@ -8,6 +8,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as printed beside every timed figure ("n/a" where unknown)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def machine_info() -> dict[str, Any]:
     """The machine, as every report describes it: prefetch.machine.machine_info (one function)."""
     from prefetch.machine import machine_info as describe

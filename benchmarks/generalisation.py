@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from common import machine_info, markdown_table, write_json  # noqa: E402
+from common import load_average, machine_info, markdown_table, write_json  # noqa: E402
 from runtime.link import DEFAULT_LINK_RATIO  # noqa: E402
 
 TRAIN_SEEDS = (0, 1)
@@ -50,13 +50,6 @@ BASELINES = ("none", "replay", "markov")
 TARGETS = {"share_learned_ge_best": 0.9, "learned_below_none": 0, "oracle_gap_pt": 5.0}
 """Issue 11's targets for the suite."""
 QUICK_ARCHS = 5
-
-
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -244,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     import shutil
 
-    load_before, t0 = _load(), time.monotonic()
+    load_before, t0 = load_average(), time.monotonic()
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         shutil.rmtree(out / f"gen-{seed}", ignore_errors=True)  # traces and models of an earlier run
@@ -264,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
           f"budget {args.budget}, link ratio {args.link_ratio}; hit rates live/simulated (the recorded seed-{EVAL_SEED} "
           f"trace), slowdown the device clock's (live) and the simulator's; torch threads {torch.get_num_threads()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average before {load_before}, after "
-          f"{_load()}; {elapsed:.0f} s.")
+          f"{load_average()}; {elapsed:.0f} s.")
     print()
     print_tables(rows, dist)
-    write_json(args.json, {"machine": machine_info(), "load_before": load_before, "load_after": _load(),
+    write_json(args.json, {"machine": machine_info(), "load_before": load_before, "load_after": load_average(),
                            "elapsed_s": elapsed, "generator_seeds": seeds, "tuning": bool(tuning),
                            "train_seeds": list(TRAIN_SEEDS), "eval_seed": EVAL_SEED, "steps": steps,
                            "budget": args.budget, "link_ratio": args.link_ratio, "targets": TARGETS,

@@ -32,18 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from common import machine_info, markdown_table, write_json  # noqa: E402
+from common import load_average, machine_info, markdown_table, write_json  # noqa: E402
 from runtime.optimizer_cost import VARIANTS, HostOptimizerCost, measure_host_optimizer  # noqa: E402
 
 POOR_FIT = 0.2
 """A row whose line misses a measured size by more than this is flagged: do not model with it."""
-
-
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -79,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         raise SystemExit(f"host_optimizer.py: --variants: unknown {', '.join(bad)}; choose from {', '.join(VARIANTS)}")
     before_threads = torch.get_num_threads()
-    load_before = _load()
+    load_before = load_average()
     results: list[HostOptimizerCost] = []
     try:
         for t in threads:
@@ -95,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                       file=sys.stderr)
     finally:
         torch.set_num_threads(before_threads)
-    load_after = _load()
+    load_after = load_average()
     ok = [c for c in results if c.supported]
     sizes = ok[0].sizes_bytes if ok else ()
     print(f"Host AdamW step (torch {torch.__version__}, CPU, float32, 8 tensors per size, lr 1e-3, 2 warm-up "

@@ -34,20 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from common import machine_info, markdown_table, write_json  # noqa: E402
+from common import load_average, machine_info, markdown_table, write_json  # noqa: E402
 from prefetch.workloads import WORKLOADS  # noqa: E402
 from runtime.link import DEFAULT_LINK_RATIO  # noqa: E402
 
 TARGET_PT = 1.0
 """Issue 10: live and simulated hit rates agree within this many points."""
 DEFAULT_MODELS = "out/benchmarks/models"
-
-
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def _policies(text: str, models: str) -> list[str]:
@@ -88,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"live_vs_sim.py: --workloads: unknown {', '.join(bad)}; choose from {', '.join(WORKLOADS)}", file=sys.stderr)
         return 2
     policies = _policies(args.policies, args.models)
-    load_before, t0 = _load(), time.monotonic()
+    load_before, t0 = load_average(), time.monotonic()
     rows: list[dict[str, Any]] = []
     for w in args.workloads.split(","):
         for r in live_and_simulated(w, policies, seed=args.seed, steps=steps, budget=args.budget,
@@ -103,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
           f"seed {args.seed} (the learned models were trained on seeds 0 and 1), {steps} steps, warm-up 1, "
           f"budget {args.budget}, link ratio {args.link_ratio}; torch threads {torch.get_num_threads()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average before {load_before}, "
-          f"after {_load()}; {time.monotonic() - t0:.0f} s. Slowdown: the device clock's (compute + waits) / "
+          f"after {load_average()}; {time.monotonic() - t0:.0f} s. Slowdown: the device clock's (compute + waits) / "
           f"compute; wall: median step over the all-resident one. Target |hit pt| <= {TARGET_PT}: "
           f"{sum(ok)}/{len(ok)} rows (learned: with its recorded daemon replies; the modelled rows are not counted).")
     print()
@@ -118,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
           + (" IN SAMPLE" if r.get("in_sample") else "")]
          for r, g in zip(rows, good)],
     ))
-    write_json(args.json, {"machine": machine_info(), "load_before": load_before, "load_after": _load(),
+    write_json(args.json, {"machine": machine_info(), "load_before": load_before, "load_after": load_average(),
                            "seed": args.seed, "steps": steps, "budget": args.budget, "link_ratio": args.link_ratio,
                            "trace_clock": args.trace_clock, "target_pt": TARGET_PT, "results": rows})
     return 0

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from common import machine_info, markdown_table, write_json  # noqa: E402
+from common import load_average, machine_info, markdown_table, write_json  # noqa: E402
 from prefetch.workloads import list_workloads  # noqa: E402
 from runtime.link import DEFAULT_LINK_RATIO  # noqa: E402
 
@@ -38,13 +38,6 @@ STATIC = tuple(w.name for w in list_workloads() if not w.dynamic)
 TARGETS = {0.4: 1.08, 1.0: 1.02}
 """Issue 12: learned slowdown on the static workloads, by budget."""
 BOOKKEEPING_TARGET_US = 3.0
-
-
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def _med(xs: list[float | None]) -> float | None:
@@ -94,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {p}: {exc} (python benchmarks/run_all.py trains out/benchmarks/models)", file=sys.stderr)
             policies.remove(p)
     seeds = [int(s) for s in args.seeds.split(",")]
-    load_before = _load()
+    load_before = load_average()
     rows = []
     for w in args.workloads.split(","):
         for b in (float(x) for x in args.budgets.split(",")):
@@ -110,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ms = lambda v: None if v is None else round(1e3 * v, 2)  # noqa: E731
     print(f"Overhead per measured step, median over seeds {args.seeds} ({args.steps} steps each, warm-up 1); "
           f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
-          f"load average before {load_before}, after {_load()}. Device: simulated (link ratio {DEFAULT_LINK_RATIO}). "
+          f"load average before {load_before}, after {load_average()}. Device: simulated (link ratio {DEFAULT_LINK_RATIO}). "
           f"Targets: learned on {', '.join(STATIC)} <= {TARGETS[0.4]}x at budget 0.4, <= {TARGETS[1.0]}x at 1.0; "
           f"bookkeeping <= {BOOKKEEPING_TARGET_US} us per managed access.")
     print()
@@ -128,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
           + (" IN SAMPLE" if r["in_sample"] else "") + ("" if r["bit_identical"] else " NOT IDENTICAL")]
          for r in rows],
     ))
-    write_json(args.json, {"machine": machine_info(), "load_before": load_before, "load_after": _load(),
+    write_json(args.json, {"machine": machine_info(), "load_before": load_before, "load_after": load_average(),
                            "seeds": seeds, "steps": args.steps, "results": rows})
     return 0
 
