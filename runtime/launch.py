@@ -25,6 +25,7 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from runtime.overhead import HookGuard
 from runtime.recorder import Recorder
 
 EXIT_SCRIPT_FAILED = 3
@@ -54,7 +55,18 @@ def run_script(run: Callable[[], Any], passthrough: tuple[type[BaseException], .
     """Run the script: (exit code, what went wrong or None). Its own exit code passes through;
     an interrupt (SIGINT, SIGTERM) is 130, an exception EXIT_SCRIPT_FAILED with its traceback
     printed; `passthrough` exceptions propagate."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, _terminate)
+    if previous[signal.SIGINT] is signal.default_int_handler:  # not if the user's shell chose otherwise
+        signal.signal(signal.SIGINT, _terminate)
+    try:
+        return _run(run, passthrough)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _run(run: Callable[[], Any], passthrough: tuple[type[BaseException], ...]) -> tuple[int, str | None]:
     try:
         run()
     except passthrough:
@@ -128,7 +140,8 @@ class GlobalRecorder:
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    """SIGINT/SIGTERM: a KeyboardInterrupt, held until the prefetcher's hooks are left (HookGuard)."""
+    HookGuard.interrupt(KeyboardInterrupt(f"signal {signum}"))
 
 
 def main(argv: list[str] | None = None) -> int:

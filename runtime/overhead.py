@@ -27,6 +27,32 @@ from runtime.link import ComputeClock
 _perf_ns = time.perf_counter_ns
 
 
+class HookGuard:
+    """Interrupts held while the prefetcher's hooks run. A SIGINT or SIGTERM raised inside a
+    hook could leave the store, the clock or a lock half updated (a copy queued but not
+    recorded, a queue mutex held), and closing the run then hangs; the launcher's signal
+    handler (runtime.launch) asks `interrupt`, which defers the KeyboardInterrupt to the
+    moment the outermost hook returns."""
+
+    depth = 0
+    pending: BaseException | None = None
+
+    @classmethod
+    def interrupt(cls, exc: BaseException) -> None:
+        """Raise `exc` now, or when the outermost hook returns if one is running."""
+        if cls.depth > 0:
+            cls.pending = exc
+            return
+        raise exc
+
+    @classmethod
+    def leave(cls) -> None:
+        cls.depth -= 1
+        if cls.depth == 0 and cls.pending is not None:
+            exc, cls.pending = cls.pending, None
+            raise exc
+
+
 class HookTimer:
     """Times every hook the tracker installs (`wrap` each before registering it).
 
@@ -41,25 +67,29 @@ class HookTimer:
         self.calls = 0
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        clock = self.clock
+        clock, guard = self.clock, HookGuard
         if clock is not None:
             enter, leave = clock.hot_enter, clock.hot_leave
 
             def timed(*args: Any, **kwargs: Any) -> Any:
+                guard.depth += 1
                 enter()
                 try:
                     return fn(*args, **kwargs)
                 finally:
                     self.ns += leave()
                     self.calls += 1
+                    guard.leave()
         else:
             def timed(*args: Any, **kwargs: Any) -> Any:
+                guard.depth += 1
                 t0 = _perf_ns()
                 try:
                     return fn(*args, **kwargs)
                 finally:
                     self.ns += _perf_ns() - t0
                     self.calls += 1
+                    guard.leave()
 
         timed.__wrapped__ = fn  # type: ignore[attr-defined]
         return timed

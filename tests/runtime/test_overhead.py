@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from predictor.interface import BasePolicy
@@ -131,3 +132,26 @@ def test_store_sees_the_managed_stream_the_recorder_logs():
         live_keys = pf.tracker.tensor_keys
     live = [(live_keys[t], p, a) for p, a, t in pol.events]
     assert live and live == recorded
+
+
+def test_an_interrupt_inside_a_hook_is_raised_when_the_outermost_hook_returns():
+    """HookGuard: a SIGINT/SIGTERM arriving inside nested hooks is held until the outermost returns, then raised."""
+    from runtime.overhead import HookGuard, HookTimer
+
+    timer, seen = HookTimer(), []
+
+    def inner():
+        HookGuard.interrupt(KeyboardInterrupt("signal 2"))  # what the launcher's handler does
+        seen.append("inner finished")
+
+    wrapped_inner = timer.wrap(inner)
+
+    def outer():
+        wrapped_inner()
+        seen.append("outer finished")
+
+    with pytest.raises(KeyboardInterrupt, match="signal 2"):
+        timer.wrap(outer)()
+    assert seen == ["inner finished", "outer finished"] and HookGuard.depth == 0 and HookGuard.pending is None
+    with pytest.raises(KeyboardInterrupt):  # outside any hook: at once
+        HookGuard.interrupt(KeyboardInterrupt("signal 15"))
