@@ -157,8 +157,12 @@ def test_interrupted_script_still_reports(tmp_path):
             time.sleep(0.01)
     """))
     out = tmp_path / "report.json"
+    # A terminal's Ctrl-C: SIGINT at its default in the child, whatever this process inherited (a
+    # background job of a non-interactive shell ignores SIGINT, and an ignored signal stays ignored
+    # across exec; the launcher, like Python, then respects that and never sees the interrupt).
     proc = subprocess.Popen([sys.executable, "-m", "runtime.run_launch", "--json", str(out), "--", str(script)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 90
         while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
