@@ -105,7 +105,7 @@ class CudaMonitor:
         device (unmanaged parameters, gradients, buffers, optimizer state), each storage once."""
         managed = self._managed_param_ids()
         seen: set[int] = set()
-        total = self.store.device_bytes
+        total = self.store.used
 
         def add(t: torch.Tensor | None) -> None:
             nonlocal total

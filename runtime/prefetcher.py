@@ -321,7 +321,7 @@ class Prefetcher:
         dev = self.device
         sim = isinstance(dev, SimulatedDevice)
         return OverheadCounters(
-            hook_ns=self.hooks.ns, hook_calls=self.hooks.calls, stall_ns=self.store.stats.stall_ns,
+            hook_ns=self.hooks.ns, hook_calls=self.hooks.calls, stall_ns=self.store.stall_ns,
             managed_accesses=self.store.managed_events, clock_reads=dev.clock.work_reads if sim else 0,
             copy_lag_ns=dev.copy_lag_ns if sim else 0, engine_cpu_ns=dev.engine_cpu_ns() if sim else 0)
 
@@ -330,7 +330,7 @@ class Prefetcher:
         bookkeeping and emulation; `step_s - baseline_step_s` less those is unattributed."""
         warm = self._warm_counters or OverheadCounters()
         sim = isinstance(self.device, SimulatedDevice)
-        steps = self.store.stats.steps - (self.config.warmup_steps if self._warm_counters is not None else 0)
+        steps = self.store.steps - (self.config.warmup_steps if self._warm_counters is not None else 0)
         return split(self._counters() - warm, steps, read_cost_ns=self.device.clock_read_ns if sim else 0.0,
                      step_s=step_s, baseline_step_s=baseline_step_s, simulated=sim)
 
@@ -341,7 +341,7 @@ class Prefetcher:
     def run_report(self) -> RunReport:
         """The run as a RunReport (runtime.run_report), the type the simulator reports too."""
         cuda = self.cuda_monitor.report() if self.cuda_monitor is not None else None  # first: adds pending stalls
-        st = self.store.measured_stats()
+        st = self.store.measured()
         warm = self.config.warmup_steps
         measured_times = self._step_times[warm:]
         step_time = statistics.median(measured_times) if measured_times else None  # median: robust to noise
@@ -353,16 +353,16 @@ class Prefetcher:
             link=self.device.describe_link() if isinstance(self.device, SimulatedDevice) else None,
             managed_bytes=self.store.managed_bytes(),
             budget_bytes=self.store.budget_bytes,
-            peak_device_bytes=self.store.peak_device_bytes,
+            peak_device_bytes=self.store.peak,
             steps=st.steps,
             warmup_steps=warm,
             stats=st.snapshot(),  # a copy: the store keeps counting
-            warmup=self.store.warmup_stats,
+            warmup=self.store.warmup,
             step_time_s=step_time,
             baseline_step_time_s=base,
             slowdown=(step_time / base) if (step_time and base) else None,
-            prefetch_refused=self.store.prefetch_refused,
-            overcommits=self.store.budget_overflows,
+            prefetch_refused=self.store.refused,
+            overcommits=self.store.overcommits,
             live=LiveCounters(
                 policy_served_by=self.store.policy.served_by or self.store.policy.name,
                 managed_kinds=[Kind(k).name.lower() for k in MANAGED_KINDS],
@@ -515,5 +515,5 @@ def prefetching(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None 
         yield pf
     finally:
         pf.close()
-        if pf.store.budget_overflows:
-            warnings.warn(f"prefetching: {pf.store.budget_overflows} accesses did not fit the device budget", stacklevel=3)
+        if pf.store.overcommits:
+            warnings.warn(f"prefetching: {pf.store.overcommits} accesses did not fit the device budget", stacklevel=3)

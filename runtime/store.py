@@ -36,7 +36,6 @@ import torch
 from predictor.interface import NO_PREDICTION, Policy
 from runtime.tier import DeviceTier
 from runtime.device import Device
-from runtime.stats import AccessStats
 from runtime.trace_format import Access, Kind, is_managed
 
 
@@ -91,31 +90,6 @@ class TensorStore(DeviceTier):
         self.timeline: list[tuple[str, int, int, int]] | None = None
         """When a list: ("late"|"miss", start_ns, wait_ns, tid) stalls and ("step", t_ns, 0, step) ends."""
         self._seen_step = self._seen_micro = -1  # (step, micro-step) of the last access: a change is a new root forward
-
-    # -- the tier's counters under the names the reports use ------------------------------------
-    @property
-    def stats(self) -> AccessStats:
-        return self.totals()
-
-    @property
-    def warmup_stats(self) -> AccessStats | None:
-        return self.warmup
-
-    @property
-    def device_bytes(self) -> int:
-        return self.used
-
-    @property
-    def peak_device_bytes(self) -> int:
-        return self.peak
-
-    @property
-    def budget_overflows(self) -> int:
-        return self.overcommits
-
-    @property
-    def prefetch_refused(self) -> int:
-        return self.refused
 
     # -- setup -------------------------------------------------------------------------
     def attach(self, tracker: Any) -> None:
@@ -404,9 +378,6 @@ class TensorStore(DeviceTier):
         return keys[tid] if tid < len(keys) else f"#{tid}"
 
     # -- results -----------------------------------------------------------------------
-    def measured_stats(self) -> AccessStats:
-        return self.measured()
-
     def close(self) -> None:
         """Put every parameter back on its master copy (the model stays usable)."""
         if self.tracker is None:

@@ -92,7 +92,7 @@ def test_trace_out_keeps_the_managed_events_the_store_saw(tmp_path):
     tids = np.asarray(trace.column("tensor_id"))
     assert len(tids) == pf.store.managed_events
     assert trace.managed_tensors()[tids].all()
-    assert (np.asarray(trace.column("access")) == 0).sum() == pf.store.stats.accesses
+    assert (np.asarray(trace.column("access")) == 0).sum() == pf.store.totals().accesses
     assert trace.keys == pf.tracker.tensor_keys[: trace.num_tensors]
 
 
