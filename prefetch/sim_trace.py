@@ -75,15 +75,10 @@ class _TraceTier(DeviceTier):
         return end - now
 
     def _finish(self, tid: int, ready: int) -> int:
-        waited = ready - self.comp - self.lag
-        if waited <= 0:
-            return 0
-        self.lag += waited
-        return waited
+        return self._land(tid, ready) or 0
 
     def _write_back(self, tid: int) -> None:
-        now, free = self.comp + self.lag, self.engine_free
-        self.engine_free = (free if free > now else now) + self.cpy[tid]
+        self._start_copy(tid)  # the same FIFO engine, the other direction
 
     def _busy(self) -> Collection[int]:
         return self.modules.params(self.running)
@@ -102,8 +97,6 @@ class TraceStream:
     oracle's portfolio simulates it once per strategy): plain Python lists, because
     indexing numpy scalars per event is slow."""
 
-    trace: Trace
-    warmup_steps: int
     measured_steps: int
     measure_start: int
     """Index of the first measured managed event."""
@@ -149,7 +142,7 @@ class TraceStream:
             opt_l[j] = (pre, post)
         before = int(ctime[measure_start - 1]) if measure_start else 0
         return cls(
-            trace=trace, warmup_steps=warmup_steps, measured_steps=measured_steps, measure_start=measure_start,
+            measured_steps=measured_steps, measure_start=measure_start,
             nb=trace.tensor_nbytes().tolist(), kinds=kinds, managed=trace.managed_tensors().tolist(),
             is_act=[k == _ACT for k in kinds],
             steps=np.asarray(trace.column("step"))[idx].tolist(),
@@ -170,9 +163,8 @@ def simulate_portfolio(trace: Trace, policies: list[Policy], **kw: Any) -> SimRe
     by a chunk of events; once one has finished, a run that has already missed more reads
     than it cannot win and is dropped. The pick is the same as simulating every policy to
     the end; the likely winner finishes first, so the others stop early."""
-    stream = kw.pop("stream", None) or TraceStream.of(trace, kw["warmup_steps"])
-    chunk = _CHUNK if len(policies) > 1 else len(stream.tids) + 1
-    runs = [_run_trace(trace, p, stream=stream, chunk=chunk, **kw) for p in policies]
+    chunk = _CHUNK if len(policies) > 1 else len(TraceStream.of(trace, kw["warmup_steps"]).tids) + 1
+    runs = [_run_trace(trace, p, chunk=chunk, **kw) for p in policies]
     if len(runs) == 1:
         return _finish(runs[0])
     race = [(0, k) for k in range(len(runs))]
@@ -211,14 +203,11 @@ def _run_trace(
     managed_bytes: int,
     link: LinkModel,
     warmup_steps: int,
-    stream: TraceStream | None = None,
     chunk: int = _CHUNK,
 ) -> Generator[int, None, SimReport]:
     """Replay one trace through the device tier with `policy`, a chunk of events at a time:
-    yields the measured reads missed (late or miss) so far after each chunk, returns the
-    report. `stream`: the trace prepared (TraceStream.of), when it is simulated more than once."""
-    if stream is None or stream.trace is not trace or stream.warmup_steps != warmup_steps:
-        stream = TraceStream.of(trace, warmup_steps)
+    yields the measured reads missed (late or miss) so far after each chunk, returns the report."""
+    stream = TraceStream.of(trace, warmup_steps)  # built once per trace and warm-up
     measured_steps, measure_start = stream.measured_steps, stream.measure_start
     steps_l, micro_l, phase_l, access_l, tids_l = stream.steps, stream.micro, stream.phase, stream.access, stream.tids
     nbytes_l, ctime_l, run_l, opt_l, is_act = stream.nbytes, stream.ctime, stream.running, stream.opt, stream.is_act
