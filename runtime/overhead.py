@@ -46,11 +46,10 @@ class HookGuard:
         raise exc
 
     @classmethod
-    def leave(cls) -> None:
-        cls.depth -= 1
-        if cls.depth == 0 and cls.pending is not None:
-            exc, cls.pending = cls.pending, None
-            raise exc
+    def raise_pending(cls) -> None:
+        """The outermost hook has returned (depth 0): raise the interrupt held meanwhile."""
+        exc, cls.pending = cls.pending, None
+        raise exc
 
 
 class HookTimer:
@@ -79,7 +78,9 @@ class HookTimer:
                 finally:
                     self.ns += leave()
                     self.calls += 1
-                    guard.leave()
+                    guard.depth -= 1
+                    if guard.pending is not None and not guard.depth:
+                        guard.raise_pending()
         else:
             def timed(*args: Any, **kwargs: Any) -> Any:
                 guard.depth += 1
@@ -89,7 +90,9 @@ class HookTimer:
                 finally:
                     self.ns += _perf_ns() - t0
                     self.calls += 1
-                    guard.leave()
+                    guard.depth -= 1
+                    if guard.pending is not None and not guard.depth:
+                        guard.raise_pending()
 
         timed.__wrapped__ = fn  # type: ignore[attr-defined]
         return timed
