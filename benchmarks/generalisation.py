@@ -71,9 +71,9 @@ def evaluate_architecture(gen_seed: int, *, steps: int, budget: float, link_rati
     """Record, train, and evaluate one architecture live and simulated (module docstring); one result dict."""
     from predictor.train import TrainConfig, train
     from prefetch.live_vs_sim import _baseline, _recorded, live_run
+    from prefetch.recording import record_workload
     from prefetch.simulate import simulate_like_run
     from prefetch.workloads.generated import generate, workload_for
-    from runtime.recorder import Recorder
 
     arch = generate(gen_seed)
     workload = workload_for(arch)
@@ -81,15 +81,8 @@ def evaluate_architecture(gen_seed: int, *, steps: int, budget: float, link_rati
     t0 = time.monotonic()
     train_dirs = []
     for seed in TRAIN_SEEDS:
-        job = workload.build(seed)
-        rec = Recorder(job.model, job.optimizer, base / f"train-seed{seed}", workload=workload.name, seed=seed,
-                       config=job.config).start()
-        try:
-            for i in range(steps):
-                job.step(i)
-        finally:
-            rec.close()
         train_dirs.append(base / f"train-seed{seed}")
+        record_workload(workload, steps, train_dirs[-1], seed=seed, progress=False)
     t_record = time.monotonic() - t0
     models = base / "models"
     train(train_dirs, models, TrainConfig(num_threads=1), progress=False, log=lambda *a, **k: None)

@@ -44,17 +44,11 @@ def _baseline(workload, seed: int, steps: int, warmup: int) -> tuple[float, floa
 
 def _recorded(workload, seed: int, steps: int, out: Path) -> tuple[list[dict[str, Any]], Path]:
     """The recorded pass's tensor table (the live ids and the budget follow from it) and trace stem."""
-    from runtime.recorder import Recorder
+    from prefetch.recording import record_workload
     from runtime.trace_format import load_trace
 
-    job = workload.build(seed)
-    rec = Recorder(job.model, job.optimizer, out, workload=workload.name, seed=seed, config=job.config).start()
-    try:
-        for i in range(steps):
-            job.step(i)
-    finally:
-        rec.close()
-    return load_trace(rec.stem).tensors.to_pylist(), rec.stem
+    stem = record_workload(workload, steps, out, seed=seed, progress=False)
+    return load_trace(stem).tensors.to_pylist(), stem
 
 
 def live_run(workload, policy: str, *, seed: int, steps: int, budget: float, link_ratio: float, warmup: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
@@ -12,15 +13,21 @@ from tqdm import tqdm
 from runtime.recorder import Recorder
 from runtime.trace_writer import check_output_dir
 
+if TYPE_CHECKING:
+    from prefetch.workloads import Workload
 
-def record_workload(name: str, steps: int, out: str | os.PathLike[str], *, seed: int = 0,
+
+def record_workload(workload: "str | Workload", steps: int, out: str | os.PathLike[str], *, seed: int = 0,
                     progress: bool = True) -> Path:
-    """Build workload `name` with `seed`, run `steps` steps under the recorder; return the trace stem."""
+    """Build `workload` (a reference workload's name, or a Workload such as a generated one)
+    with `seed`, run `steps` steps under the recorder; return the trace stem."""
     from prefetch.workloads import get_workload
 
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
-    workload = get_workload(name)  # unknown name: a clear error before anything is built
+    if isinstance(workload, str):
+        workload = get_workload(workload)  # unknown name: a clear error before anything is built
+    name = workload.name
     check_output_dir(out)
     job = workload.build(seed)
     bar = tqdm(total=steps, desc=f"record {name}", unit="step", file=sys.stderr, disable=not progress)
