@@ -123,7 +123,7 @@ class RunReport:
     provenance: dict[str, Any] | None = None
     """A learned policy: PROVENANCE_KEYS (predictor.provenance)."""
     simulated_hit_rate: float | None = None
-    """Set by `prefetch demo` on a live run: the simulator on its own trace."""
+    """Set by `prefetch demo` on a live run: the simulator on the trace recorded from its seed."""
     simulated_slowdown: float | None = None
     simulated_oracle_hit_rate: float | None = None
     demo_train_seeds: list[int] | None = None

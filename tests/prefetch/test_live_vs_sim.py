@@ -31,7 +31,7 @@ TRAIN_SEEDS = (0, 1)
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A learned model per workload's architecture, trained on seeds 0 and 1 (not the evaluated 2)."""
-    from predictor.train import TrainConfig, train
+    from predictor.train import train
     from prefetch.recording import record_workload
 
     root = tmp_path_factory.mktemp("learned")
