@@ -142,10 +142,32 @@ class Policy(Protocol):
         run need not call it (real time passes by itself). Default: nothing."""
         ...
 
+    def bind_tier(self, tier: "TierView") -> None:
+        """The device tier serving this policy (live store or simulator), read-only: its
+        budget and its counters, for a policy that watches its own results (the guarded
+        learned policy compares its stall with the simple policies'; a scan-aware policy
+        sizes what it keeps by the budget). Executors call it whenever the tier takes the
+        policy (before start() and again on a policy swap). Default: nothing."""
+        ...
+
     def close(self) -> None:
         """The run is over (live runs call it at Prefetcher.close): release sockets and
         threads. Idempotent. Default: nothing."""
         ...
+
+
+class TierView(Protocol):
+    """What a policy may read of the device tier that serves it (runtime.tier.DeviceTier
+    is one): the budget (None until fixed) and the running counters. Never written by a policy."""
+
+    budget_bytes: int | None
+    used: int
+    reads: int
+    hits: int
+    late: int
+    misses: int
+    stall_ns: int
+    steps: int
 
 
 INF_POS = 1 << 62
@@ -191,6 +213,9 @@ class BasePolicy:
     def bind_clock(self, now_ns: Callable[[], int]) -> None:
         pass
 
+    def bind_tier(self, tier: "TierView") -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -212,7 +237,7 @@ def check_policy(policy: object) -> Policy:
 
 
 _HOOKS = ("name", "served_by", "note", "variant", "start", "observe", "predicted_next_use", "upcoming", "extend",
-          "admit_prefetch", "next_read_key", "rekeyed", "bind_clock", "close")
+          "admit_prefetch", "next_read_key", "rekeyed", "bind_clock", "bind_tier", "close")
 
 
 class PolicyError(ValueError):

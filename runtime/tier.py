@@ -79,6 +79,8 @@ class DeviceTier:
     def set_policy(self, policy: Policy) -> None:
         """Fast paths decided once (not per event): called only when the policy overrides them."""
         self._policy = policy
+        if overrides(policy, "bind_tier"):
+            policy.bind_tier(self)  # read-only: budget and counters (predictor.interface.TierView)
         self.observe = policy.observe
         self.pnu: Callable[[int], float] = policy.predicted_next_use
         self.use_heap = overrides(policy, "next_read_key")  # the oracle: the scan's victims, in O(log n)
