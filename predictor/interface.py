@@ -158,7 +158,8 @@ class Policy(Protocol):
 
 class TierView(Protocol):
     """What a policy may read of the device tier that serves it (runtime.tier.DeviceTier
-    is one): the budget (None until fixed) and the running counters. Never written by a policy."""
+    is one): the budget (None until fixed), the running counters, and per tensor id its
+    kind, size and whether the tier manages it. Never written by a policy."""
 
     budget_bytes: int | None
     used: int
@@ -167,7 +168,11 @@ class TierView(Protocol):
     late: int
     misses: int
     stall_ns: int
+    optimizer_wait_ns: int
     steps: int
+    kind: list[int]
+    nb: list[int]
+    managed: list[bool | None]
 
 
 INF_POS = 1 << 62

@@ -48,6 +48,7 @@ def simulate(
     warmup_steps: int = 1,
     lookahead: int = LIVE_LOOKAHEAD,
     daemon: DaemonPath | bool = False,
+    guard: bool = True,
 ) -> SimReport:
     """Replay `traces` through the device/copy-engine model with `policy`; see the module docstring.
 
@@ -60,6 +61,7 @@ def simulate(
     is the model itself). True or a predictor.daemon_path.DaemonPath: the policy is served as
     a live run's daemon serves it (batched events, replies a round trip late, the local
     fallback's next use between them); the report's policy reads "SPEC via daemon".
+    guard: a learned policy runs under predictor.guard, as live runs run it (False: alone).
     """
     loaded = _load(traces)
     if warmup_steps < 0:
@@ -81,6 +83,10 @@ def simulate(
         pols = _make_policies(policy, trace, budget_bytes, lookahead)
         if path is not None:
             pols = [SimulatedDaemonPolicy(pol, lookahead=lookahead, path=path) for pol in pols]
+        if guard and isinstance(policy, str) and policy.startswith("learned:"):
+            from predictor.guard import guarded
+
+            pols = [guarded(pol, lookahead=lookahead, link=lambda link=trace_link: link) for pol in pols]
         # the oracle's portfolio: the best hit rate, then the shortest time (first wins ties)
         best = simulate_portfolio(
             trace, pols, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,

@@ -89,6 +89,9 @@ class PrefetchConfig:
     its model was trained on this seed (`in_sample`, predictor.provenance)."""
     workload: str | None = None
     """The job's workload name, when known (compared with the model's training runs)."""
+    guard: bool = True
+    """A learned policy runs under predictor.guard (it leans on replay, markov or none in
+    steps where it stalls more than they do); False: the learned policy alone."""
     trace_out: str | Path | None = None
     """Keep this run's own trace here (runtime.live_trace: managed events; on the simulated
     device timed by its compute clock), for `simulate_like_run(report, pf.trace_stem)`."""
@@ -212,6 +215,14 @@ class Prefetcher:
                                lookahead=self.config.lookahead, tensors_fn=self._tensor_info,
                                batch_events=self.config.daemon_batch_events, curve_keys=self.config.daemon_keys)
             self.policy_note = pol.note
+            if self.config.guard:
+                from predictor.guard import guarded
+
+                if isinstance(self.device, SimulatedDevice):  # shadows need the link and the compute clock
+                    dev = self.device
+                    return guarded(pol, lookahead=self.config.lookahead, link=lambda: dev.link,
+                                   compute_ns=dev.clock.compute_ns)
+                return guarded(pol, lookahead=self.config.lookahead)  # CUDA: no link model, no shadows yet
             return pol
         return make_policy(spec, lookahead=self.config.lookahead)
 
@@ -386,7 +397,9 @@ class Prefetcher:
             return None
         from runtime.daemon_policy import DaemonPolicy
 
-        return self.store.policy if isinstance(self.store.policy, DaemonPolicy) else None
+        pol = self.store.policy
+        pol = getattr(pol, "candidates", [pol])[0]  # under predictor.guard: its learned candidate
+        return pol if isinstance(pol, DaemonPolicy) else None
 
     def _trace_extra(self) -> dict[str, Any]:
         """With a kept trace and the daemon: whether it holds the reply schedule (`daemon_replies`)."""

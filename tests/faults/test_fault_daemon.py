@@ -62,7 +62,7 @@ def run_with_faults(models: Path, endpoint: str, faults: tuple[str, ...]):
             warnings.simplefilter("ignore")  # the one DaemonUnavailableWarning is tested elsewhere
             with runtime.prefetching(model, opt, policy=f"learned:{models}", daemon=endpoint, budget=0.5,
                                      device="simulated", link=LinkModel(bandwidth_bytes_per_s=5e9)) as pf:
-                client = pf.store.policy.client
+                client = pf.store.policy.primary.client
                 while len(losses) < FIRST_FAULT_AT:
                     losses.append(step())
                 served = bool(client.connected and str(client.served_policy).startswith("learned"))

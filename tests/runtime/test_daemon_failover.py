@@ -36,7 +36,7 @@ def test_daemon_killed_mid_run_then_back(models, tmp_path):
             warnings.simplefilter("always")
             with runtime.prefetching(model, opt, policy=f"learned:{models}", daemon=endpoint, budget=0.5,
                                      device="simulated", link=LinkModel(bandwidth_bytes_per_s=5e9)) as pf:
-                client = pf.store.policy.client
+                client = pf.store.policy.primary.client
                 for _ in range(3):
                     losses.append(step())
                 assert client.connected and client.served_policy.startswith("learned")
@@ -74,7 +74,7 @@ def test_without_a_daemon_prediction_the_local_replay_answers(models):
                              link=LinkModel(bandwidth_bytes_per_s=5e9)) as pf:
         for _ in range(3):
             step()
-        pol = pf.store.policy
+        pol = pf.store.policy.primary  # the learned policy under its guard (predictor.guard)
         assert pol.client.connected
         params = [t for t in pf.tracker.params_by_tid if pf.store.managed[t]]
         pol._due.clear()  # the daemon has predicted nothing yet

@@ -1,0 +1,327 @@
+"""The guarded learned policy: the model watches what the simple policies would have stalled, on the same steps.
+
+    policy = guarded(learned, lookahead=64, link=lambda: device.link, compute_ns=clock.compute_ns)
+
+A learned policy is judged on runs and architectures it never saw, where it can do worse
+than the simple policies: it copies what it guessed, which congests the link and evicts
+what the step needed next (issue 11: 1.8x the stall of no prefetching on an unseen
+model). The guard bounds that by construction, in the spirit of set dueling (Qureshi et
+al., ISCA 2007; DIP/DRRIP: leader sets score the rival policies, followers take the
+winner). A prefetcher's cost is global (a busy link, evictions), so sampling *tensors*
+cannot score it; instead each rival runs in a *shadow*: a device tier of its own
+(`ShadowTier`, the same DeviceTier rules as the live store and the simulator) over a
+virtual FIFO link, fed the same events at the executor's compute time. So every step
+gives, for the same accesses, the learned policy's real stall and the stall none, replay
+and markov would have had.
+
+- The learned candidate serves first. After `min_steps` scored steps, whichever
+  candidate has the least stall summed over the scored steps (the learned one gets
+  `margin`) serves from the next step; the one it replaces takes its shadow. The first
+  step is not scored: it is every policy's warm-up (replay and markov know nothing yet).
+- Only the serving candidate's requests reach the tier, and it answers
+  `predicted_next_use` (eviction); the others are observed by their shadows only.
+- Without a link model or a compute clock (CUDA today) there are no shadows and the
+  learned policy serves alone.
+
+The price: per access, each shadow's tier event and its policy's observe (measured in
+benchmarks/guard.py). `note` says which candidate served from which step, and the stalls
+that decided it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Sequence
+
+from predictor.interface import BasePolicy, Policy, TensorInfo, TierView, overrides
+from runtime.link import LinkModel
+from runtime.tier import DeviceTier
+from runtime.trace_format import Access, Kind
+
+_READ, _ACT = int(Access.READ), int(Kind.ACTIVATION)
+
+DEFAULT_ALTERNATES = ("replay", "markov", "none")
+"""The simple policies shadowed beside the learned one."""
+
+
+@dataclass(frozen=True, slots=True)
+class GuardConfig:
+    """When the guard switches."""
+
+    margin: float = 0.05
+    """Another candidate replaces the learned one only with at least this share less stall."""
+    min_steps: int = 2
+    """Scored steps before any switch: one step can mislead (the step after warm-up, an evaluation step)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"margin must be in [0, 1), got {self.margin}")
+        if self.min_steps < 1:
+            raise ValueError(f"min_steps must be >= 1, got {self.min_steps}")
+
+
+class ShadowTier(DeviceTier):
+    """A device tier over a virtual FIFO link, fed the executor's events and its compute
+    clock: what another policy would have done on the same step (the simulator's engine,
+    prefetch.sim_trace, in miniature: time is the executor's compute time plus this tier's
+    own waits)."""
+
+    def __init__(self, policy: Policy, budget_bytes: int, link: LinkModel, compute_ns: Callable[[], int],
+                 busy: Callable[[], Collection[int]] | None = None):
+        super().__init__(policy, budget_bytes)
+        self.link = link
+        self.compute_ns = compute_ns
+        if busy is not None:
+            self._busy = busy  # type: ignore[method-assign]  # the executor's: the same modules are running
+        self.lag = 0
+        self.engine_free = 0
+
+    def _copy_end(self, tid: int) -> int:
+        now = self.compute_ns() + self.lag
+        self.engine_free = max(self.engine_free, now) + self.link.copy_ns(self.nb[tid])
+        return self.engine_free
+
+    def _start_copy(self, tid: int) -> int:
+        return self._copy_end(tid)
+
+    def _land(self, tid: int, ready: int) -> int | None:
+        waited = ready - self.compute_ns() - self.lag
+        if waited <= 0:
+            return None
+        self.lag += waited
+        return waited
+
+    def _fetch(self, tid: int) -> int:
+        now = self.compute_ns() + self.lag
+        end = self._copy_end(tid)
+        self.lag += end - now
+        return end - now
+
+    def _finish(self, tid: int, ready: int) -> int:
+        return self._land(tid, ready) or 0
+
+    def _write_back(self, tid: int) -> None:
+        self._copy_end(tid)
+
+
+class GuardedPolicy(BasePolicy):
+    """The learned policy under a guard (module docstring); candidate 0 is the learned one."""
+
+    name = "learned"
+
+    def __init__(self, primary: Policy, alternates: Sequence[Policy], config: GuardConfig | None = None,
+                 link: Callable[[], LinkModel | None] | None = None, compute_ns: Callable[[], int] | None = None):
+        """`link`: the executor's link model, when known (None: no shadows, the learned
+        policy runs alone). `compute_ns`: the executor's compute time; default, the clock
+        given to `bind_clock` less the waits its tier counted (the simulator's)."""
+        # Without a link there can be no shadows: the rivals would observe for nothing.
+        self.candidates: list[Policy] = [primary, *alternates] if link is not None else [primary]
+        self.config = config or GuardConfig()
+        self.variant = primary.variant
+        self._link = link
+        self._tier: Any = None
+        self._clock: Callable[[], int] | None = None
+        self._compute = compute_ns
+        self._names = [c.name for c in self.candidates]
+
+    @property
+    def primary(self) -> Policy:
+        """The learned policy the guard watches (candidate 0)."""
+        return self.candidates[0]
+
+    # -- the executor's hooks --------------------------------------------------------------
+    def bind_tier(self, tier: TierView) -> None:
+        self._tier = tier
+        for c in self.candidates:
+            if overrides(c, "bind_tier"):
+                c.bind_tier(tier)
+
+    def bind_clock(self, now_ns: Callable[[], int]) -> None:
+        self._clock = now_ns
+        for c in self.candidates:
+            c.bind_clock(now_ns)
+
+    def start(self, tensors: TensorInfo) -> None:
+        for c in self.candidates:
+            c.start(tensors)
+        self.active = 0
+        self.stall: dict[int, int] = {}  # candidate -> stall ns summed over the scored steps
+        self.scored = 0
+        self.history: list[tuple[int, int]] = []  # (first step, candidate) of each stretch
+        self.shadows: list[ShadowTier] = []  # one per candidate not active, once budget, link and clock are known
+        self._slot: dict[int, int] = {}  # candidate -> its shadow
+        self._step: int | None = None
+        self._steps_seen = 0
+        self._mark: list[int] = []  # stall counters at the step's start: the executor's, then each shadow's
+        self._resume = False  # the active candidate just changed: re-request its window once
+        self._written = -1  # an activation written at the last event: shadows place it at the next
+        self._observers = [c.observe for c in self.candidates]
+
+    def observe(self, step: int, micro_step: int, phase: int, access: int, tensor_id: int) -> Sequence[int]:
+        if step != self._step:
+            self._new_step(step)
+        active = self.active
+        out = self._observers[active](step, micro_step, phase, access, tensor_id)
+        if self.shadows:
+            self._shadow(step, micro_step, phase, access, tensor_id)
+        else:
+            for i, obs in enumerate(self._observers):
+                if i != active:
+                    obs(step, micro_step, phase, access, tensor_id)
+        if self._resume:
+            self._resume = False
+            c = self.candidates[active]
+            window = c.upcoming(getattr(c, "lookahead", 64)) or []
+            if window:  # what it asked for while it was not listened to
+                return [*window, *out]
+        return out
+
+    def _shadow(self, step: int, micro_step: int, phase: int, access: int, t: int) -> None:
+        """The event through every shadow tier, as the executor serves it: an activation's
+        write is placed once its size is known (the executor writes after this call), a
+        read one is freed."""
+        tier = self._tier
+        w = self._written
+        if w >= 0:
+            self._written = -1
+            for sh in self.shadows:
+                sh.write(w, tier.nb[w])
+        is_act = tier.kind[t] == _ACT
+        for sh in self.shadows:
+            if t >= len(sh.nb) or sh.kind[t] != tier.kind[t]:
+                sh.declare(t, tier.kind[t], tier.nb[t], tier.managed[t])
+            if is_act and access == _READ and not sh.exists[t]:
+                continue  # produced before the shadow began
+            sh.event(step, micro_step, phase, access, t)
+            if is_act and access == _READ:
+                sh.free(t)
+        if is_act and access != _READ:
+            self._written = t
+
+    def predicted_next_use(self, tensor_id: int) -> float:
+        return self.candidates[self.active].predicted_next_use(tensor_id)
+
+    def upcoming(self, k: int) -> list[int] | None:
+        return self.candidates[self.active].upcoming(k)
+
+    def extend(self, tensors: TensorInfo, first_id: int) -> None:
+        for c in self.candidates:
+            c.extend(tensors, first_id)
+
+    def close(self) -> None:
+        for c in self.candidates:
+            c.close()
+
+    @property
+    def served_by(self) -> str | None:  # type: ignore[override]
+        return self.candidates[0].served_by
+
+    @served_by.setter
+    def served_by(self, value: str | None) -> None:
+        pass  # BasePolicy's class attribute; the learned candidate's is reported
+
+    @property
+    def note(self) -> str | None:  # type: ignore[override]
+        inner = self.candidates[0].note
+        return f"{inner}; {self.describe()}" if inner else self.describe()
+
+    @note.setter
+    def note(self, value: str | None) -> None:
+        pass  # BasePolicy's class attribute; the note is built from the run
+
+    # -- the guard -------------------------------------------------------------------------------
+    def _compute_ns(self) -> int:
+        """The executor's compute time: its clock less every wait it counted."""
+        t = self._tier
+        return self._clock() - t.stall_ns - t.optimizer_wait_ns  # type: ignore[misc]
+
+    def _stalls(self) -> list[int]:
+        return [self._tier.stall_ns, *(sh.stall_ns for sh in self.shadows)]
+
+    def _new_step(self, step: int) -> None:
+        """The step that ran has ended: score it for every candidate (the active one from
+        the executor, the others from their shadows), pick the best, start the next."""
+        if self._tier is not None:
+            now = self._stalls()
+            if self._mark and self._steps_seen >= 2:
+                self._score([a - b for a, b in zip(now, self._mark)])
+            if not self.shadows:
+                self._start_shadows()
+            self._mark = self._stalls()
+        self._step = step
+        self._steps_seen += 1
+        if not self.history or self.history[-1][1] != self.active:
+            self.history.append((step, self.active))
+
+    def _start_shadows(self) -> None:
+        link = self._link() if self._link is not None else None
+        budget = self._tier.budget_bytes
+        compute = self._compute or (self._compute_ns if self._clock is not None else None)
+        if link is None or budget is None or compute is None:
+            return
+        others = [i for i in range(len(self.candidates)) if i != self.active]
+        tier = self._tier
+        busy = getattr(tier, "_busy", None)  # parameters whose module runs: spared as the executor spares them
+        self.shadows = shadows = [ShadowTier(self.candidates[i], budget, link, compute, busy) for i in others]
+        begin, end = tier.optimizer_begin, tier.optimizer_end
+
+        def optimizer_begin() -> None:  # the shadows' optimizer steps run when the executor's does
+            begin()
+            for sh in shadows:
+                sh.optimizer_begin()
+
+        def optimizer_end() -> None:
+            end()
+            for sh in shadows:
+                sh.optimizer_end()
+
+        tier.optimizer_begin, tier.optimizer_end = optimizer_begin, optimizer_end
+        self._slot = {i: k for k, i in enumerate(others)}
+
+    def _score(self, stalls: list[int]) -> None:
+        scored = [(self.active, stalls[0])] + [(i, stalls[1 + k]) for i, k in self._slot.items()]
+        for i, st in scored:
+            self.stall[i] = self.stall.get(i, 0) + st
+        self.scored += 1
+        if self.scored < self.config.min_steps:
+            return
+        best = self._best()
+        if best != self.active:
+            self._switch(best)
+
+    def _best(self) -> int:
+        """The candidate with the least stall so far (the learned one with its margin; the first on a tie)."""
+        return min(self.stall, key=lambda i: (self._rank(i), i))
+
+    def _rank(self, i: int) -> float:
+        stall = self.stall[i]
+        return stall * (1 - self.config.margin) if i == 0 else stall  # the learned one's margin
+
+    def _switch(self, i: int) -> None:
+        """Candidate `i` serves the executor from the next event; the one it replaces takes
+        its shadow (that shadow's residents are `i`'s choices: the step boundary evens it out)."""
+        old = self.active
+        k = self._slot.pop(i, None)
+        if k is not None:
+            self.shadows[k].set_policy(self.candidates[old])
+            self._slot[old] = k
+        self.active = i
+        self._resume = True
+
+    def describe(self) -> str:
+        """Which candidate ran from which step: the guard's account of the run."""
+        if not hasattr(self, "history"):
+            return "guard: not started"
+        runs = ", ".join(f"{self._names[i]} from step {s}" for s, i in self.history)
+        scored = ", ".join(f"{self._names[i]} {ns / 1e6:.0f} ms" for i, ns in sorted(self.stall.items()))
+        return f"guard: {runs}" + (f" (stall over {self.scored} scored steps: {scored})" if scored else "")
+
+
+def guarded(primary: Policy, *, lookahead: int, alternates: Sequence[str] = DEFAULT_ALTERNATES,
+            config: GuardConfig | None = None, link: Callable[[], LinkModel | None] | None = None,
+            compute_ns: Callable[[], int] | None = None) -> GuardedPolicy:
+    """`primary` (the learned policy, in process, through the daemon or its simulation)
+    under a guard with the simple policies named in `alternates` beside it."""
+    from predictor.policies import make_policy
+
+    return GuardedPolicy(primary, [make_policy(a, lookahead=lookahead) for a in alternates], config, link, compute_ns)

@@ -1,0 +1,156 @@
+"""The guard (predictor.guard): a learned policy that stalls more than a simple one gives way to it; one that does not keeps serving."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from predictor.baselines import Markov, NoPrefetch, Replay
+from predictor.guard import GuardConfig, GuardedPolicy, guarded
+from predictor.interface import BasePolicy
+from prefetch.simulate import simulate
+from runtime.link import LinkModel
+from runtime.trace_format import Access, Kind, load_trace
+
+SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "samples" / "gpt2" / "heldout"
+LINK = LinkModel(bandwidth_bytes_per_s=1e9, latency_s=5e-6)
+BUDGET = 0.4
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return load_trace(next(SAMPLE.glob("*.events.arrow")))
+
+
+class Thrash(BasePolicy):
+    """A harmful "learned" policy: at every read it asks for random parameters and claims
+    each is needed next, so the link is busy with copies nobody reads and they push out
+    what the step needs."""
+
+    name = "learned"
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def start(self, tensors):
+        self.params = [i for i, k in enumerate(tensors.kinds) if k == int(Kind.PARAMETER)]
+        self.want: set[int] = set()
+
+    def observe(self, step, micro_step, phase, access, tensor_id):
+        self.want.discard(tensor_id)
+        if access != int(Access.READ):
+            return ()
+        picks = self.rng.sample(self.params, min(8, len(self.params)))
+        self.want.update(picks)
+        return picks
+
+    def predicted_next_use(self, tensor_id):
+        return 1.0 if tensor_id in self.want else float("inf")
+
+
+def run(trace, policy):
+    return simulate(trace, policy, budget=BUDGET, link=LINK)
+
+
+def guard(primary, alternates, **cfg):
+    return GuardedPolicy(primary, alternates, GuardConfig(**cfg), link=lambda: LINK)
+
+
+def test_a_policy_that_beats_its_rivals_keeps_serving_unchanged(trace):
+    """Replay standing in for the learned policy on a static model (where it is best): the
+    guard never switches, and every event's outcome is the unguarded policy's."""
+    alone = run(trace, Replay(lookahead=64))
+    g = guard(Replay(lookahead=64), [Markov(lookahead=64), NoPrefetch()])
+    r = run(trace, g)
+    assert [i for _, i in g.history] == [0], g.describe()
+    assert np.array_equal(r.outcomes, alone.outcomes)
+    assert r.stats.stall_ns == alone.stats.stall_ns
+
+
+def test_a_harmful_policy_gives_way_to_the_rival_with_the_least_stall(trace):
+    """Thrash stalls far more than replay, markov or none; under the guard the run ends
+    served by the rival whose shadow stalled least, and stalls much less than Thrash alone."""
+    alone = run(trace, Thrash())
+    rivals = {"replay": run(trace, Replay(lookahead=64)), "markov": run(trace, Markov(lookahead=64)),
+              "none": run(trace, NoPrefetch())}
+    g = guard(Thrash(), [Replay(lookahead=64), Markov(lookahead=64), NoPrefetch()])
+    r = run(trace, g)
+    served_last = g.candidates[g.history[-1][1]].name
+    assert served_last != "learned", g.describe()
+    best = min(rivals, key=lambda k: rivals[k].stats.stall_ns)
+    assert served_last == best, (g.describe(), {k: v.stats.stall_ns for k, v in rivals.items()})
+    switched = g.history[1][0]
+    assert switched <= 1 + g.config.min_steps, g.describe()  # as soon as allowed
+    assert r.stats.stall_ns < 0.5 * alone.stats.stall_ns
+    # the measured steps Thrash served cost what they cost alone; the rest what the best costs
+    thrash_steps = switched - 1
+    per_step = alone.stats.stall_ns / alone.steps
+    assert r.stats.stall_ns <= thrash_steps * per_step * 1.2 + 1.5 * rivals[best].stats.stall_ns
+    assert "guard: learned from step 0, " in g.note
+
+
+def test_a_shadow_stalls_as_the_executor_does_with_the_same_policy(trace, monkeypatch):
+    """A shadow running the same policy as the executor, on the same events, counts the
+    same stall step by step (the same tier rules, the same optimizer steps; the first
+    scored step may differ by a write placed one event later)."""
+    per_step = []
+    score = GuardedPolicy._score
+    monkeypatch.setattr(GuardedPolicy, "_score", lambda self, stalls: per_step.append(stalls) or score(self, stalls))
+    g = guard(Replay(lookahead=64), [Replay(lookahead=64)], min_steps=10**6)
+    run(trace, g)
+    assert len(per_step) >= 4
+    later = per_step[1:]
+    assert sum(ex for ex, _ in later) > 0
+    for executor, shadow in later:
+        assert shadow == pytest.approx(executor, rel=0.01, abs=1e5), per_step
+
+
+def test_a_rival_must_beat_the_learned_policy_by_the_margin():
+    """Within `margin` less stall the learned policy keeps serving; beyond it the rival wins."""
+    g = guard(Replay(lookahead=8), [NoPrefetch()], margin=0.05)
+    g.stall = {0: 100, 1: 97}
+    assert g._best() == 0
+    g.stall = {0: 100, 1: 90}
+    assert g._best() == 1
+    g.stall = {0: 90, 1: 100}
+    assert g._best() == 0
+
+
+def test_without_a_link_the_learned_policy_serves_alone(trace):
+    """No link model (CUDA today): no shadows, no rivals observed, the primary's outcomes."""
+    alone = run(trace, Replay(lookahead=64))
+    g = GuardedPolicy(Replay(lookahead=64), [NoPrefetch()], link=None)
+    r = run(trace, g)
+    assert len(g.candidates) == 1 and not g.shadows
+    assert np.array_equal(r.outcomes, alone.outcomes)
+
+
+def test_learned_specs_are_guarded_by_default_in_the_simulator(trace, tmp_path, monkeypatch):
+    """simulate("learned:DIR") wraps the model in the guard (guard=False: alone), as live runs do."""
+    import predictor.guard as guard_module
+
+    made = []
+    real = guard_module.guarded
+    monkeypatch.setattr(guard_module, "guarded", lambda pol, **kw: made.append(pol) or real(pol, **kw))
+    monkeypatch.setattr("predictor.policies.make_policy", lambda spec, **kw: Replay(lookahead=64))
+    simulate(trace, "learned:unused", budget=BUDGET, link=LINK)
+    assert len(made) == 1
+    simulate(trace, "learned:unused", budget=BUDGET, link=LINK, guard=False)
+    assert len(made) == 1
+
+
+@pytest.mark.parametrize("bad", [dict(margin=1.0), dict(margin=-0.1), dict(min_steps=0)])
+def test_config_refuses_values_out_of_range(bad):
+    """GuardConfig validates its fields at construction."""
+    with pytest.raises(ValueError):
+        GuardConfig(**bad)
+
+
+def test_guarded_builds_the_named_rivals_only_with_a_link():
+    """guarded(): rivals from the registry by name when a link is given."""
+    with_link = guarded(Replay(lookahead=8), lookahead=8, alternates=("markov", "none"), link=lambda: LINK)
+    assert [c.name for c in with_link.candidates] == ["replay", "markov", "none"]
+    assert [c.name for c in guarded(Replay(lookahead=8), lookahead=8).candidates] == ["replay"]
