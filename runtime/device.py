@@ -5,7 +5,7 @@ Both backends have one interface, so the store above them does not know which ru
     copy = dev.copy_in(host)        # start a host-to-device copy (prefetch)
     copy.done()                     # finished? (no waiting)
     tensor, waited_ns = dev.wait(copy)   # make it usable on the compute stream
-    copy = dev.copy_out(device_t)   # start a device-to-host write-back
+    copy = dev.copy_out(device_t)   # start a device-to-host copy (a write-back, a gradient)
 
 CUDA: pinned host memory, copies on a dedicated stream, an event per copy; the compute
 stream waits on the event (no host sync) and `record_stream` tells the caching
@@ -323,12 +323,14 @@ class CudaDevice:
         copy.event.synchronize()  # note: CPU-GPU sync point, at close only
 
     def wait(self, copy: CudaCopy) -> tuple[torch.Tensor, int]:
-        """The copy's tensor, usable on the compute stream. Returns 0 ns: the stall is
-        on the GPU and is added to the stall time by `collect_stall_ns` once known."""
+        """The copy's tensor, usable on the compute stream. Returns 0 ns for a copy to the
+        device: the stall is on the GPU and is added to the stall time by `collect_stall_ns`
+        once known. A copy to the host (a gradient) blocks the host: the ns it waited."""
         stream = torch.cuda.current_stream(self.device)
-        if not copy.result.is_cuda:
-            copy.event.synchronize()  # note: CPU-GPU sync point: the CPU reads a written-back tensor
-            return copy.result, 0
+        if not copy.result.is_cuda:  # a copy to the host: the host waits for it (timed here)
+            t0 = time.monotonic_ns()
+            copy.event.synchronize()  # note: CPU-GPU sync point: the CPU reads a written-back tensor or gradient
+            return copy.result, time.monotonic_ns() - t0
         if copy.event.query():  # complete already: the compute stream cannot stall on it
             stream.wait_event(copy.event)
         else:  # in flight: time the compute stream's wait (no host sync)

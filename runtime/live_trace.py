@@ -60,7 +60,7 @@ class LiveTrace:
 
         def access(step, micro_step, seq, phase, kind, acc, tensor_id, nbytes, time_ns, module_id, layer) -> None:
             inner_access(step, micro_step, seq, phase, kind, acc, tensor_id, nbytes, time_ns, module_id, layer)
-            if managed[tensor_id]:  # decided by the store at first sight (trace_format.is_managed)
+            if managed[tensor_id] or kind == 2:  # managed (is_managed), or a managed parameter's gradient (grad_offload)
                 events.append((step, micro_step, seq, phase, kind, acc, tensor_id, nbytes, time_ns, module_id, layer))
 
         store.new_tensor, store.access = new_tensor, access  # type: ignore[method-assign]

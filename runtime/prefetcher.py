@@ -186,6 +186,9 @@ class Prefetcher:
                 self.hooks.wrap(lambda *a: self.store.before_optimizer_step())))
             self._handles.append(optimizer.register_step_post_hook(
                 self.hooks.wrap(lambda *a: self.store.after_optimizer_step())))
+            from runtime.grad_offload import GradOffload  # gradients leave the device as backward produces them
+
+            GradOffload(self.store, self.tracker, self.hooks.wrap, emit_events=self.live_trace is not None)
         if config.timeline:
             self.store.timeline = []
             if isinstance(self.device, SimulatedDevice):
@@ -332,7 +335,8 @@ class Prefetcher:
         dev = self.device
         sim = isinstance(dev, SimulatedDevice)
         return OverheadCounters(
-            hook_ns=self.hooks.ns, hook_calls=self.hooks.calls, stall_ns=self.store.stall_ns,
+            hook_ns=self.hooks.ns - (0 if sim else self.store.grad_wait_ns),  # CUDA: gradient waits block the host, in hooks
+            hook_calls=self.hooks.calls, stall_ns=self.store.stall_ns + self.store.grad_wait_ns,
             managed_accesses=self.store.managed_events, clock_reads=dev.clock.work_reads if sim else 0,
             copy_lag_ns=dev.copy_lag_ns if sim else 0, engine_cpu_ns=dev.engine_cpu_ns() if sim else 0)
 
@@ -374,6 +378,7 @@ class Prefetcher:
             slowdown=(step_time / base) if (step_time and base) else None,
             prefetch_refused=self.store.refused,
             overcommits=self.store.overcommits,
+            **self.store.traffic_fields(),
             live=LiveCounters(
                 policy_served_by=self.store.policy.served_by or self.store.policy.name,
                 managed_kinds=[Kind(k).name.lower() for k in MANAGED_KINDS],

@@ -112,6 +112,18 @@ class RunReport:
     """Times draining stopped at a refused request (measured steps)."""
     overcommits: int = 0
     """Demand fetches and writes let through over budget (JSON `budget_overflows`)."""
+    bytes_h2d: dict[str, int] | None = None
+    """Bytes copied to the device in the measured steps, by kind (parameter, activation, gradient)."""
+    bytes_d2h: dict[str, int] | None = None
+    """Bytes copied to the host in the measured steps, by kind (activation: write-backs; gradient:
+    backward's gradients; parameter: a user's write to a device copy written back)."""
+    grad_wait_ns: int = 0
+    """Time backward ends (and the optimizer's pre-hook) waited for gradient copies to the host:
+    time the job loses, apart from stall_s (JSON `grad_wait_s`)."""
+    grad_moves: int = 0
+    """Gradient copies to the host started (measured steps)."""
+    grad_holds: int = 0
+    """Gradients held on the device across micro-steps instead (measured steps)."""
     # -- context a caller knows (prefetch run, the demo, simulate) --------------------------------
     workload: str | None = None
     seed: int | None = None
@@ -221,6 +233,9 @@ class RunReport:
                      adopted_params=live.adopted_params)
         if sim:
             d.update(write_stall_s=self.write_stall_ns / 1e9, optimizer_wait_s=self.optimizer_wait_ns / 1e9)
+        if self.bytes_h2d is not None:
+            d.update(bytes_h2d=dict(self.bytes_h2d), bytes_d2h=dict(self.bytes_d2h or {}),
+                     grad_wait_s=self.grad_wait_ns / 1e9, grad_moves=self.grad_moves, grad_holds=self.grad_holds)
         d.update(step_time_s=self.step_time_s, baseline_step_time_s=self.baseline_step_time_s, slowdown=self.slowdown,
                  warmup=self.warmup.as_dict() if self.warmup is not None else None)
         if live is not None:
@@ -331,6 +346,14 @@ class _Reader:
                            bytes_written_back=self.may("bytes_written_back", _INT, 0),
                            evictions=self.may("evictions", _INT, 0), steps=self.rest.get("steps", 0))
 
+    def counts(self, key: str) -> dict[str, int]:
+        """A JSON object of byte counts by kind."""
+        v = self.need(key, _DICT)
+        bad = [k for k, n in v.items() if not _CHECK[_INT](n)]
+        if bad:
+            self.fail(f"{key}.{bad[0]}", _INT, v[bad[0]])
+        return dict(v)
+
     def warmup(self) -> AccessStats | None:
         w = self.may("warmup", _DICT)
         if w is None:
@@ -356,6 +379,10 @@ class _Reader:
             prefetch_refused=self.may("prefetch_refused", _INT, 0),
         )
         kw["stats"].steps = kw["steps"]
+        if self.rest.get("bytes_h2d") is not None:  # the traffic by direction and kind (older reports: none)
+            kw.update(bytes_h2d=self.counts("bytes_h2d"), bytes_d2h=self.counts("bytes_d2h"),
+                      grad_wait_ns=round(self.need("grad_wait_s", _NUM) * 1e9),
+                      grad_moves=self.may("grad_moves", _INT, 0), grad_holds=self.may("grad_holds", _INT, 0))
         overflows = self.may("budget_overflows", _INT, 0)
         kw["overcommits"] = self.may("overcommits", _INT, overflows)
         for key, kind in (("workload", _STR), ("seed", _INT), ("architecture", _STR), ("trace", _STR),

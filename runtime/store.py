@@ -6,8 +6,16 @@ The store is the tracker's AccessSink during `runtime.prefetching(...)`:
                  (hit: already there; late: its prefetch is in flight, wait; miss: fetch
                  now). Eviction drops the device copy and rebinds the host one. The
                  optimizer runs on the host copies (ZeRO-Offload style), so device copies
-                 are never dirty; they are dropped before `optimizer.step()` and fetched
-                 again, updated, for the next step.
+                 are never dirty; they are dropped before `optimizer.step()` (or at the end
+                 of the step's expected last backward) and fetched again, updated, for the
+                 next step.
+    gradients    produced on the device by backward, in the budget from then on; each is
+                 held there across micro-steps or copied to the host at once, overlapped
+                 with the rest of the backward (the tier decides: runtime.tier's module
+                 docstring), and summed on the host in micro-step order
+                 (runtime.grad_offload). The backward's end waits for the copies still in
+                 flight; from the expected last backward on, `p.grad` is the host sum, so
+                 clipping before `optimizer.step()` sees every gradient.
     user writes  anything else that writes a parameter (a clamp, `load_state_dict`, an
                  EMA swap) is seen by the parameter's version counter: a copy issued
                  before the write is stale (dropped; issued again when the next forward
@@ -22,7 +30,8 @@ Which tensors are on the device, what is copied next and what gives way is decid
 the device tier (runtime.tier.DeviceTier, the simulator's too); this class is its engine
 over a real device (CUDA, or the simulated copy thread) plus the torch glue: binding
 `param.data`, saved-tensor hooks, user writes. Hot path: no device syncs; the only waits
-are the late and miss waits, which are the stall we count.
+are the late and miss waits, which are the stall we count, and the gradient copies a
+backward's end waits for (`grad_wait_ns`, reported apart).
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from predictor.interface import NO_PREDICTION, Policy
 from runtime.tier import DeviceTier
 from runtime.device import Device
 from runtime.trace_format import Access, Kind, is_managed
+
+_PARAM = int(Kind.PARAMETER)
 
 
 class BudgetError(ValueError):
@@ -90,6 +101,8 @@ class TensorStore(DeviceTier):
         self.timeline: list[tuple[str, int, int, int]] | None = None
         """When a list: ("late"|"miss", start_ns, wait_ns, tid) stalls and ("step", t_ns, 0, step) ends."""
         self._seen_step = self._seen_micro = -1  # (step, micro-step) of the last access: a change is a new root forward
+        self.grads: Any = None
+        """runtime.grad_offload.GradOffload once installed (a job with an optimizer): the gradient hooks."""
 
     # -- setup -------------------------------------------------------------------------
     def attach(self, tracker: Any) -> None:
@@ -177,6 +190,17 @@ class TensorStore(DeviceTier):
     def _busy(self):
         return self.tracker.params_in_use()  # parameters of modules still in their forward
 
+    def _grad_out(self, key: int, nbytes: int) -> Any:
+        return self.grads.copy_out(key)  # copy_out(p.grad) on the copy stream / engine; p.grad = None
+
+    def _grad_done(self, key: int, copy: Any) -> bool:
+        return copy.done()
+
+    def _grad_wait(self, key: int, copy: Any) -> int:
+        host, waited = self.device.wait(copy)  # CUDA: a host sync on the copy's event (timed)
+        self.grads.landed(key, host)
+        return waited
+
     def _eta(self, tid: int) -> tuple[int, int, int]:
         raise NotImplementedError("admit_prefetch needs the future: a simulator-only policy hook")
 
@@ -252,6 +276,7 @@ class TensorStore(DeviceTier):
             self._host[tid].copy_(dev)  # note: a D2H copy and a sync on CUDA; only after a user's write
             self.dirty_writebacks += 1
             self.bytes_written_back += self.nb[tid]
+            self.d2h[_PARAM] += self.nb[tid]
         self._bind(tid, self._host[tid], dev=False)
 
     def params_written(self) -> None:
@@ -288,6 +313,8 @@ class TensorStore(DeviceTier):
         self.managed_events += 1
         if micro_step != self._seen_micro or step != self._seen_step:  # a root forward began
             self._seen_step, self._seen_micro = step, micro_step
+            if self.grads is not None and self.grads.published:
+                self.grads.take_back()  # gradients published as p.grad go back to their host sums
             self._revalidate()
         if access != Access.READ or kind != Kind.PARAMETER:
             self.event(step, micro_step, phase, access, tensor_id)
@@ -351,21 +378,28 @@ class TensorStore(DeviceTier):
 
     # -- optimizer ---------------------------------------------------------------------
     def before_optimizer_step(self) -> None:
-        """The optimizer updates host masters (the tier drops their device copies and
-        requeues those still expected). Parameters the user assigned are adopted first, so
-        the optimizer updates that tensor's master; on CUDA gradients come to the host."""
+        """The optimizer updates host masters: gradients still held or on the link reach
+        the host (the tier's grads_finish, within optimizer_begin), the tier drops the
+        parameters' device copies and requeues those still expected, and every host
+        gradient sum is published as `p.grad`. Parameters the user assigned are adopted
+        first, so the optimizer updates that tensor's master."""
         for tid, p in self.tracker.params_by_tid.items():
             if self.managed[tid] and p.data_ptr() != self._bound_ptr[tid]:
                 self._adopt(tid)
         self.optimizer_begin()
+        if self.grads is not None:
+            self.grads.publish()
         for tid, p in self.tracker.params_by_tid.items():
             if self.managed[tid] and p.grad is not None and p.grad.device != self._host[tid].device:
-                # CUDA: the host optimizer needs host grads. note: CPU-GPU sync point (a blocking
-                # copy per managed parameter per step; overlapping it with backward is issue 15)
+                # CUDA without the gradient hooks (an optimizer adopted after the model, by
+                # runtime.run_launch): the host optimizer needs host grads. note: CPU-GPU sync
+                # point (a blocking copy per managed parameter per step)
                 p.grad = p.grad.to(self._host[tid].device)
 
     def after_optimizer_step(self) -> None:
         self.optimizer_end()
+        if self.grads is not None:
+            self.grads.step_done()
 
     def _dev_or_host(self, tid: int) -> torch.Tensor:
         t = self._dev[tid]
@@ -382,6 +416,11 @@ class TensorStore(DeviceTier):
         """Put every parameter back on its master copy (the model stays usable)."""
         if self.tracker is None:
             return
+        if self.grads is not None:  # gradients on the device or the link: to their host sums, as p.grad
+            self.grads_finish()
+            if self.grads.acc:
+                self.grads.publish()
+            self.grads.close()
         for tid in list(self.tracker.params_by_tid):
             if not self.managed[tid]:
                 continue

@@ -10,14 +10,25 @@ request queue ordered by predicted use, refusal and deferral, make-room and evic
 write-back, and the statistics (hit / late / miss, stall, bytes). It asks its engine, the
 methods a subclass overrides, for time: start a copy (`_start_copy`), land one at a read
 (`_land`), fetch on demand (`_fetch`), wait for one to finish (`_finish`), write an
-evicted activation back (`_write_back`), let a parameter's device copy go (`_drop`), and
-which parameters are in use (`_busy`). The rules are in docs/simulator.md ("The model");
-each is written once, here.
+evicted activation back (`_write_back`), let a parameter's device copy go (`_drop`),
+which parameters are in use (`_busy`), and for gradients: start a gradient's device-to-host
+copy (`_grad_out`), tell whether one is complete (`_grad_done`), wait for one (`_grad_wait`).
+The rules are in docs/simulator.md ("The model"); each is written once, here.
+
+Gradients (`grad_write`, `grad_backward_end`, `grads_finish`): a managed parameter's
+gradient is produced on the device by backward; its bytes enter `used` (room made first,
+like an activation's write). The tier then HOLDS it on the device (autograd accumulates the
+next micro-step's into it) or MOVES it now (a device-to-host copy on the same FIFO link,
+its bytes in `used` until the copy completes; the host accumulates). Move when this
+micro-step is the expected last of the optimizer step, when the expected count is unknown,
+when the gradient was moved before in this optimizer step (the host sum must stay in
+micro-step order), or when holding would pass GRAD_HOLD_SHARE of the budget. Each backward
+ends by waiting for its gradient copies still in flight (`grad_wait_ns`: time the job loses).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from heapq import heapify, heappop, heappush
 from typing import Any, Callable, Collection, Sequence
 
@@ -30,8 +41,25 @@ HIT, LATE, MISS, WRITE = 0, 1, 2, 3
 
 _READ = int(Access.READ)
 _INF = NO_PREDICTION
-_PARAM, _ACT = int(Kind.PARAMETER), int(Kind.ACTIVATION)
+_PARAM, _ACT, _GRAD = int(Kind.PARAMETER), int(Kind.ACTIVATION), int(Kind.GRADIENT)
 _NONE: frozenset[int] = frozenset()
+
+_EXTRA = ("overcommits", "write_stall_ns", "prefetch_requested", "prefetch_refused", "optimizer_wait_ns",
+          "grad_wait_ns", "grad_moves", "grad_holds")
+"""The tier's own counters beyond AccessStats (measured_extra), by attribute name below."""
+_EXTRA_ATTR = ("overcommits", "write_stall_ns", "requested", "refused", "optimizer_wait_ns",
+               "grad_wait_ns", "grad_moves", "grad_holds")
+KIND_NAMES = ("parameter", "activation", "gradient", "optimizer_state")
+"""Kind's names, lower case, by value: the report's per-kind byte counters."""
+
+GRAD_HOLD_SHARE = 0.25
+"""Most of the budget gradients held on the device across micro-steps may take. Holding a
+gradient saves its copy in every micro-step but the last (one copy per optimizer step instead
+of one per micro-step), but held bytes cannot be evicted: they shrink what prefetches and
+activations have until the optimizer step. A quarter keeps three quarters of the budget for
+the tensors the policy moves, while holding every gradient of a job whose parameters are
+up to a quarter of the budget (small accumulation jobs, the common case); larger ones hold
+their first gradients and move the rest each micro-step."""
 
 
 class DeviceTier:
@@ -70,8 +98,19 @@ class DeviceTier:
         self.prefetch_issued = self.prefetch_used = self.carried = self.evictions = 0
         self.overcommits = self.write_stall_ns = self.requested = self.refused = self.optimizer_wait_ns = 0
         self.steps = 0
+        # gradients: keys are the engine's (the live store: the parameter's id; the simulator: the gradient's)
+        self.grad_held: dict[int, int] = {}  # key -> bytes of a gradient held on the device
+        self.grad_held_bytes = 0
+        self.grad_out: deque[tuple[int, Any, int]] = deque()  # (key, handle, bytes): copies to the host in flight, FIFO
+        self.grad_moved: set[int] = set()  # keys moved to the host in this optimizer step (never held again in it)
+        self.grad_micro = 0  # backwards with gradients in this optimizer step so far
+        self.grad_expected = 0  # backwards with gradients in the previous optimizer step (0: unknown)
+        self.grad_wait_ns = self.grad_moves = self.grad_holds = 0
+        self.h2d = [0, 0, 0, 0]  # bytes copied to the device, by Kind
+        self.d2h = [0, 0, 0, 0]  # bytes copied to the host, by Kind
         self._warm: AccessStats | None = None
-        self._warm_extra = (0, 0, 0, 0, 0)
+        self._warm_extra: tuple[int, ...] = (0,) * len(_EXTRA)
+        self._warm_traffic: tuple[list[int], list[int]] = ([0] * 4, [0] * 4)
         self._tick = 0  # heap mode: the LRU clock of `stamp`
         self.set_policy(policy)
 
@@ -179,6 +218,18 @@ class DeviceTier:
         """(when a copy of `tid` started now would complete, now, compute time now), for admit_prefetch."""
         raise NotImplementedError
 
+    def _grad_out(self, key: int, nbytes: int) -> Any:
+        """Start copying gradient `key` (its device value now) to the host; return a handle."""
+        raise NotImplementedError
+
+    def _grad_done(self, key: int, handle: Any) -> bool:
+        """Whether that copy is complete (no waiting)."""
+        raise NotImplementedError
+
+    def _grad_wait(self, key: int, handle: Any) -> int:
+        """Wait for that copy to complete (the host has the gradient then); return the ns waited."""
+        raise NotImplementedError
+
     # -- a managed event -----------------------------------------------------------------------
     def event(self, step: int, micro_step: int, phase: int, access: int, t: int) -> int:
         """Serve the event (a read: hit, late or miss), show it to the policy, queue and issue
@@ -212,6 +263,7 @@ class DeviceTier:
                     self.make_room(n, t, False, 0)
                 self.stall_ns += self._fetch(t)
                 self.bytes_copied += n
+                self.h2d[self.kind[t]] += n
                 self._place(t)
             pref = self.pref
             pv = pref[t]
@@ -285,10 +337,23 @@ class DeviceTier:
 
     # -- the optimizer step ---------------------------------------------------------------------
     def optimizer_begin(self) -> None:
-        """The optimizer updates the host masters: copies still reading them finish (step
-        time, not stall), every parameter's device copy is dropped (not an eviction), and
-        those still expected are queued again, fetched (updated) once the step is done."""
+        """The optimizer updates the host masters: gradients still on the device or on the
+        link reach the host first (grads_finish), copies still reading the masters finish
+        (step time, not stall), every parameter's device copy is dropped (not an eviction),
+        and those still expected are queued again, fetched (updated) once the step is done."""
+        self.grads_finish()
+        if self.grad_micro:
+            self.grad_expected = self.grad_micro
+        self.grad_micro = 0
+        self.grad_moved.clear()
         self.in_optimizer = True
+        self.drop_params()
+
+    def drop_params(self) -> None:
+        """Every parameter's device copy goes (not an eviction): a copy in flight finishes
+        first (optimizer_wait_ns: step time, not stall); one still expected is queued again.
+        Before the optimizer (optimizer_begin), or at the end of the expected last backward
+        (grad_backward_end), so the host masters are what the parameters hold."""
         kind, inflight, nb, pnu = self.kind, self.inflight, self.nb, self.pnu
         for p in [p for p in self.resident if kind[p] != _ACT]:
             h = inflight[p]
@@ -313,6 +378,90 @@ class DeviceTier:
         if self.pending:
             self.drain()
 
+    # -- gradients -------------------------------------------------------------------------------
+    def grad_write(self, key: int, nbytes: int) -> bool:
+        """Backward produced gradient `key` (`nbytes`) on the device (a parameter's
+        post-accumulate-grad hook). New device bytes enter `used`, room made first (a demand:
+        never refused). Then hold it or move it (module docstring); True: moved (the engine's
+        `_grad_out` started its copy), False: held."""
+        if key not in self.grad_held:  # not accumulating into a held one: new bytes
+            if self.used + nbytes > self._limit:
+                self.make_room(nbytes, -1, False, 0)
+            self.used += nbytes
+            if self.used > self.peak:
+                self.peak = self.used
+            exp = self.grad_expected
+            if (exp and self.grad_micro + 1 < exp and key not in self.grad_moved
+                    and self.grad_held_bytes + nbytes <= GRAD_HOLD_SHARE * self._limit):
+                self.grad_held[key] = nbytes
+                self.grad_held_bytes += nbytes
+                self.grad_holds += 1
+                return False
+        elif self.grad_expected and self.grad_micro + 1 < self.grad_expected:
+            return False  # held, and not the last micro-step yet: autograd accumulated into it
+        self._grad_move(key, nbytes)
+        return True
+
+    def _grad_move(self, key: int, nbytes: int) -> None:
+        held = self.grad_held.pop(key, None)
+        if held is not None:
+            self.grad_held_bytes -= held
+            nbytes = held
+        self.grad_out.append((key, self._grad_out(key, nbytes), nbytes))
+        self.grad_moved.add(key)
+        self.grad_moves += 1
+        self.d2h[_GRAD] += nbytes
+
+    def grad_release(self) -> None:
+        """Gradient copies complete by now leave `used` (FIFO: one still in flight stops it);
+        the engine takes their results (a wait that does not wait)."""
+        out, done = self.grad_out, self._grad_done
+        while out and done(out[0][0], out[0][1]):
+            key, h, n = out.popleft()
+            self.grad_wait_ns += self._grad_wait(key, h)
+            self.used -= n
+
+    def _grad_wait_all(self) -> None:
+        out = self.grad_out
+        while out:
+            key, h, n = out.popleft()
+            self.grad_wait_ns += self._grad_wait(key, h)
+            self.used -= n
+
+    def grad_last_micro(self) -> bool:
+        """The micro-step under way may be the last of its optimizer step: the expected last,
+        one past it (a longer accumulation), or any while the count is unknown (the first
+        optimizer step): user code after its backward (clipping) must see every gradient."""
+        return self.grad_expected <= self.grad_micro + 1
+
+    def grad_backward_end(self) -> bool:
+        """A backward that produced gradients ends: the job waits for their copies still in
+        flight (grad_wait_ns). At a micro-step that may be the last (grad_last_micro), held
+        gradients move too (and are waited for) and the parameters' device copies go
+        (drop_params): what the optimizer and user code before it (clipping) read is on the
+        host. True then."""
+        last = self.grad_last_micro()
+        if last:
+            for key in list(self.grad_held):
+                self._grad_move(key, 0)
+        self._grad_wait_all()
+        self.grad_micro += 1
+        if last:
+            self.drop_params()
+        return last
+
+    def grads_finish(self) -> None:
+        """Every gradient to the host now (the optimizer's pre-hook): held ones move, all are waited for."""
+        for key in list(self.grad_held):
+            self._grad_move(key, 0)
+        self._grad_wait_all()
+
+    def grad_on_host(self, key: int) -> None:
+        """Gradient `key` has a host value in this optimizer step (the engine took one back
+        after a wrong guess of the last micro-step): later ones move, never held, so the host
+        sums in micro-step order."""
+        self.grad_moved.add(key)
+
     # -- the request queue -----------------------------------------------------------------------
     def want(self, t: int, due: float) -> None:
         if self.kind[t] == _PARAM and self.step_prev and due > self.step_start + self.step_prev \
@@ -335,7 +484,7 @@ class DeviceTier:
         returning false): later requests are due later still."""
         pending, queued, resident, exists, nb = self.pending, self.queued, self.resident, self.exists, self.nb
         admit, limit, inflight, pref, mark = self.admit, self._limit, self.inflight, self.pref, self.mark
-        start, use_heap, stamp = self._start_copy, self.use_heap, self.stamp
+        start, use_heap, stamp, kind, h2d = self._start_copy, self.use_heap, self.stamp, self.kind, self.h2d
         while pending:
             due, p = heappop(pending)
             if queued.get(p) != due:
@@ -363,6 +512,7 @@ class DeviceTier:
             if use_heap:
                 self._tick = stamp[p] = self._tick + 1
             self.bytes_copied += n
+            h2d[kind[p]] += n
             self.prefetch_issued += 1
 
     # -- room -----------------------------------------------------------------------------------
@@ -376,6 +526,10 @@ class DeviceTier:
         limit = self._limit
         if self.used + need <= limit:
             return True
+        if self.grad_out:  # gradient copies complete by now give their bytes back first
+            self.grad_release()
+            if self.used + need <= limit:
+                return True
         inflight, current = self.inflight, self.current
         busy = self._busy()
         if self.use_heap:
@@ -418,6 +572,13 @@ class DeviceTier:
             self.stall_ns += self._finish(v, inflight[v])
             inflight[v] = None
             self.evict(v, d)
+            if self.used + need <= limit:
+                return True
+        out = self.grad_out
+        while out:  # gradient copies still in flight, oldest first: their bytes leave when they land
+            key, h, n = out.popleft()
+            self.grad_wait_ns += self._grad_wait(key, h)
+            self.used -= n
             if self.used + need <= limit:
                 return True
         self.overcommits += 1
@@ -494,6 +655,7 @@ class DeviceTier:
         self.pref[v] = 0
         if self.kind[v] == _ACT:
             self.bytes_written_back += self.nb[v]
+            self.d2h[_ACT] += self.nb[v]
             self._write_back(v)
         else:
             self._drop(v)
@@ -513,8 +675,8 @@ class DeviceTier:
         """Warm-up ends: snapshot the counters (ChampSim's way of dropping it); the peak
         reported is over the measured steps from here."""
         self._warm = self.totals()
-        self._warm_extra = (self.overcommits, self.write_stall_ns, self.requested, self.refused,
-                            self.optimizer_wait_ns)
+        self._warm_extra = tuple(getattr(self, a) for a in _EXTRA_ATTR)
+        self._warm_traffic = (list(self.h2d), list(self.d2h))
         self.mark = 2
         self.peak = self.used
 
@@ -532,9 +694,24 @@ class DeviceTier:
 
     def measured_extra(self) -> dict[str, int]:
         """The tier's own counters over the measured steps."""
-        now = (self.overcommits, self.write_stall_ns, self.requested, self.refused, self.optimizer_wait_ns)
-        names = ("overcommits", "write_stall_ns", "prefetch_requested", "prefetch_refused", "optimizer_wait_ns")
-        return {k: a - b for k, a, b in zip(names, now, self._warm_extra)}
+        now = tuple(getattr(self, a) for a in _EXTRA_ATTR)
+        return {k: a - b for k, a, b in zip(_EXTRA, now, self._warm_extra)}
+
+    def measured_traffic(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Bytes copied over the measured steps, (to the device, to the host), by kind: the
+        report's `bytes_h2d` (parameter, activation, gradient) and `bytes_d2h` (activation,
+        gradient, and parameter: a user's write written back)."""
+        wh, wd = self._warm_traffic
+        h2d = {KIND_NAMES[k]: self.h2d[k] - wh[k] for k in (_PARAM, _ACT, _GRAD)}
+        d2h = {KIND_NAMES[k]: self.d2h[k] - wd[k] for k in (_ACT, _GRAD, _PARAM)}
+        return h2d, d2h
+
+    def traffic_fields(self) -> dict[str, Any]:
+        """The measured steps' traffic, as RunReport fields (live and simulated alike)."""
+        h2d, d2h = self.measured_traffic()
+        x = self.measured_extra()
+        return dict(bytes_h2d=h2d, bytes_d2h=d2h, grad_wait_ns=x["grad_wait_ns"], grad_moves=x["grad_moves"],
+                    grad_holds=x["grad_holds"])
 
     def describe(self, tid: int) -> str:
         """How errors name a tensor id (subclasses know keys)."""

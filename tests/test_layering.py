@@ -32,7 +32,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("runtime core", (
         "runtime.overhead", "runtime.device", "runtime.trace_writer", "runtime.tracker", "runtime.recorder", "runtime.live_trace",
         "runtime.launch", "runtime.cuda_monitor", "runtime.host_stepping", "runtime.state_compare",
-        "runtime.tier", "runtime.store", "runtime.daemon_client", "runtime.daemon_launch",
+        "runtime.tier", "runtime.store", "runtime.grad_offload", "runtime.daemon_client", "runtime.daemon_launch",
         "runtime.optimizer_cost",
     )),
     ("predictor", ("predictor", "predictor.*")),
