@@ -96,6 +96,9 @@ def managed_stream(trace: Trace) -> dict[str, np.ndarray]:
                OPTIMIZER-phase event of a step, of any kind, comes before j and after j-1)
     opt_pre    compute time up to the optimizer's pre-hook (the event before that first
                OPTIMIZER event) and opt_post: up to that first OPTIMIZER event (its post-hook)
+    opt_pos    position of that first OPTIMIZER event in the full trace
+    csum       compute time up to every event of the full trace (for events off the stream:
+               the simulator's gradients, prefetch.sim_trace)
     """
     mask = trace.managed_tensors()[np.asarray(trace.column("tensor_id"))]
     index = np.flatnonzero(mask)
@@ -117,6 +120,8 @@ def managed_stream(trace: Trace) -> dict[str, np.ndarray]:
         "opt_at": at,
         "opt_pre": csum[np.maximum(opt - 1, 0)] if len(opt) else np.zeros(0, np.int64),
         "opt_post": csum[opt] if len(opt) else np.zeros(0, np.int64),
+        "opt_pos": opt,
+        "csum": csum,
     }
 
 

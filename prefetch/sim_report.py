@@ -16,7 +16,8 @@ class SimReport(RunReport):
 
     The simulator sets the simulator-only fields (events, budget, measured_ns, baseline_ns,
     write_stall_ns, prefetch_requested, optimizer_wait_ns, lookahead, variant, traces,
-    outcomes); step_time_s, baseline_step_time_s and slowdown follow from measured_ns and
+    outcomes) and the traffic the live run has too (bytes_h2d, bytes_d2h, grad_wait_ns,
+    grad_moves, grad_holds); step_time_s, baseline_step_time_s and slowdown follow from measured_ns and
     baseline_ns. The JSON keys are RunReport.as_dict()'s."""
 
     device: str = "simulated"
@@ -46,8 +47,22 @@ def _combine(runs: list[SimReport]) -> SimReport:
         prefetch_requested=sum(r.prefetch_requested for r in runs),
         prefetch_refused=sum(r.prefetch_refused for r in runs),
         optimizer_wait_ns=sum(r.optimizer_wait_ns for r in runs), lookahead=runs[0].lookahead, traces=runs,
+        bytes_h2d=_sum_counts([r.bytes_h2d for r in runs]), bytes_d2h=_sum_counts([r.bytes_d2h for r in runs]),
+        grad_wait_ns=sum(r.grad_wait_ns for r in runs), grad_moves=sum(r.grad_moves for r in runs),
+        grad_holds=sum(r.grad_holds for r in runs),
         variant=runs[0].variant if all(r.variant == runs[0].variant for r in runs) else "per trace",
     )
+
+
+def _sum_counts(counts: list[dict[str, int] | None]) -> dict[str, int] | None:
+    """Byte counts by kind summed over traces (None when no trace has them)."""
+    if all(c is None for c in counts):
+        return None
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in (c or {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def _add(a: AccessStats, b: AccessStats) -> AccessStats:

@@ -1,4 +1,13 @@
-"""The simulation of one trace: the event loop over the device-tier model (see prefetch.simulate)."""
+"""The simulation of one trace: the event loop over the device-tier model (see prefetch.simulate).
+
+The policy sees the managed stream (prefetch.oracle.managed_stream) and nothing else. Two
+things happen between its events, off that stream, each where the trace has it: the
+optimizer step (the tier's optimizer_begin / optimizer_end) and the gradients of managed
+parameters (a GRADIENT write of at least MIN_MANAGED_BYTES, logged by the tracker's
+post-accumulate-grad hook: the tier's grad_write at its compute time, and grad_backward_end
+after the last gradient of each micro-step), so the simulator moves gradients on the link
+and counts them in the budget as a live run does (runtime.tier, runtime.grad_offload).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +24,10 @@ from prefetch.sim_report import SimReport
 from runtime.budget import Budget
 from runtime.link import LinkModel
 from runtime.tier import HIT, LATE, MISS, WRITE, DeviceTier
-from runtime.trace_format import Access, Kind, Phase, Trace
+from runtime.trace_format import MIN_MANAGED_BYTES, Access, Kind, Phase, Trace
 
-_READ = int(Access.READ)
-_ACT = int(Kind.ACTIVATION)
+_READ, _WRITE = int(Access.READ), int(Access.WRITE)
+_ACT, _GRAD = int(Kind.ACTIVATION), int(Kind.GRADIENT)
 _NOTHING: frozenset[int] = frozenset()
 _CHUNK = 256  # measured events a run goes on by in a portfolio race
 
@@ -80,6 +89,15 @@ class _TraceTier(DeviceTier):
     def _write_back(self, tid: int) -> None:
         self._start_copy(tid)  # the same FIFO engine, the other direction
 
+    def _grad_out(self, key: int, nbytes: int) -> int:
+        return self._start_copy(key)  # a gradient to the host: the same FIFO engine (key: the gradient's id)
+
+    def _grad_done(self, key: int, ready: int) -> bool:
+        return ready <= self.comp + self.lag
+
+    def _grad_wait(self, key: int, ready: int) -> int:
+        return self._land(key, ready) or 0
+
     def _busy(self) -> Collection[int]:
         return self.modules.params(self.running)
 
@@ -117,8 +135,11 @@ class TraceStream:
     """The module whose forward is under way at each event (-1: none)."""
     modules: "ModulesRunning"
     """Its parameters and its ancestors' (the live store spares them)."""
-    opt: list[tuple[int, int] | None]
-    """The optimizer step before managed event j: the compute time of its pre- and post-hook."""
+    opt: list[list[tuple[int, ...]] | None]
+    """What happens before managed event j off the policy's stream, in trace order (n + 1
+    entries: the last is after the last managed event): (0, pre, post) the optimizer step, the
+    compute time of its pre- and post-hook; (1, ctime, gradient id, nbytes, ends_backward) a
+    managed parameter's gradient produced at ctime, the last of its micro-step's backward or not."""
     baseline_ns: int
     """Compute time of the measured steps (everything resident)."""
 
@@ -137,9 +158,7 @@ class TraceStream:
         kinds = trace.tensor_kinds().tolist()
         ctime = ms["ctime"]
         phase_l = np.asarray(trace.column("phase"))[idx].tolist()
-        opt_l: list[tuple[int, int] | None] = [None] * n
-        for j, pre, post in zip(ms["opt_at"].tolist(), ms["opt_pre"].tolist(), ms["opt_post"].tolist()):
-            opt_l[j] = (pre, post)
+        opt_l = _off_stream(trace, ms, idx)
         before = int(ctime[measure_start - 1]) if measure_start else 0
         return cls(
             measured_steps=measured_steps, measure_start=measure_start,
@@ -232,6 +251,12 @@ def _run_trace(
     warm_missed = 0
     for lo, hi in chunks:
         if lo == measure_start:  # end of warm-up
+            acts = opt_l[lo] if lo < n else None
+            if acts and acts[0][0]:  # the warm-up step's last gradients are warm-up's (a live run's step ends after them)
+                k = next((k for k, a in enumerate(acts) if not a[0]), len(acts))
+                _act(tier, acts[:k])
+                opt_l = list(opt_l)
+                opt_l[lo] = acts[k:] or None
             tier.begin_measurement()
             t_measure = tier.now()
             warm_missed = tier.late + tier.misses
@@ -241,12 +266,8 @@ def _run_trace(
             islice(steps_l, lo, hi), islice(micro_l, lo, hi), islice(phase_l, lo, hi), islice(access_l, lo, hi),
             islice(tids_l, lo, hi), islice(ctime_l, lo, hi), islice(opt_l, lo, hi), islice(run_l, lo, hi),
         ), lo):
-            if opt is not None:  # the optimizer step: its pre-hook, its compute, its post-hook
-                tier.comp = opt[0]
-                tier.running = -1
-                tier.optimizer_begin()
-                tier.comp = opt[1]
-                tier.optimizer_end()
+            if opt is not None:  # the optimizer step, gradients: off the policy's stream
+                _act(tier, opt)
             tier.comp = c
             tier.running = run
             outcome[i] = event(s, m, ph, a, t)
@@ -258,6 +279,8 @@ def _run_trace(
                     if b != tier_nb[t]:  # this step's value has another size
                         cpy[t] = copy_ns(b)
                     write(t, b)
+    if opt_l[n]:  # after the last managed event: the last backward's gradients
+        _act(tier, opt_l[n])
     tier.steps = warmup_steps + measured_steps
     extra = tier.measured_extra()
     return SimReport(
@@ -269,8 +292,56 @@ def _run_trace(
         overcommits=extra["overcommits"], write_stall_ns=extra["write_stall_ns"],
         prefetch_requested=extra["prefetch_requested"], prefetch_refused=extra["prefetch_refused"],
         optimizer_wait_ns=extra["optimizer_wait_ns"], trace=trace.stem.name, variant=policy.variant,
-        outcomes=np.frombuffer(bytes(outcome), dtype=np.int8),
+        outcomes=np.frombuffer(bytes(outcome), dtype=np.int8), **tier.traffic_fields(),
     )
+
+
+def _act(tier: _TraceTier, acts: list[tuple[int, ...]]) -> None:
+    """What happens between two managed events (TraceStream.opt): the optimizer step (its
+    pre-hook, its compute, its post-hook) and gradients (produced; a backward ending)."""
+    tier.running = -1
+    for a in acts:
+        if a[0]:
+            tier.comp = a[1]
+            tier.grad_write(a[2], a[3])
+            if a[4]:
+                tier.grad_backward_end()
+        else:
+            tier.comp = a[1]
+            tier.optimizer_begin()
+            tier.comp = a[2]
+            tier.optimizer_end()
+
+
+def _off_stream(trace: Trace, ms: dict[str, np.ndarray], idx: np.ndarray) -> list[list[tuple[int, ...]] | None]:
+    """TraceStream.opt: per managed position j (and one after the last), the optimizer steps
+    and managed parameters' gradients of the full trace that come before it, in trace order."""
+    n = len(idx)
+    out: list[list[tuple[int, ...]] | None] = [None] * (n + 1)
+    items: list[tuple[int, int, tuple[int, ...]]] = []  # (j, position in the full trace, action)
+    for j, pre, post, pos in zip(ms["opt_at"].tolist(), ms["opt_pre"].tolist(), ms["opt_post"].tolist(),
+                                 ms["opt_pos"].tolist()):
+        items.append((j, pos, (0, pre, post)))
+    tids = np.asarray(trace.column("tensor_id"))
+    kinds, sizes = trace.tensor_kinds(), trace.tensor_nbytes()
+    is_grad = (kinds == _GRAD) & (sizes >= MIN_MANAGED_BYTES)  # a managed parameter's gradient
+    gpos = np.flatnonzero(is_grad[tids] & (np.asarray(trace.column("access")) == _WRITE))
+    if len(gpos):
+        step = np.asarray(trace.column("step"))[gpos]
+        micro = np.asarray(trace.column("micro_step"))[gpos]
+        ends = np.ones(len(gpos), dtype=bool)  # the last gradient of its (step, micro-step): the backward ends
+        ends[:-1] = (step[1:] != step[:-1]) | (micro[1:] != micro[:-1])
+        at = np.searchsorted(idx, gpos)
+        for j, pos, c, g, b, e in zip(at.tolist(), gpos.tolist(), ms["csum"][gpos].tolist(), tids[gpos].tolist(),
+                                      np.asarray(trace.column("nbytes"))[gpos].tolist(), ends.tolist()):
+            items.append((j, pos, (1, c, g, b, int(e))))
+    items.sort()
+    for j, _, a in items:
+        if out[j] is None:
+            out[j] = [a]
+        else:
+            out[j].append(a)  # type: ignore[union-attr]
+    return out
 
 
 _FORWARD_PHASES = (int(Phase.FORWARD), int(Phase.EVAL), int(Phase.RECOMPUTE))

@@ -148,7 +148,7 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
     policy = kwargs.pop("policy", run_report["policy"])
     if "daemon" not in kwargs:  # as the live run serves it: learned through the daemon, the rest in process
         learned = isinstance(policy, str) and policy.startswith("learned:")
-        schedule = ReplySchedule.from_trace(trace) if learned else None
+        schedule = ReplySchedule.from_trace(trace.managed()) if learned else None  # the daemon saw the managed stream
         kwargs["daemon"] = DaemonPath(batch_events=schedule.batch_events, schedule=schedule) if schedule is not None else learned
     report = simulate(trace, policy, **kwargs)
     path = DaemonPath() if kwargs["daemon"] is True else (kwargs["daemon"] or None)

@@ -96,11 +96,13 @@ def test_slowdowns_agree(request, workload, policy):
 
 
 def test_live_trace_is_timed_by_the_compute_clock(rows):
-    """The run's own trace says its clock, holds only managed events, in time order."""
+    """The run's own trace says its clock, holds only managed events and managed parameters' gradients, in time order."""
     r = rows["gpt2", "none"]
     trace = load_trace(r["trace"])
     assert trace.manifest["time_ns_clock"] == CLOCK_COMPUTE
-    assert trace.managed_tensors()[np.asarray(trace.column("tensor_id"))].all()
+    tids = np.asarray(trace.column("tensor_id"))
+    grads = (trace.tensor_kinds() == 2) & (trace.tensor_nbytes() >= 64 * 1024)  # Kind.GRADIENT, MIN_MANAGED_BYTES
+    assert (trace.managed_tensors() | grads)[tids].all() and grads[tids].any()
     t = np.asarray(trace.column("time_ns"))
     assert (t[1:] >= t[:-1]).all()
 
@@ -111,6 +113,6 @@ def test_learned_trace_keeps_the_daemon_reply_schedule(learned_rows):
     from predictor.daemon_path import ReplySchedule
 
     r = learned_rows["gpt2", "learned"]
-    sched = ReplySchedule.from_trace(load_trace(r["trace"]))
+    sched = ReplySchedule.from_trace(load_trace(r["trace"]).managed())  # the daemon saw the managed stream
     assert sched is not None and sched.replies > 0
     assert r["live_report"]["daemon_replies"] == "recorded"

@@ -102,8 +102,8 @@ def test_none_cycle_under_lru_misses_everything(cycle):
 
 
 def test_unmanaged_tensors_are_invisible_but_keep_their_time(tmp_path):
-    """Gradient events and small tensors are dropped: policies never see them, they take no budget,
-    their time stays.
+    """Small tensors (a small parameter's gradient too) are dropped: policies never see them, they take
+    no budget, their time stays. (A managed parameter's gradient is moved: tests/prefetch/test_sim_gradients.py.)
 
     Per step: P read at 0, the 1 kB bias b read at 1000, G written at 2000 and read by the
     optimizer at 3000, P updated at 4000 (managed events: P's read and P's write). Budget 1.0
@@ -112,7 +112,7 @@ def test_unmanaged_tensors_are_invisible_but_keep_their_time(tmp_path):
     a prediction it misses.
     """
     assert 1 * K < MIN_MANAGED_BYTES <= 100 * K
-    trace = write_trace(tmp_path / "grads", [("P", P, 100), ("G", G, 1000), ("b", P, 1)],
+    trace = write_trace(tmp_path / "grads", [("P", P, 100), ("G", G, 1), ("b", P, 1)],
                         [[(R, 0), (R, 2), (W, 1, BWD), (R, 1, OPT), (W, 0, OPT)]] * 3)
     pol = Fixed(predictions={0: 1.0})
     r = simulate(trace, pol, budget=1.0, link=LINK)
@@ -290,17 +290,19 @@ def test_overcommit_when_nothing_can_be_evicted(tmp_path):
 
 
 def test_full_budget_evicts_nothing_and_parameters_come_back_each_step(tmp_path):
-    """With every managed byte on the device nothing is evicted and nothing overcommits. Parameters
-    are dropped at each optimizer step: without prefetching each one misses once per step and every
-    other read hits; the oracle refetches them, so at most the step's first read is not a hit."""
+    """With every managed byte (and every gradient) on the device nothing is evicted and nothing
+    overcommits. Parameters are dropped at each optimizer step: without prefetching each one misses
+    once per step and every other read hits; the oracle refetches them, so at most the step's first
+    read is not a hit."""
     static = _random_trace(tmp_path / "static", seed=3, num_experts=0)
-    r = simulate(static, none(), budget=1.0)
+    grads = lambda t: int(t.tensor_nbytes()[t.tensor_kinds() == G].sum())  # noqa: E731
+    r = simulate(static, none(), budget=int(static.tensor_nbytes()[static.managed_tensors()].sum()) + grads(static))
     assert (r.stats.misses, r.stats.late, r.stats.evictions, r.overcommits) == (8 * r.steps, 0, 0, 0)
     assert r.stats.hits == r.stats.accesses - 8 * r.steps
     dynamic = _random_trace(tmp_path / "full", seed=3)
-    o = simulate(dynamic, "oracle", budget=1.0)
+    o = simulate(dynamic, "oracle", budget=int(dynamic.tensor_nbytes()[dynamic.managed_tensors()].sum()) + grads(dynamic))
     assert o.stats.misses + o.stats.late <= o.steps and o.stats.evictions == 0 and o.overcommits == 0
-    assert o.peak_device_bytes <= o.managed_bytes
+    assert o.peak_device_bytes <= o.budget_bytes
 
 
 def test_budget_below_largest_managed_tensor_is_a_clear_error(cycle, tmp_path):
