@@ -40,7 +40,7 @@ from runtime.trace_format import Access, Kind
 
 _READ, _ACT = int(Access.READ), int(Kind.ACTIVATION)
 
-DEFAULT_ALTERNATES = ("replay", "markov", "none")
+DEFAULT_ALTERNATES = ("mirror", "replay", "markov", "none")
 """The simple policies shadowed beside the learned one."""
 
 
@@ -102,6 +102,17 @@ class ShadowTier(DeviceTier):
 
     def _write_back(self, tid: int) -> None:
         self._copy_end(tid)
+
+    def _grad_out(self, key: int, nbytes: int) -> int:
+        now = self.compute_ns() + self.lag
+        self.engine_free = max(self.engine_free, now) + self.link.copy_ns(nbytes)
+        return self.engine_free
+
+    def _grad_done(self, key: int, ready: int) -> bool:
+        return ready <= self.compute_ns() + self.lag
+
+    def _grad_wait(self, key: int, ready: int) -> int:
+        return self._land(key, ready) or 0
 
 
 class GuardedPolicy(BasePolicy):
@@ -233,10 +244,12 @@ class GuardedPolicy(BasePolicy):
     def _compute_ns(self) -> int:
         """The executor's compute time: its clock less every wait it counted."""
         t = self._tier
-        return self._clock() - t.stall_ns - t.optimizer_wait_ns  # type: ignore[misc]
+        return self._clock() - t.stall_ns - t.optimizer_wait_ns - t.grad_wait_ns  # type: ignore[misc]
 
     def _stalls(self) -> list[int]:
-        return [self._tier.stall_ns, *(sh.stall_ns for sh in self.shadows)]
+        """What each tier has waited so far, the executor's first: stalls and gradient waits."""
+        t = self._tier
+        return [t.stall_ns + t.grad_wait_ns, *(sh.stall_ns + sh.grad_wait_ns for sh in self.shadows)]
 
     def _new_step(self, step: int) -> None:
         """The step that ran has ended: score it for every candidate (the active one from
@@ -262,20 +275,8 @@ class GuardedPolicy(BasePolicy):
         others = [i for i in range(len(self.candidates)) if i != self.active]
         tier = self._tier
         busy = getattr(tier, "_busy", None)  # parameters whose module runs: spared as the executor spares them
-        self.shadows = shadows = [ShadowTier(self.candidates[i], budget, link, compute, busy) for i in others]
-        begin, end = tier.optimizer_begin, tier.optimizer_end
-
-        def optimizer_begin() -> None:  # the shadows' optimizer steps run when the executor's does
-            begin()
-            for sh in shadows:
-                sh.optimizer_begin()
-
-        def optimizer_end() -> None:
-            end()
-            for sh in shadows:
-                sh.optimizer_end()
-
-        tier.optimizer_begin, tier.optimizer_end = optimizer_begin, optimizer_end
+        self.shadows = [ShadowTier(self.candidates[i], budget, link, compute, busy) for i in others]
+        tier.followers.extend(self.shadows)  # they take the executor's optimizer steps and gradients
         self._slot = {i: k for k, i in enumerate(others)}
 
     def _score(self, stalls: list[int]) -> None:

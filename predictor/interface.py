@@ -26,7 +26,7 @@ Arguments are plain ints rather than an event object: observe() runs once per ac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # numpy is imported where used: the CLI reads the policy registry at startup
     import numpy as np
@@ -159,7 +159,8 @@ class Policy(Protocol):
 class TierView(Protocol):
     """What a policy may read of the device tier that serves it (runtime.tier.DeviceTier
     is one): the budget (None until fixed), the running counters, and per tensor id its
-    kind, size and whether the tier manages it. Never written by a policy."""
+    kind, size and whether the tier manages it. Never written by a policy, except that it
+    may append its own shadow tiers to `followers`."""
 
     budget_bytes: int | None
     used: int
@@ -169,10 +170,13 @@ class TierView(Protocol):
     misses: int
     stall_ns: int
     optimizer_wait_ns: int
+    grad_wait_ns: int
     steps: int
     kind: list[int]
     nb: list[int]
     managed: list[bool | None]
+    followers: list[Any]
+    """Tiers that take this one's optimizer steps and gradients (a policy's own shadow tiers)."""
 
 
 INF_POS = 1 << 62

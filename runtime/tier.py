@@ -112,6 +112,9 @@ class DeviceTier:
         self._warm_extra: tuple[int, ...] = (0,) * len(_EXTRA)
         self._warm_traffic: tuple[list[int], list[int]] = ([0] * 4, [0] * 4)
         self._tick = 0  # heap mode: the LRU clock of `stamp`
+        self.followers: list[DeviceTier] = []
+        """Tiers that take this one's optimizer steps and gradients as they happen (their
+        accesses come through their policy: predictor.guard's shadows)."""
         self.set_policy(policy)
 
     # -- setup -------------------------------------------------------------------------------
@@ -341,6 +344,8 @@ class DeviceTier:
         link reach the host first (grads_finish), copies still reading the masters finish
         (step time, not stall), every parameter's device copy is dropped (not an eviction),
         and those still expected are queued again, fetched (updated) once the step is done."""
+        for f in self.followers:
+            f.optimizer_begin()
         self.grads_finish()
         if self.grad_micro:
             self.grad_expected = self.grad_micro
@@ -370,6 +375,8 @@ class DeviceTier:
 
     def optimizer_end(self) -> None:
         """The optimizer's post-hook: requests from here on belong to the next step."""
+        for f in self.followers:
+            f.optimizer_end()
         self.in_optimizer = False
         self.step_prev, self.step_start = self.reads - self.step_start, self.reads
         held, self.deferred = self.deferred, {}
@@ -384,6 +391,8 @@ class DeviceTier:
         post-accumulate-grad hook). New device bytes enter `used`, room made first (a demand:
         never refused). Then hold it or move it (module docstring); True: moved (the engine's
         `_grad_out` started its copy), False: held."""
+        for f in self.followers:
+            f.grad_write(key, nbytes)
         if key not in self.grad_held:  # not accumulating into a held one: new bytes
             if self.used + nbytes > self._limit:
                 self.make_room(nbytes, -1, False, 0)
@@ -440,6 +449,8 @@ class DeviceTier:
         gradients move too (and are waited for) and the parameters' device copies go
         (drop_params): what the optimizer and user code before it (clipping) read is on the
         host. True then."""
+        for f in self.followers:
+            f.grad_backward_end()
         last = self.grad_last_micro()
         if last:
             for key in list(self.grad_held):
@@ -460,6 +471,8 @@ class DeviceTier:
         """Gradient `key` has a host value in this optimizer step (the engine took one back
         after a wrong guess of the last micro-step): later ones move, never held, so the host
         sums in micro-step order."""
+        for f in self.followers:
+            f.grad_on_host(key)
         self.grad_moved.add(key)
 
     # -- the request queue -----------------------------------------------------------------------

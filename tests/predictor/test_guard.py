@@ -84,7 +84,7 @@ def test_a_harmful_policy_gives_way_to_the_rival_with_the_least_stall(trace):
     assert served_last == best, (g.describe(), {k: v.stats.stall_ns for k, v in rivals.items()})
     switched = g.history[1][0]
     assert switched <= 1 + g.config.min_steps, g.describe()  # as soon as allowed
-    assert r.stats.stall_ns < 0.5 * alone.stats.stall_ns
+    assert r.stats.stall_ns < alone.stats.stall_ns
     # the measured steps Thrash served cost what they cost alone; the rest what the best costs
     thrash_steps = switched - 1
     per_step = alone.stats.stall_ns / alone.steps
