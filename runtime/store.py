@@ -7,15 +7,15 @@ The store is the tracker's AccessSink during `runtime.prefetching(...)`:
                  now). Eviction drops the device copy and rebinds the host one. The
                  optimizer runs on the host copies (ZeRO-Offload style), so device copies
                  are never dirty; they are dropped before `optimizer.step()` (or at the end
-                 of the step's expected last backward) and fetched again, updated, for the
-                 next step.
+                 of a backward that may be the step's last) and fetched again, updated,
+                 for the next step.
     gradients    produced on the device by backward, in the budget from then on; each is
                  held there across micro-steps or copied to the host at once, overlapped
                  with the rest of the backward (the tier decides: runtime.tier's module
                  docstring), and summed on the host in micro-step order
                  (runtime.grad_offload). The backward's end waits for the copies still in
-                 flight; from the expected last backward on, `p.grad` is the host sum, so
-                 clipping before `optimizer.step()` sees every gradient.
+                 flight; after one that may be the step's last, `p.grad` is the host sum,
+                 so clipping before `optimizer.step()` sees every gradient.
     user writes  anything else that writes a parameter (a clamp, `load_state_dict`, an
                  EMA swap) is seen by the parameter's version counter: a copy issued
                  before the write is stale (dropped; issued again when the next forward
