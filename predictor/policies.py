@@ -45,6 +45,7 @@ POLICIES: dict[str, Registered] = {
     "replay": Registered("predictor.baselines:Replay", "the previous step's read order (ZeRO-3), off for the rest of a step once it diverges"),
     "markov": Registered("predictor.baselines:Markov", "a bounded successor table learnt online (DeepUM), followed up to the lookahead"),
     "stride": Registered("predictor.stride:Stride", "the previous step's reads by position, each asked for k reads ahead (next-line at distance k)"),
+    "scan": Registered("predictor.scan:Scan", "replay, but a loop re-reading more than the budget keeps a resident prefix and streams the rest"),
     "mirror": Registered("predictor.mirror:Mirror", "a micro-step's backward from its own forward reversed; the forward from the last one, found again after a divergence"),
     "learned": Registered("predictor.model:LearnedPolicy", "the LightGBM predictor trained by `prefetch train` (learned:MODEL_DIR)"),
 }  # fmt: skip
