@@ -11,9 +11,12 @@ from runtime.tier import HIT, LATE, MISS, WRITE, DeviceTier
 from runtime.trace_format import Access, Kind
 
 RULES = ("event", "request", "write", "free", "optimizer_begin", "optimizer_end", "want", "drain", "make_room",
-         "_room_from_heap", "_rekey", "_place", "evict", "begin_measurement", "measured", "totals")
+         "_room_from_heap", "_rekey", "_place", "evict", "begin_measurement", "measured", "totals",
+         "drop_params", "grad_write", "grad_release", "grad_backward_end", "grads_finish", "grad_on_host",
+         "grad_last_micro", "measured_traffic")
 """The tier's rules: written once, in DeviceTier."""
-ENGINE = ("_start_copy", "_land", "_fetch", "_finish", "_write_back", "_drop", "_busy", "_eta", "describe")
+ENGINE = ("_start_copy", "_land", "_fetch", "_finish", "_write_back", "_drop", "_busy", "_eta", "describe",
+          "_grad_out", "_grad_done", "_grad_wait")
 
 R, W = int(Access.READ), int(Access.WRITE)
 P, A = int(Kind.PARAMETER), int(Kind.ACTIVATION)
@@ -26,7 +29,8 @@ def test_engines_override_time_not_rules(engine):
     for name in RULES:
         assert name in DeviceTier.__dict__, name
         assert engine.__dict__.get(name) is None, f"{engine.__name__} redefines the tier's rule {name}"
-    assert {n for n in ENGINE if n in engine.__dict__} >= {"_start_copy", "_land", "_fetch", "_finish"}
+    assert {n for n in ENGINE if n in engine.__dict__} >= {"_start_copy", "_land", "_fetch", "_finish",
+                                                          "_grad_out", "_grad_done", "_grad_wait"}
 
 
 class Clock(DeviceTier):
