@@ -84,14 +84,16 @@ def _run(tmp_path, device: str = "simulated", keep: bool = True):
 
 
 def test_trace_out_keeps_the_managed_events_the_store_saw(tmp_path):
-    """The run's trace holds every managed access the store counted, timed by the compute
-    clock on the simulated device, with the tensor table the ids refer to."""
+    """The run's trace holds every managed access the store counted and the managed parameters'
+    gradient writes (the simulator moves them too), timed by the compute clock on the simulated
+    device, with the tensor table the ids refer to."""
     pf = _run(tmp_path)
     trace = load_trace(pf.trace_stem)
     assert trace.manifest["time_ns_clock"] == CLOCK_COMPUTE and trace.manifest["complete"]
     tids = np.asarray(trace.column("tensor_id"))
-    assert len(tids) == pf.store.managed_events
-    assert trace.managed_tensors()[tids].all()
+    managed = trace.managed_tensors()[tids]
+    assert managed.sum() == pf.store.managed_events
+    assert (trace.tensor_kinds()[tids[~managed]] == 2).all() and (~managed).any()  # Kind.GRADIENT
     assert (np.asarray(trace.column("access")) == 0).sum() == pf.store.totals().accesses
     assert trace.keys == pf.tracker.tensor_keys[: trace.num_tensors]
 
