@@ -28,11 +28,13 @@ LIVE_KEYS = DESIGN_MD_KEYS | {  # what Prefetcher.report() has written since bef
     "policy_served_by", "managed_kinds", "min_managed_bytes", "persistent_bytes", "bytes_written_back",
     "prefetch_refused", "evictions", "budget_overflows", "stale_copies", "dirty_writebacks", "adopted_params",
     "warmup", "overhead",
+    "bytes_h2d", "bytes_d2h", "grad_wait_s", "grad_moves", "grad_holds",  # issue 15: traffic by direction and kind
 }
 SIM_KEYS = DESIGN_MD_KEYS | {  # what SimReport.as_dict() has written since before RunReport
     "lookahead", "budget", "budget_fraction", "events", "coverage", "stall_ns", "bytes_written_back", "evictions",
     "prefetch_requested", "prefetch_refused", "overcommits", "budget_overflows", "write_stall_s",
     "optimizer_wait_s", "warmup", "trace",
+    "bytes_h2d", "bytes_d2h", "grad_wait_s", "grad_moves", "grad_holds",  # issue 15: traffic by direction and kind
 }
 
 
