@@ -61,10 +61,10 @@ class GuardConfig:
 
 
 class ShadowTier(DeviceTier):
-    """A device tier over a virtual FIFO link, fed the executor's events and its compute
-    clock: what another policy would have done on the same step (the simulator's engine,
-    prefetch.sim_trace, in miniature: time is the executor's compute time plus this tier's
-    own waits)."""
+    """A device tier over a virtual link (a FIFO per direction), fed the executor's events
+    and its compute clock: what another policy would have done on the same step (the
+    simulator's engine, prefetch.sim_trace, in miniature: time is the executor's compute
+    time plus this tier's own waits)."""
 
     def __init__(self, policy: Policy, budget_bytes: int, link: LinkModel, compute_ns: Callable[[], int],
                  busy: Callable[[], Collection[int]] | None = None):
@@ -74,15 +74,24 @@ class ShadowTier(DeviceTier):
         if busy is not None:
             self._busy = busy  # type: ignore[method-assign]  # the executor's: the same modules are running
         self.lag = 0
-        self.engine_free = 0
+        self.in_free = 0  # each direction's FIFO, as the executor's link (full duplex)
+        self.out_free = 0
+        self.host_at: dict[int, int] = {}  # activations written back: when they are on the host
 
-    def _copy_end(self, tid: int) -> int:
+    def _copy_in(self, tid: int) -> tuple[int, int]:
+        """(now, when a copy of `tid` to the device started now completes)."""
         now = self.compute_ns() + self.lag
-        self.engine_free = max(self.engine_free, now) + self.link.copy_ns(self.nb[tid])
-        return self.engine_free
+        start = max(self.in_free, now, self.host_at.get(tid, 0))
+        self.in_free = start + self.link.copy_ns(self.nb[tid])
+        return now, self.in_free
+
+    def _copy_out(self, nbytes: int) -> int:
+        now = self.compute_ns() + self.lag
+        self.out_free = max(self.out_free, now) + self.link.copy_ns(nbytes)
+        return self.out_free
 
     def _start_copy(self, tid: int) -> int:
-        return self._copy_end(tid)
+        return self._copy_in(tid)[1]
 
     def _land(self, tid: int, ready: int) -> int | None:
         waited = ready - self.compute_ns() - self.lag
@@ -92,8 +101,7 @@ class ShadowTier(DeviceTier):
         return waited
 
     def _fetch(self, tid: int) -> int:
-        now = self.compute_ns() + self.lag
-        end = self._copy_end(tid)
+        now, end = self._copy_in(tid)
         self.lag += end - now
         return end - now
 
@@ -101,12 +109,10 @@ class ShadowTier(DeviceTier):
         return self._land(tid, ready) or 0
 
     def _write_back(self, tid: int) -> None:
-        self._copy_end(tid)
+        self.host_at[tid] = self._copy_out(self.nb[tid])
 
     def _grad_out(self, key: int, nbytes: int) -> int:
-        now = self.compute_ns() + self.lag
-        self.engine_free = max(self.engine_free, now) + self.link.copy_ns(nbytes)
-        return self.engine_free
+        return self._copy_out(nbytes)
 
     def _grad_done(self, key: int, ready: int) -> bool:
         return ready <= self.compute_ns() + self.lag

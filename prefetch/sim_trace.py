@@ -48,8 +48,9 @@ def _warmup_split(trace: Trace, warmup_steps: int) -> tuple[int, int]:
 
 # -- the simulation of one trace --------------------------------------------------------------
 class _TraceTier(DeviceTier):
-    """The device tier over a virtual clock: one FIFO copy engine for both directions, each
-    copy taking LinkModel.copy_ns(nbytes). Time is `comp` (the trace's compute time so far,
+    """The device tier over a virtual clock: a FIFO copy engine per direction (the link is
+    full duplex, as runtime.device.SimulatedDevice's), each copy taking
+    LinkModel.copy_ns(nbytes); an activation is copied back no earlier than its write-back ends. Time is `comp` (the trace's compute time so far,
     set by the event loop) plus `lag` (every wait so far: stalls and optimizer waits)."""
 
     def __init__(self, policy: Policy, budget_bytes: int, cpy: list[int]):
@@ -57,7 +58,9 @@ class _TraceTier(DeviceTier):
         self.cpy = cpy  # copy time of each tensor, either direction (its current size)
         self.comp = 0
         self.lag = 0
-        self.engine_free = 0  # when the FIFO copy engine finishes its last queued copy
+        self.engine_free = 0  # when the host-to-device FIFO finishes its last queued copy
+        self.out_free = 0  # when the device-to-host FIFO does (the link is full duplex)
+        self.host_at = [0] * len(cpy)  # when an activation written back is on the host (a copy back starts then)
         self.running = -1  # the module whose forward is under way at this event (-1: none)
         self.modules: ModulesRunning | None = None
         self.trace: Trace | None = None
@@ -66,7 +69,9 @@ class _TraceTier(DeviceTier):
         return self.comp + self.lag
 
     def _start_copy(self, tid: int) -> int:
-        now, free = self.comp + self.lag, self.engine_free
+        now, free, ready = self.comp + self.lag, self.engine_free, self.host_at[tid]
+        if ready > free:
+            free = ready
         self.engine_free = (free if free > now else now) + self.cpy[tid]
         return self.engine_free
 
@@ -78,7 +83,9 @@ class _TraceTier(DeviceTier):
         return waited
 
     def _fetch(self, tid: int) -> int:
-        now, free = self.comp + self.lag, self.engine_free
+        now, free, ready = self.comp + self.lag, self.engine_free, self.host_at[tid]
+        if ready > free:
+            free = ready
         self.engine_free = end = (free if free > now else now) + self.cpy[tid]
         self.lag += end - now
         return end - now
@@ -86,11 +93,17 @@ class _TraceTier(DeviceTier):
     def _finish(self, tid: int, ready: int) -> int:
         return self._land(tid, ready) or 0
 
+    def _copy_out(self, tid: int) -> int:
+        """A device-to-host copy on its own FIFO; when it is done."""
+        now, free = self.comp + self.lag, self.out_free
+        self.out_free = (free if free > now else now) + self.cpy[tid]
+        return self.out_free
+
     def _write_back(self, tid: int) -> None:
-        self._start_copy(tid)  # the same FIFO engine, the other direction
+        self.host_at[tid] = self._copy_out(tid)
 
     def _grad_out(self, key: int, nbytes: int) -> int:
-        return self._start_copy(key)  # a gradient to the host: the same FIFO engine (key: the gradient's id)
+        return self._copy_out(key)  # a gradient to the host (key: the gradient's id)
 
     def _grad_done(self, key: int, ready: int) -> bool:
         return ready <= self.comp + self.lag
@@ -102,7 +115,7 @@ class _TraceTier(DeviceTier):
         return self.modules.params(self.running)
 
     def _eta(self, tid: int) -> tuple[int, int, int]:
-        now, free = self.comp + self.lag, self.engine_free
+        now, free = self.comp + self.lag, max(self.engine_free, self.host_at[tid])
         return (free if free > now else now) + self.cpy[tid], now, self.comp
 
     def describe(self, tid: int) -> str:

@@ -7,13 +7,15 @@ Both backends have one interface, so the store above them does not know which ru
     tensor, waited_ns = dev.wait(copy)   # make it usable on the compute stream
     copy = dev.copy_out(device_t)   # start a device-to-host copy (a write-back, a gradient)
 
-CUDA: pinned host memory, copies on a dedicated stream, an event per copy; the compute
+CUDA: pinned host memory, copies on a dedicated stream per direction (in and out overlap),
+an event per copy; the compute
 stream waits on the event (no host sync) and `record_stream` tells the caching
 allocator the tensor is used there.
 
 Simulated (no CUDA): real copies (`clone`) on a copy-engine thread, each *finishing*
-at the time the link model gives: a FIFO engine whose next copy starts when the last
-one ends. Times are on the device's ComputeClock (runtime.link: the job's CPU time less
+at the time the link model gives: one FIFO engine per direction (PCIe is full duplex and
+a GPU has a copy engine each way), whose next copy starts when the last one ends. Times
+are on the device's ComputeClock (runtime.link: the job's CPU time less
 the prefetcher's own bookkeeping, plus stalls), so neither overhead nor a busy machine
 buys copies time. A consumer that needs a copy early sleeps (in wall time) until
 then, so a late prefetch really stalls the step and hit rates mean what they mean on a
@@ -129,15 +131,17 @@ class SimCopy:
 class SimulatedDevice:
     """The simulated device: a copy-engine thread, a link model and a compute clock.
 
-    A copy submitted at clock time t starts at max(t, end of the copy queued before it)
-    and is done at start + link.copy_ns(nbytes), both on `clock`.
+    A copy submitted at clock time t starts at max(t, end of the copy queued before it in
+    the same direction) and is done at start + link.copy_ns(nbytes), both on `clock`. The
+    two directions overlap, as a GPU's two copy engines do; a copy back of a tensor still
+    being written back starts once that write-back is done.
     """
 
     name = "simulated"
 
     def __init__(self, link: LinkModel, clock: ComputeClock | None = None):
         self.link = link
-        self._free_at_ns = 0  # clock time the FIFO engine finishes its last queued copy
+        self._free_at_ns = {"H2D": 0, "D2H": 0}  # clock time each direction's FIFO finishes its last queued copy
         self.copy_lag_ns = 0
         """Wall time waits spent on real clones running behind the model (a busy CPU)."""
         self._copied = threading.Condition()  # the engine made a clone (for `wait_copied`)
@@ -158,16 +162,19 @@ class SimulatedDevice:
         self.link = link
 
     def _submit(self, src: "torch.Tensor | SimCopy", direction: str) -> SimCopy:
-        nbytes = src.nbytes if isinstance(src, SimCopy) else src.numel() * src.element_size()
-        # Training thread only (as the clock), so no lock; one timeline for both
-        # directions (one DMA engine).
+        # Training thread only (as the clock), so no lock; one FIFO per direction.
         now = self.clock.now_ns()
-        start = max(now, self._free_at_ns)
-        self._free_at_ns = start + self.link.copy_ns(nbytes)
-        c = SimCopy(src, nbytes, self.clock, self._free_at_ns)
+        start = max(now, self._free_at_ns[direction])
+        if isinstance(src, SimCopy):  # fetching back a write-back: not before it is on the host
+            nbytes = src.nbytes
+            start = max(start, src.done_at_ns)
+        else:
+            nbytes = src.numel() * src.element_size()
+        end = self._free_at_ns[direction] = start + self.link.copy_ns(nbytes)
+        c = SimCopy(src, nbytes, self.clock, end)
         if self.timeline is not None:
             wall = time.monotonic_ns() - now
-            self.timeline.append((start + wall, self._free_at_ns + wall, nbytes, direction))
+            self.timeline.append((start + wall, end + wall, nbytes, direction))
         self._jobs.put(c)
         return c
 
@@ -287,7 +294,8 @@ class CudaDevice:
             raise RuntimeError("CUDA device requested but torch.cuda.is_available() is False")
         self.device = torch.device("cuda", torch.device("cuda", device).index if not isinstance(device, int) else device)
         self.name = f"cuda:{self.device.index}"
-        self.copy_stream = torch.cuda.Stream(self.device)
+        self.copy_stream = torch.cuda.Stream(self.device)  # host to device
+        self.out_stream = torch.cuda.Stream(self.device)  # device to host: overlaps the copies in (full duplex)
         self._stall_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         """(before, after) timing events around each compute-stream wait, not yet read."""
         self.stall_waits = 0
@@ -298,7 +306,10 @@ class CudaDevice:
         host.copy_(t)  # note: CPU-GPU sync point when t is on the device (done once, at wrap time)
         return host
 
-    def copy_in(self, host: torch.Tensor) -> CudaCopy:
+    def copy_in(self, host: "torch.Tensor | CudaCopy") -> CudaCopy:
+        if isinstance(host, CudaCopy):  # a write-back (pending_host): read it once it is written
+            self.copy_stream.wait_event(host.event)
+            host = host.result
         with torch.cuda.stream(self.copy_stream):
             dev = host.to(self.device, non_blocking=True)
             ev = torch.cuda.Event()
@@ -307,17 +318,17 @@ class CudaDevice:
 
     def copy_out(self, dev: torch.Tensor) -> CudaCopy:
         # the write-back must see everything the compute stream did to `dev`
-        self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.copy_stream):
+        self.out_stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.out_stream):
             host = torch.empty(dev.shape, dtype=dev.dtype, device="cpu", pin_memory=True)
             host.copy_(dev, non_blocking=True)
             ev = torch.cuda.Event()
-            ev.record(self.copy_stream)
-        dev.record_stream(self.copy_stream)  # keep dev's memory until the copy has read it
+            ev.record(self.out_stream)
+        dev.record_stream(self.out_stream)  # keep dev's memory until the copy has read it
         return CudaCopy(result=host, event=ev, nbytes=dev.numel() * dev.element_size())
 
-    def pending_host(self, copy: CudaCopy) -> torch.Tensor:
-        return copy.result  # stream order makes a later copy_in read it after it is written
+    def pending_host(self, copy: CudaCopy) -> CudaCopy:
+        return copy  # copy_in waits for its event: the copy back is on the other stream
 
     def settle(self, copy: CudaCopy) -> None:
         copy.event.synchronize()  # note: CPU-GPU sync point, at close only

@@ -18,7 +18,7 @@ The rules are in docs/simulator.md ("The model"); each is written once, here.
 Gradients (`grad_write`, `grad_backward_end`, `grads_finish`): a managed parameter's
 gradient is produced on the device by backward; its bytes enter `used` (room made first,
 like an activation's write). The tier then HOLDS it on the device (autograd accumulates the
-next micro-step's into it) or MOVES it now (a device-to-host copy on the same FIFO link,
+next micro-step's into it) or MOVES it now (a copy on the link's device-to-host FIFO,
 its bytes in `used` until the copy completes; the host accumulates). Move when this
 micro-step is the expected last of the optimizer step, when the expected count is unknown,
 when the gradient was moved before in this optimizer step (the host sum must stay in
