@@ -7,10 +7,9 @@ Both backends have one interface, so the store above them does not know which ru
     tensor, waited_ns = dev.wait(copy)   # make it usable on the compute stream
     copy = dev.copy_out(device_t)   # start a device-to-host copy (a write-back, a gradient)
 
-CUDA: pinned host memory, copies on a dedicated stream per direction (in and out overlap),
-an event per copy; the compute
-stream waits on the event (no host sync) and `record_stream` tells the caching
-allocator the tensor is used there.
+CUDA: pinned host memory, copies on a dedicated stream per direction (in and out
+overlap), an event per copy; the compute stream waits on the event (no host sync) and
+`record_stream` tells the caching allocator the tensor is used there.
 
 Simulated (no CUDA): real copies (`clone`) on a copy-engine thread, each *finishing*
 at the time the link model gives: one FIFO engine per direction (PCIe is full duplex and
