@@ -10,14 +10,15 @@ al., ISCA 2007; DIP/DRRIP: leader sets score the rival policies, followers take 
 winner). A prefetcher's cost is global (a busy link, evictions), so sampling *tensors*
 cannot score it; instead each rival runs in a *shadow*: a device tier of its own
 (`ShadowTier`, the same DeviceTier rules as the live store and the simulator) over a
-virtual FIFO link, fed the same events at the executor's compute time. So every step
-gives, for the same accesses, the learned policy's real stall and the stall none, replay
-and markov would have had.
+virtual link (a FIFO per direction), fed the same events at the executor's compute time
+and the same optimizer steps and gradients (`DeviceTier.followers`). So every step gives,
+for the same accesses, the learned policy's real stall and the stall each simple policy
+(`DEFAULT_ALTERNATES`: mirror, scan, markov, none) would have had.
 
 - The learned candidate serves first. After `min_steps` scored steps, whichever
   candidate has the least stall summed over the scored steps (the learned one gets
   `margin`) serves from the next step; the one it replaces takes its shadow. The first
-  step is not scored: it is every policy's warm-up (replay and markov know nothing yet).
+  step is not scored: it is every policy's warm-up (mirror, scan and markov know nothing yet).
 - Only the serving candidate's requests reach the tier, and it answers
   `predicted_next_use` (eviction); the others are observed by their shadows only.
 - Without a link model or a compute clock (CUDA today) there are no shadows and the
@@ -40,8 +41,8 @@ from runtime.trace_format import Access, Kind
 
 _READ, _ACT = int(Access.READ), int(Kind.ACTIVATION)
 
-DEFAULT_ALTERNATES = ("mirror", "replay", "markov", "none")
-"""The simple policies shadowed beside the learned one."""
+DEFAULT_ALTERNATES = ("mirror", "scan", "markov", "none")
+"""The simple policies shadowed beside the learned one (scan is replay outside a loop bigger than the budget)."""
 
 
 @dataclass(frozen=True, slots=True)

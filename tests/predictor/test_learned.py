@@ -44,3 +44,19 @@ def test_learned_looks_ahead(model_dir, moe_run):
                 uses = [p.predicted_next_use(t) for t in window]
                 assert all(u >= 1 for u in uses)
         assert max(sizes) == lookahead and sum(sizes) / len(sizes) > lookahead / 2
+
+
+def test_in_the_backward_learned_follows_the_forward_it_just_ran(model_dir, moe_run):
+    """backward="mirror" (the default): the backward's requests are this micro-step's own
+    forward reversed (predictor.mirror), which knows the experts the router picked; its
+    backward recall beats the model's own on a held-out MoE run, the forward's is unchanged."""
+    from predictor.evaluate import evaluate_trace
+    from predictor.model import LearnedPolicy
+    from predictor.policies import load_learned
+
+    art = load_learned(model_dir, moe_run.architecture)
+    steps = sorted(set(moe_run.column("step").tolist()))[1:]
+    res = evaluate_trace(moe_run, {"mirror": LearnedPolicy(art, 8), "model": LearnedPolicy(art, 8, backward="model")},
+                         scope=HELD_OUT_RUN, steps=steps, lookahead=8)["policies"]
+    assert res["mirror"]["by_phase"]["backward"]["recall"] > res["model"]["by_phase"]["backward"]["recall"]
+    assert res["mirror"]["by_phase"]["forward"] == res["model"]["by_phase"]["forward"]
