@@ -89,7 +89,8 @@ def run_workload(name: str, *, policy: str = "replay", **kwargs: Any) -> dict[st
 def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: float | int | str = 0.4,
                  seed: int = 0, link_ratio: float = DEFAULT_LINK_RATIO, lookahead: int = LIVE_LOOKAHEAD, warmup_steps: int = 1,
                  device: str = "auto", daemon: str | None = None, trace_out: str | Path | None = None,
-                 timeline_dir: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
+                 timeline_dir: str | Path | None = None, progress: bool = True,
+                 guard: bool = True) -> list[dict[str, Any]]:
     """One report per policy; the all-resident and recorded passes are shared."""
     from prefetch.workloads import get_workload
 
@@ -139,7 +140,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                                  warmup_steps=warmup_steps, device=device, daemon=daemon,
                                  baseline_step_time_s=baseline_step, reference_tensors=reference,
                                  baseline_step_cpu_s=statistics.median(base_cpu[warmup_steps:]),
-                                 timeline=timeline_dir is not None, seed=seed, workload=name)
+                                 timeline=timeline_dir is not None, seed=seed, workload=name, guard=guard)
             pf = Prefetcher(job.model, job.optimizer, cfg)
             # The slowdown is measured against a twin all-resident job stepped alternately
             # (resident i, prefetched i, resident i+1, ...): both do identical work at step i,

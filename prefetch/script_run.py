@@ -151,7 +151,8 @@ def compare_states(reference: dict[str, Any], other: dict[str, Any], max_mismatc
 
 def run_script(command: list[str], *, policy: str, budget: str, lookahead: int, link_ratio: float, warmup: int,
                device: str, daemon: str | None, json_out: Path | None, timeline: Path | None, compare: bool,
-               threads: int, seed: int | None = None, name: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+               threads: int, seed: int | None = None, name: str | None = None,
+               guard: bool = True) -> tuple[int, list[dict[str, Any]]]:
     """Run `command` prefetched (and all resident first with `compare`); (exit code, per-rank reports)."""
     cmd = parse_command(command, "run")
     env = dict(os.environ)
@@ -169,6 +170,8 @@ def run_script(command: list[str], *, policy: str, budget: str, lookahead: int, 
             str(link_ratio), "--warmup", str(warmup), "--device", device]
     if seed is not None:
         opts += ["--seed", str(seed)]
+    if not guard:
+        opts += ["--no-guard"]
     if name:
         opts += ["--name", name]
     if timeline is not None:

@@ -307,7 +307,7 @@ def build_config(args: argparse.Namespace) -> Any:
     return PrefetchConfig(policy=args.policy, budget=args.budget, lookahead=args.lookahead,
                           link_ratio=args.link_ratio, warmup_steps=args.warmup, device=args.device,
                           daemon=args.daemon or os.environ.get(DAEMON_ENV) or None,
-                          timeline=args.timeline is not None, seed=args.seed)
+                          timeline=args.timeline is not None, seed=args.seed, guard=not args.no_guard)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--daemon", default=None)
     parser.add_argument("--seed", type=int, default=None, help="the script's seed, when known (provenance)")
+    parser.add_argument("--no-guard", action="store_true", help="a learned policy alone (predictor.guard)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--timeline", type=Path, default=None)
     parser.add_argument("--state-out", type=Path, default=None)

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lookahead", type=int, default=LIVE_LOOKAHEAD,
                    help=f"future reads a policy keeps requested (default {LIVE_LOOKAHEAD})")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps excluded from the figures")
+    p.add_argument("--no-guard", action="store_true",
+                   help="learned:MODEL_DIR alone, without the guard that leans on mirror, scan, markov or none "
+                        "where they stall less (predictor.guard)")
     p.add_argument("--device", default="auto", help="auto | simulated | cuda[:N]")
     p.add_argument("--daemon", default=None, help="endpoint of a running daemon (learned policies)")
     p.add_argument("--daemon-keys", default=None, metavar="DIR",
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_workload(args.workload, steps=args.steps, policy=args.policy, budget=budget, seed=args.seed,
                           link_ratio=args.link_ratio, lookahead=args.lookahead, warmup_steps=args.warmup,
                           device=args.device, daemon=args.daemon, trace_out=args.trace_out,
-                          timeline_dir=args.timeline, progress=not args.no_progress)
+                          timeline_dir=args.timeline, progress=not args.no_progress, guard=not args.no_guard)
     text = json.dumps(report, indent=2)
     print(text)
     print(summary_line(report))
@@ -122,7 +125,8 @@ def _run_script(command: list[str], args: argparse.Namespace) -> int:
     code, reports = run_script(command, policy=args.policy, budget=args.budget, lookahead=args.lookahead,
                                link_ratio=args.link_ratio, warmup=args.warmup, device=args.device,
                                daemon=args.daemon, json_out=args.json, timeline=args.timeline,
-                               compare=args.compare, threads=args.threads, seed=args.seed, name=args.name)
+                               compare=args.compare, threads=args.threads, seed=args.seed, name=args.name,
+                               guard=not args.no_guard)
     if reports:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, default=str))
     for r in reports:
