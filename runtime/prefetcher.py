@@ -186,9 +186,7 @@ class Prefetcher:
                 self.hooks.wrap(lambda *a: self.store.before_optimizer_step())))
             self._handles.append(optimizer.register_step_post_hook(
                 self.hooks.wrap(lambda *a: self.store.after_optimizer_step())))
-            from runtime.grad_offload import GradOffload  # gradients leave the device as backward produces them
-
-            GradOffload(self.store, self.tracker, self.hooks.wrap, emit_events=self.live_trace is not None)
+            self.offload_gradients()
         if config.timeline:
             self.store.timeline = []
             if isinstance(self.device, SimulatedDevice):
@@ -300,6 +298,15 @@ class Prefetcher:
                 self._link_fixed = True
 
         self.store.step_end = step_end  # type: ignore[method-assign]
+
+    def offload_gradients(self) -> None:
+        """Gradients leave the device as backward produces them (runtime.grad_offload): the
+        hooks, installed with the optimizer (here, or by the script launcher when it adopts
+        one after the first step). Idempotent."""
+        if self.store.grads is None:
+            from runtime.grad_offload import GradOffload
+
+            GradOffload(self.store, self.tracker, self.hooks.wrap, emit_events=self.live_trace is not None)
 
     def params_written(self) -> None:
         """Call after writing parameters in place through `p.data` (`p.data.clamp_()`):

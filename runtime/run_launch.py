@@ -242,6 +242,7 @@ class GlobalPrefetcher:
                 # the order Prefetcher uses
                 pf._handles.append(optimizer.register_step_post_hook(lambda *a: pf.store.after_optimizer_step()))
                 pf.tracker.attach_optimizer(optimizer)  # emits this step's optimizer accesses, ends step 0
+                pf.offload_gradients()  # from the next backward on, as with an optimizer given up front
         if optimizer is self.optimizer:
             self.step_times.append(now - self._t_step)
             self._t_step = time.perf_counter()

@@ -56,6 +56,7 @@ def test_train_tiny_from_the_cli_is_bit_identical(tmp_path):
     assert r["losses_identical"] and r["params_identical"] and r["optimizer_state_identical"], r["state_mismatches"]
     assert r["steps"] == 4 and r["optimizer_steps"] == 5 and r["accesses"] > 0 and r["hits"] + r["late"] > 0
     assert r["budget_bytes"] < r["managed_bytes"]  # offloaded for real: a 40% budget, fixed after step 0
+    assert r["bytes_d2h"]["gradient"] > 0  # gradients left as backward produced them (hooks from step 1)
     assert "bit-identical" in proc.stderr  # the summary line
 
 
