@@ -15,9 +15,10 @@ and the same optimizer steps and gradients (`DeviceTier.followers`). So every st
 for the same accesses, the learned policy's real stall and the stall each simple policy
 (`DEFAULT_ALTERNATES`: mirror, scan, markov, none) would have had.
 
-- The learned candidate serves first. After `min_steps` scored steps, whichever
-  candidate has the least stall summed over the scored steps (the learned one gets
-  `margin`) serves from the next step; the one it replaces takes its shadow. The first
+- The learned candidate serves first. After `min_steps` scored steps, of the candidates
+  whose stall summed over the scored steps is within `margin` of the least, the one with
+  the most hits serves from the next step (the learned one on a tie); the one it replaces
+  takes its shadow. The first
   step is not scored: it is every policy's warm-up (mirror, scan and markov know nothing yet).
 - Only the serving candidate's requests reach the tier, and it answers
   `predicted_next_use` (eviction); the others are observed by their shadows only.
@@ -50,7 +51,7 @@ class GuardConfig:
     """When the guard switches."""
 
     margin: float = 0.05
-    """Another candidate replaces the learned one only with at least this share less stall."""
+    """Candidates within this share of the least stall count as near: the one with the most hits serves."""
     min_steps: int = 2
     """Scored steps before any switch: one step can mislead (the step after warm-up, an evaluation step)."""
 
@@ -164,13 +165,14 @@ class GuardedPolicy(BasePolicy):
             c.start(tensors)
         self.active = 0
         self.stall: dict[int, int] = {}  # candidate -> stall ns summed over the scored steps
+        self.hits: dict[int, int] = {}  # candidate -> hits over the scored steps
         self.scored = 0
         self.history: list[tuple[int, int]] = []  # (first step, candidate) of each stretch
         self.shadows: list[ShadowTier] = []  # one per candidate not active, once budget, link and clock are known
         self._slot: dict[int, int] = {}  # candidate -> its shadow
         self._step: int | None = None
         self._steps_seen = 0
-        self._mark: list[int] = []  # stall counters at the step's start: the executor's, then each shadow's
+        self._mark: list[tuple[int, int]] = []  # (waited, hits) at the step's start: the executor's, then each shadow's
         self._resume = False  # the active candidate just changed: re-request its window once
         self._written = -1  # an activation written at the last event: shadows place it at the next
         self._observers = [c.observe for c in self.candidates]
@@ -253,21 +255,20 @@ class GuardedPolicy(BasePolicy):
         t = self._tier
         return self._clock() - t.stall_ns - t.optimizer_wait_ns - t.grad_wait_ns  # type: ignore[misc]
 
-    def _stalls(self) -> list[int]:
-        """What each tier has waited so far, the executor's first: stalls and gradient waits."""
-        t = self._tier
-        return [t.stall_ns + t.grad_wait_ns, *(sh.stall_ns + sh.grad_wait_ns for sh in self.shadows)]
+    def _counters(self) -> list[tuple[int, int]]:
+        """(waited, hits) of each tier so far, the executor's first: waits are stalls and gradient waits."""
+        return [(t.stall_ns + t.grad_wait_ns, t.hits) for t in (self._tier, *self.shadows)]
 
     def _new_step(self, step: int) -> None:
         """The step that ran has ended: score it for every candidate (the active one from
         the executor, the others from their shadows), pick the best, start the next."""
         if self._tier is not None:
-            now = self._stalls()
+            now = self._counters()
             if self._mark and self._steps_seen >= 2:
-                self._score([a - b for a, b in zip(now, self._mark)])
+                self._score([(w - w0, h - h0) for (w, h), (w0, h0) in zip(now, self._mark)])
             if not self.shadows:
                 self._start_shadows()
-            self._mark = self._stalls()
+            self._mark = self._counters()
         self._step = step
         self._steps_seen += 1
         if not self.history or self.history[-1][1] != self.active:
@@ -286,10 +287,12 @@ class GuardedPolicy(BasePolicy):
         tier.followers.extend(self.shadows)  # they take the executor's optimizer steps and gradients
         self._slot = {i: k for k, i in enumerate(others)}
 
-    def _score(self, stalls: list[int]) -> None:
-        scored = [(self.active, stalls[0])] + [(i, stalls[1 + k]) for i, k in self._slot.items()]
-        for i, st in scored:
-            self.stall[i] = self.stall.get(i, 0) + st
+    def _score(self, step: list[tuple[int, int]]) -> None:
+        """One scored step: (waited, hits) per tier, the executor's first."""
+        scored = [(self.active, step[0])] + [(i, step[1 + k]) for i, k in self._slot.items()]
+        for i, (waited, hits) in scored:
+            self.stall[i] = self.stall.get(i, 0) + waited
+            self.hits[i] = self.hits.get(i, 0) + hits
         self.scored += 1
         if self.scored < self.config.min_steps:
             return
@@ -298,12 +301,12 @@ class GuardedPolicy(BasePolicy):
             self._switch(best)
 
     def _best(self) -> int:
-        """The candidate with the least stall so far (the learned one with its margin; the first on a tie)."""
-        return min(self.stall, key=lambda i: (self._rank(i), i))
-
-    def _rank(self, i: int) -> float:
-        stall = self.stall[i]
-        return stall * (1 - self.config.margin) if i == 0 else stall  # the learned one's margin
+        """Of the candidates within `margin` of the least stall so far, the one with the most
+        hits (the learned one, then the first, on a tie): the stall is what the user waits
+        for, and among near-equal stalls the hits are what the next step can build on."""
+        least = min(self.stall.values())
+        near = [i for i, st in self.stall.items() if st <= least * (1 + self.config.margin)]
+        return max(near, key=lambda i: (self.hits.get(i, 0), i == 0, -i))
 
     def _switch(self, i: int) -> None:
         """Candidate `i` serves the executor from the next event; the one it replaces takes

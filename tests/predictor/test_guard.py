@@ -94,7 +94,7 @@ def test_a_harmful_policy_gives_way_to_the_rival_with_the_least_stall(trace):
 
 def test_a_shadow_stalls_as_the_executor_does_with_the_same_policy(trace, monkeypatch):
     """A shadow running the same policy as the executor, on the same events, counts the
-    same stall step by step (the same tier rules, the same optimizer steps; the first
+    same stall and hits step by step (the same tier rules, the same optimizer steps; the first
     scored step may differ by a write placed one event later)."""
     per_step = []
     score = GuardedPolicy._score
@@ -103,20 +103,25 @@ def test_a_shadow_stalls_as_the_executor_does_with_the_same_policy(trace, monkey
     run(trace, g)
     assert len(per_step) >= 4
     later = per_step[1:]
-    assert sum(ex for ex, _ in later) > 0
-    for executor, shadow in later:
-        assert shadow == pytest.approx(executor, rel=0.01, abs=1e5), per_step
+    assert sum(ex[0] for ex, _ in later) > 0
+    for (waited, hits), (shadow_waited, shadow_hits) in later:
+        assert shadow_waited == pytest.approx(waited, rel=0.01, abs=1e5), per_step
+        assert abs(shadow_hits - hits) <= 1, per_step
 
 
-def test_a_rival_must_beat_the_learned_policy_by_the_margin():
-    """Within `margin` less stall the learned policy keeps serving; beyond it the rival wins."""
-    g = guard(Replay(lookahead=8), [NoPrefetch()], margin=0.05)
-    g.stall = {0: 100, 1: 97}
-    assert g._best() == 0
-    g.stall = {0: 100, 1: 90}
+def test_within_the_margin_of_the_least_stall_the_most_hits_serve():
+    """Stalls within `margin` of the least are near: of those the most hits win (the learned
+    one on a tie); a candidate beyond the margin never serves, however many hits it has."""
+    g = guard(Replay(lookahead=8), [NoPrefetch(), Markov(lookahead=8)], margin=0.05)
+    g.stall, g.hits = {0: 100, 1: 97, 2: 200}, {0: 50, 1: 40, 2: 90}
+    assert g._best() == 0  # near the least, more hits
+    g.hits = {0: 40, 1: 50, 2: 90}
     assert g._best() == 1
-    g.stall = {0: 90, 1: 100}
-    assert g._best() == 0
+    g.hits = {0: 50, 1: 50, 2: 90}
+    assert g._best() == 0  # a tie: the learned one
+    g.stall = {0: 110, 1: 97, 2: 200}
+    g.hits = {0: 60, 1: 50, 2: 90}
+    assert g._best() == 1  # the learned one beyond the margin
 
 
 def test_without_a_link_the_learned_policy_serves_alone(trace):
