@@ -8,6 +8,7 @@
     print(report.summary()); report.as_dict()
     simulate_like_run(run_report)   # a `prefetch run` report: its trace, policy, budget, link
     simulate(traces, "learned:models/", daemon=True)   # learned as live runs serve it (below)
+    simulate(traces, "replay", gpu_model=GpuModel.measure())   # a GPU run: host optimizer (prefetch.gpu_model)
 
 Our ChampSim: a recorded trace is replayed, event by event, through the device tier
 (runtime.tier.DeviceTier, the live store's own rules) over a virtual-clock copy engine
@@ -19,6 +20,7 @@ The model, rule by rule, and the policy calling convention: docs/simulator.md.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Iterable
 
@@ -26,6 +28,7 @@ import numpy as np
 
 from predictor.daemon_path import DaemonPath, ReplySchedule, SimulatedDaemonPolicy
 from predictor.interface import Policy, PolicyError, check_policy
+from prefetch.gpu_model import GpuModel, combine as combine_gpu
 from prefetch.oracle import VARIANTS as ORACLE_VARIANTS
 from prefetch.oracle import OraclePolicy, compute_deltas
 from prefetch.sim_report import SimReport, _combine, format_table
@@ -49,6 +52,7 @@ def simulate(
     lookahead: int = LIVE_LOOKAHEAD,
     daemon: DaemonPath | bool = False,
     guard: bool = True,
+    gpu_model: GpuModel | None = None,
 ) -> SimReport:
     """Replay `traces` through the device/copy-engine model with `policy`; see the module docstring.
 
@@ -62,8 +66,13 @@ def simulate(
     a live run's daemon serves it (batched events, replies a round trip late, the local
     fallback's next use between them); the report's policy reads "SPEC via daemon".
     guard: a learned policy runs under predictor.guard, as live runs run it (False: alone).
+    gpu_model: a prefetch.gpu_model.GpuModel: the prefetched run's optimizer steps take the host
+    optimizer's modelled time, the baseline's the device's (report key `gpu_model`); None: the
+    trace's optimizer time for both, as recorded.
     """
     loaded = _load(traces)
+    if gpu_model is not None and not isinstance(gpu_model, GpuModel):
+        raise ValueError(f"gpu_model must be a prefetch.gpu_model.GpuModel or None, got {type(gpu_model).__name__}")
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if lookahead < 1:
@@ -80,6 +89,9 @@ def simulate(
         managed, largest, largest_key = _sizes(trace)
         budget_bytes = parsed.resolve(managed, largest, f"{largest_key} in {trace.stem.name}")
         trace_link = link or _link_from_ratio(trace, link_ratio, latency_s, warmup_steps, managed)
+        figures = None
+        if gpu_model is not None:  # the same link (the recorded step's), the optimizer re-timed
+            trace, figures = gpu_model.apply(trace, warmup_steps)
         pols = _make_policies(policy, trace, budget_bytes, lookahead)
         if path is not None:
             pols = [SimulatedDaemonPolicy(pol, lookahead=lookahead, path=path) for pol in pols]
@@ -93,8 +105,13 @@ def simulate(
             link=trace_link, warmup_steps=warmup_steps,
         )
         best.lookahead = lookahead if isinstance(policy, str) and policy != "oracle" else None
+        if figures is not None:  # the baseline steps on the device: its own time (slowdown derived again)
+            best = dataclasses.replace(best, baseline_ns=figures.baseline_ns, baseline_step_time_s=None,
+                                       slowdown=None, gpu_model=figures.as_dict())
         runs.append(best)
     report = runs[0] if len(runs) == 1 else _combine(runs)
+    if gpu_model is not None and len(runs) > 1:
+        report.gpu_model = combine_gpu([r.gpu_model for r in runs])
     if isinstance(policy, str) and policy.startswith("learned:"):
         _add_provenance(report, runs, loaded, policy.partition(":")[2])
     return report
@@ -214,4 +231,4 @@ def _make_policies(policy: str | Policy, trace: Trace, budget_bytes: int, lookah
 
 
 
-__all__ = ["SimReport", "simulate", "simulate_like_run", "format_table", "HIT", "LATE", "MISS", "WRITE"]
+__all__ = ["GpuModel", "SimReport", "simulate", "simulate_like_run", "format_table", "HIT", "LATE", "MISS", "WRITE"]

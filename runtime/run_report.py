@@ -140,6 +140,9 @@ class RunReport:
     simulated_oracle_hit_rate: float | None = None
     demo_train_seeds: list[int] | None = None
     """Set by `prefetch demo`: the seeds its learned model was trained on."""
+    gpu_model: dict[str, Any] | None = None
+    """The simulator's model of a GPU run (prefetch.gpu_model.GpuFigures.as_dict: the optimizer on the
+    host for the prefetched run, on the device for the baseline, and the host figure's source); None: off."""
     # -- live only ---------------------------------------------------------------------------------
     live: LiveCounters | None = None
     identity: Identity | None = None
@@ -246,6 +249,8 @@ class RunReport:
             d.update(self.cuda)
         if self.variant is not None:
             d["oracle_variant"] = self.variant
+        if self.gpu_model is not None:
+            d["gpu_model"] = dict(self.gpu_model)
         for key in ("workload", "seed", "architecture", "trace", "timeline"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
@@ -269,7 +274,7 @@ class RunReport:
         return _Reader(d, source).report(cls)
 
     def summary(self) -> str:
-        """One line: policy, budget, hit/late/miss, stall, slowdown."""
+        """One line: policy, budget, hit/late/miss, stall, slowdown (and one about the GPU model when simulated with one)."""
         s = self.stats
         slow = f"{self.slowdown:.3f}x" if self.slowdown is not None else "n/a"
         where = f"{self.trace}: " if self.trace else ""
@@ -285,7 +290,21 @@ class RunReport:
             f"stall {s.stall_ns / 1e9:.4f}s  copied {s.bytes_copied / 2**20:.1f} MiB  "
             f"accuracy {s.accuracy:.1%}  step {step * 1e3:.2f} ms "
             f"vs {base * 1e3:.2f} ms  slowdown {slow}"
-        )
+        ) + (f"\n{where}  {_gpu_line(self.gpu_model)}" if self.gpu_model is not None else "")
+
+
+def _gpu_line(g: dict[str, Any]) -> str:
+    """summary()'s line about the simulator's GPU model (prefetch.gpu_model)."""
+    def ms(key: str) -> str:
+        v = g.get(key)
+        return f"{v * 1e3:.2f} ms" if isinstance(v, (int, float)) else "n/a"
+
+    dev = g.get("device_ns_per_byte")
+    device = f"{dev:g} ns/byte" if isinstance(dev, (int, float)) else "the trace's time"
+    return (f"gpu model: optimizer on the host ({g.get('host_variant')}, {g.get('host_ns_per_byte', 0):.4f} ns/byte "
+            f"+ {g.get('host_fixed_ns', 0) / 1e3:.0f} us/step, {g.get('host_source')}): "
+            f"{ms('host_optimizer_step_s')}/step vs the trace's {ms('trace_optimizer_step_s')}; "
+            f"baseline on the device ({device}): {ms('baseline_optimizer_step_s')}/step")
 
 
 # -- reading back -------------------------------------------------------------------------------
@@ -389,6 +408,7 @@ class _Reader:
                           ("timeline", _STR), ("simulated_hit_rate", _NUM), ("simulated_slowdown", _NUM),
                           ("simulated_oracle_hit_rate", _NUM), ("demo_train_seeds", _LIST)):
             kw[key] = self.may(key, kind)
+        kw["gpu_model"] = self.may("gpu_model", _DICT)
         if any(k in self.rest for k in PROVENANCE_KEYS):
             kw["provenance"] = {k: self.rest.pop(k) for k in PROVENANCE_KEYS if k in self.rest}
         if "policy_served_by" in self.rest:  # a live run

@@ -3,6 +3,7 @@
     prefetch simulate datasets/samples/gpt2 --policy replay --budget 0.4 --json out.json
     prefetch simulate datasets/samples/moe --sweep --sweep-policies none,replay,markov,oracle --plot moe.png
     prefetch simulate datasets/samples/gpt2 --policy learned:models/ --via-daemon   # as live runs serve it
+    prefetch simulate datasets/samples/gpt2 --policy replay --gpu-model   # optimizer on the host, baseline on the device
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     daemon.add_argument("--daemon-fallback", default=None, metavar="SPEC",
                         help="local policy answering next use where the daemon has no fresh prediction "
                              "(default replay, as live runs; none: no local view)")
+    gpu = p.add_argument_group(
+        "a GPU run", "the prefetched job steps its optimizer on the host (host masters), the all-resident baseline "
+                     "on the device; without --gpu-model both take the trace's optimizer time (prefetch/gpu_model.py)")
+    gpu.add_argument("--gpu-model", action="store_true",
+                     help="model the optimizer's placement of a GPU run: host optimizer time for the managed "
+                          "parameters' bytes in the prefetched run, the device's in the baseline")
+    gpu.add_argument("--host-optimizer", default=None, metavar="VARIANT|FILE",
+                     help="the host AdamW figure: single, foreach or fused (measured now, ~1 s; default fused), "
+                          "or FILE[:VARIANT] written by benchmarks/host_optimizer.py")
+    gpu.add_argument("--device-optimizer-ns-per-byte", type=positive_float, default=None, metavar="X",
+                     help="the baseline's device optimizer per parameter byte (default: the trace's optimizer time)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the report (or the sweep) as JSON")
     p.add_argument("--sweep", action="store_true", help="simulate every policy x budget, print a table, plot it")
     p.add_argument("--sweep-budgets", default=DEFAULT_SWEEP_BUDGETS, help=f"default {DEFAULT_SWEEP_BUDGETS}")
@@ -106,6 +118,19 @@ def _daemon(args: argparse.Namespace):
         raise ValueError(f"--daemon-fallback: {exc}") from None
 
 
+def _gpu_model(args: argparse.Namespace):
+    """None, or the GpuModel of --gpu-model and its options (which need it)."""
+    given = [f for f, v in (("--host-optimizer", args.host_optimizer),
+                            ("--device-optimizer-ns-per-byte", args.device_optimizer_ns_per_byte)) if v is not None]
+    if not args.gpu_model:
+        if given:
+            raise ValueError(f"{given[0]} goes with --gpu-model")
+        return None
+    from prefetch.gpu_model import GpuModel
+
+    return GpuModel.from_spec(args.host_optimizer, device_ns_per_byte=args.device_optimizer_ns_per_byte)
+
+
 def _split(text: str, what: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     if not items:
@@ -127,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     if args.lookahead < 1:
         raise ValueError(f"--lookahead must be >= 1, got {args.lookahead}")
     common = dict(link=link, link_ratio=ratio, latency_s=latency_s, warmup_steps=args.warmup,
-                  lookahead=args.lookahead, daemon=_daemon(args), guard=not args.no_guard)
+                  lookahead=args.lookahead, daemon=_daemon(args), guard=not args.no_guard, gpu_model=_gpu_model(args))
 
     if not args.sweep:
         report = simulate(traces, args.policy, budget=args.budget, **common)
