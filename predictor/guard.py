@@ -54,12 +54,17 @@ class GuardConfig:
     """Candidates within this share of the least stall count as near: the one with the most hits serves."""
     min_steps: int = 2
     """Scored steps before any switch: one step can mislead (the step after warm-up, an evaluation step)."""
+    drop_over: float = 2.0
+    """After `min_steps`, a rival whose stall is over this many times the least stops being
+    shadowed (it could never serve: the shadows cost bookkeeping on every access)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin < 1:
             raise ValueError(f"margin must be in [0, 1), got {self.margin}")
         if self.min_steps < 1:
             raise ValueError(f"min_steps must be >= 1, got {self.min_steps}")
+        if not self.drop_over > 1 + self.margin:
+            raise ValueError(f"drop_over must be > 1 + margin, got {self.drop_over}")
 
 
 class ShadowTier(DeviceTier):
@@ -170,6 +175,8 @@ class GuardedPolicy(BasePolicy):
         self.history: list[tuple[int, int]] = []  # (first step, candidate) of each stretch
         self.shadows: list[ShadowTier] = []  # one per candidate not active, once budget, link and clock are known
         self._slot: dict[int, int] = {}  # candidate -> its shadow
+        self._started = False  # shadows started: from then on a candidate observes only through its shadow
+        self.dropped: list[int] = []  # rivals no longer shadowed (hopeless)
         self._step: int | None = None
         self._steps_seen = 0
         self._mark: list[tuple[int, int]] = []  # (waited, hits) at the step's start: the executor's, then each shadow's
@@ -182,8 +189,9 @@ class GuardedPolicy(BasePolicy):
             self._new_step(step)
         active = self.active
         out = self._observers[active](step, micro_step, phase, access, tensor_id)
-        if self.shadows:
-            self._shadow(step, micro_step, phase, access, tensor_id)
+        if self._started:
+            if self.shadows:
+                self._shadow(step, micro_step, phase, access, tensor_id)
         else:
             for i, obs in enumerate(self._observers):
                 if i != active:
@@ -266,7 +274,7 @@ class GuardedPolicy(BasePolicy):
             now = self._counters()
             if self._mark and self._steps_seen >= 2:
                 self._score([(w - w0, h - h0) for (w, h), (w0, h0) in zip(now, self._mark)])
-            if not self.shadows:
+            if not self._started:
                 self._start_shadows()
             self._mark = self._counters()
         self._step = step
@@ -286,6 +294,7 @@ class GuardedPolicy(BasePolicy):
         self.shadows = [ShadowTier(self.candidates[i], budget, link, compute, busy) for i in others]
         tier.followers.extend(self.shadows)  # they take the executor's optimizer steps and gradients
         self._slot = {i: k for k, i in enumerate(others)}
+        self._started = True
 
     def _score(self, step: list[tuple[int, int]]) -> None:
         """One scored step: (waited, hits) per tier, the executor's first."""
@@ -299,6 +308,21 @@ class GuardedPolicy(BasePolicy):
         best = self._best()
         if best != self.active:
             self._switch(best)
+        self._drop_hopeless()
+
+    def _drop_hopeless(self) -> None:
+        """Rivals whose stall is over `drop_over` times the least leave their shadows: they
+        are no longer observed, scored or served (GuardConfig.drop_over)."""
+        least = min(self.stall.values())
+        gone = [i for i in self._slot if self.stall[i] > self.config.drop_over * least]
+        if not gone:
+            return
+        keep = [(i, self.shadows[k]) for i, k in self._slot.items() if i not in gone]
+        for i in gone:
+            self._tier.followers.remove(self.shadows[self._slot[i]])
+            self.dropped.append(i)
+        self.shadows = [sh for _, sh in keep]
+        self._slot = {i: k for k, (i, _) in enumerate(keep)}
 
     def _best(self) -> int:
         """Of the candidates within `margin` of the least stall so far, the one with the most
@@ -325,7 +349,9 @@ class GuardedPolicy(BasePolicy):
             return "guard: not started"
         runs = ", ".join(f"{self._names[i]} from step {s}" for s, i in self.history)
         scored = ", ".join(f"{self._names[i]} {ns / 1e6:.0f} ms" for i, ns in sorted(self.stall.items()))
-        return f"guard: {runs}" + (f" (stall over {self.scored} scored steps: {scored})" if scored else "")
+        dropped = ", ".join(self._names[i] for i in self.dropped)
+        return (f"guard: {runs}" + (f" (stall over {self.scored} scored steps: {scored})" if scored else "")
+                + (f"; no longer shadowed: {dropped}" if dropped else ""))
 
 
 def guarded(primary: Policy, *, lookahead: int, alternates: Sequence[str] = DEFAULT_ALTERNATES,

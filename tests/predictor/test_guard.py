@@ -147,7 +147,18 @@ def test_learned_specs_are_guarded_by_default_in_the_simulator(trace, tmp_path, 
     assert len(made) == 1
 
 
-@pytest.mark.parametrize("bad", [dict(margin=1.0), dict(margin=-0.1), dict(min_steps=0)])
+def test_a_hopeless_rival_stops_being_shadowed(trace):
+    """On the static sample markov stalls far more than replay: after the first scored
+    steps its shadow goes (no more observing, no more scoring), the others stay."""
+    g = guard(Replay(lookahead=64), [Markov(lookahead=64), Replay(lookahead=64)], drop_over=2.0)
+    run(trace, g)
+    assert [g.candidates[i].name for i in g.dropped] == ["markov"], g.describe()
+    assert len(g.shadows) == 1 and set(g._slot) == {2}
+    assert "no longer shadowed: markov" in g.describe()
+    assert g.stall[1] > 2 * min(g.stall.values())
+
+
+@pytest.mark.parametrize("bad", [dict(margin=1.0), dict(margin=-0.1), dict(min_steps=0), dict(drop_over=1.0)])
 def test_config_refuses_values_out_of_range(bad):
     """GuardConfig validates its fields at construction."""
     with pytest.raises(ValueError):
