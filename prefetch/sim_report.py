@@ -18,7 +18,8 @@ class SimReport(RunReport):
     write_stall_ns, prefetch_requested, optimizer_wait_ns, lookahead, variant, traces,
     outcomes) and the traffic the live run has too (bytes_h2d, bytes_d2h, grad_wait_ns,
     grad_moves, grad_holds); step_time_s, baseline_step_time_s and slowdown follow from measured_ns and
-    baseline_ns. The JSON keys are RunReport.as_dict()'s."""
+    baseline_ns. With a GPU model (prefetch.gpu_model) prefetch.simulate sets `gpu_model` and the
+    baseline's own time. The JSON keys are RunReport.as_dict()'s."""
 
     device: str = "simulated"
 

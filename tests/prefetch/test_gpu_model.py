@@ -89,6 +89,13 @@ def test_host_optimizer_replaces_the_trace_optimizer_time_in_the_prefetched_run_
         assert g["baseline_optimizer_step_s"] == pytest.approx(1000e-6)
 
 
+def test_the_oracle_replays_the_retimed_trace(trace):
+    """The oracle (built from the trace it is fed) gets the same exact difference: its clock is the re-timed one."""
+    off = simulate(trace, "oracle", budget=1.0, link=LINK)
+    on = simulate(trace, "oracle", budget=1.0, link=LINK, gpu_model=GpuModel(**HOST))
+    assert on.measured_ns == off.measured_ns + 3 * 1500 * K and on.baseline_ns == off.baseline_ns
+
+
 def test_host_time_equal_to_the_trace_changes_nothing(trace):
     """A host step as long as the trace's gives the same times as the model off (the re-timing is exact)."""
     off = run(trace)
