@@ -187,6 +187,27 @@ def test_measure_runs_once_per_process(monkeypatch):
     assert GpuModel.measure(device_ns_per_byte=2.0).host_ns_per_byte == m.host_ns_per_byte
 
 
+def test_variant_names_are_optimizer_costs():
+    """The CLI's variant names (kept here so --help loads no torch) are runtime.optimizer_cost's."""
+    from prefetch.gpu_model import HOST_VARIANTS
+    from runtime.optimizer_cost import VARIANTS
+
+    assert HOST_VARIANTS == tuple(VARIANTS)
+
+
+@pytest.mark.parametrize("argv, variant", [([], "fused"), (["--host-optimizer", "foreach"], "foreach")])
+def test_cli_gpu_model_measures_now_by_default(trace, tmp_path, monkeypatch, argv, variant):
+    """--gpu-model alone measures fused AdamW now; --host-optimizer VARIANT measures that one."""
+    import prefetch.gpu_model as gm
+
+    monkeypatch.setattr(gm, "_MEASURED", {})
+    monkeypatch.setattr(gm, "MEASURE_BYTES", 1 << 20)
+    out = tmp_path / "r.json"
+    assert cli_main(["simulate", str(trace.stem), "--policy", "none", "--gpu-model", *argv, "--json", str(out)]) == 0
+    g = json.loads(out.read_text())["gpu_model"]
+    assert g["host_variant"] == variant and g["host_source"].startswith("measured now on this machine")
+
+
 def test_cli_gpu_model_from_a_file_writes_the_report(trace, tmp_path, capsys):
     """--gpu-model --host-optimizer FILE: the JSON has gpu_model with its source; the summary line is printed."""
     f, out = _bench_json(tmp_path / "h.json"), tmp_path / "r.json"
