@@ -290,11 +290,11 @@ class RunReport:
             f"stall {s.stall_ns / 1e9:.4f}s  copied {s.bytes_copied / 2**20:.1f} MiB  "
             f"accuracy {s.accuracy:.1%}  step {step * 1e3:.2f} ms "
             f"vs {base * 1e3:.2f} ms  slowdown {slow}"
-        ) + (f"\n{where}  {_gpu_line(self.gpu_model)}" if self.gpu_model is not None else "")
+        ) + (f"\n{where}  {gpu_model_line(self.gpu_model)}" if self.gpu_model is not None else "")
 
 
-def _gpu_line(g: dict[str, Any]) -> str:
-    """summary()'s line about the simulator's GPU model (prefetch.gpu_model)."""
+def gpu_model_line(g: dict[str, Any]) -> str:
+    """summary()'s line about the simulator's GPU model (a report's `gpu_model`, prefetch.gpu_model)."""
     def ms(key: str) -> str:
         v = g.get(key)
         return f"{v * 1e3:.2f} ms" if isinstance(v, (int, float)) else "n/a"

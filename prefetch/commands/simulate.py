@@ -173,6 +173,10 @@ def run(args: argparse.Namespace) -> int:
             kw = common if policy != ORACLE else {**common, "daemon": False}  # the oracle never goes through it
             reports.append(simulate(traces, policy, budget=budget, **kw))
     print(f"{len(traces)} trace(s); link {_describe_link(reports[0].link)}; warm-up {args.warmup} step(s)")
+    if reports[0].gpu_model is not None:  # the same for every policy and budget
+        from runtime.run_report import gpu_model_line
+
+        print(gpu_model_line(reports[0].gpu_model))
     print(format_table(reports))
     plot = args.plot or Path(DEFAULT_PLOT)
     plot_sweep(reports, plot, title=", ".join(sorted({t.stem.name for t in traces}))[:90])

@@ -219,6 +219,14 @@ def test_cli_gpu_model_from_a_file_writes_the_report(trace, tmp_path, capsys):
     assert "gpu model: optimizer on the host" in capsys.readouterr().out
 
 
+def test_cli_sweep_says_the_model_is_on(trace, tmp_path, capsys):
+    """A sweep with --gpu-model prints the model's line above its table."""
+    f = _bench_json(tmp_path / "h.json")
+    assert cli_main(["simulate", str(trace.stem), "--sweep", "--sweep-policies", "none", "--sweep-budgets", "1.0",
+                     "--gpu-model", "--host-optimizer", str(f), "--plot", str(tmp_path / "p.png")]) == 0
+    assert "gpu model: optimizer on the host (fused, 0.0700 ns/byte" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--host-optimizer", "fused"], "--host-optimizer goes with --gpu-model"),
     (["--device-optimizer-ns-per-byte", "1"], "--device-optimizer-ns-per-byte goes with --gpu-model"),
