@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.fixtures.residual_job import Net as _ResidualNet
+
 from predictor.interface import NO_PREDICTION, BasePolicy
 from runtime.link import LinkModel
 from runtime.prefetcher import prefetching
@@ -22,20 +24,9 @@ P = int(Kind.PARAMETER)
 W = 128 * 512 * 4  # a Linear(128, 512)'s weight: managed (>= 64 KiB)
 
 
-class Net(torch.nn.Module):
-    """Eight managed weights (W bytes each), small biases and head (not managed)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.blocks = torch.nn.ModuleList(
-            torch.nn.Sequential(torch.nn.Linear(128, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)) for _ in range(4)
-        )
-        self.head = torch.nn.Linear(128, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for b in self.blocks:
-            x = x + b(x)
-        return self.head(x)
+def Net() -> torch.nn.Module:
+    """Four residual blocks (managed weights) and a small head (not managed): tests.fixtures.residual_job."""
+    return _ResidualNet(blocks=4, head=8)
 
 
 def _train(budget, accum: list[int], *, clip: bool = True, device: str = "simulated"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.fixtures.residual_job import Net as _ResidualNet
+
 from runtime.link import LinkModel
 from runtime.prefetcher import PrefetchConfig, Prefetcher, parse_budget, prefetching
 from runtime.store import BudgetError
@@ -16,18 +18,9 @@ REPORT_KEYS = {
 }
 
 
-class Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.blocks = torch.nn.ModuleList(
-            torch.nn.Sequential(torch.nn.Linear(128, 512), torch.nn.GELU(), torch.nn.Linear(512, 128)) for _ in range(4)
-        )
-        self.head = torch.nn.Linear(128, 8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for b in self.blocks:
-            x = x + b(x)
-        return self.head(x)
+def Net() -> torch.nn.Module:
+    """Four residual blocks (managed weights) and a small head (not managed): tests.fixtures.residual_job."""
+    return _ResidualNet(blocks=4, head=8)
 
 
 def _train(policy: str | None, steps: int = 6, accum: int = 1, **kwargs) -> tuple[list[float], dict | None, Net]:
