@@ -145,6 +145,7 @@ class Prefetcher:
         self._closed = False
         self.policy_note: str | None = None
         self.identity: dict[str, Any] = {}  # compare_state(...)'s result, carried by report()
+        self.gradients_note: str | None = None  # why gradients are not offloaded during backward, if not
         budget_bytes, fraction = parse_budget(config.budget)
         first = next(model.parameters(), None)
         self.device = make_device(config.device, config.link or _WARMUP_LINK, first.device if first is not None else None)
@@ -302,7 +303,15 @@ class Prefetcher:
     def offload_gradients(self) -> None:
         """Gradients leave the device as backward produces them (runtime.grad_offload): the
         hooks, installed with the optimizer (here, or by the script launcher when it adopts
-        one after the first step). Idempotent."""
+        one after the first step). Idempotent. Not under torch.distributed with more than one
+        rank: DistributedDataParallel reduces `p.grad` during the backward, so gradients stay
+        on the device until the optimizer's pre-hook copies them (the report says so)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self.gradients_note = (f"gradients stay on the device until the optimizer step: {dist.get_world_size()} "
+                                   "ranks reduce them during the backward (runtime.grad_offload is single-rank)")
+            return
         if self.store.grads is None:
             from runtime.grad_offload import GradOffload
 
@@ -400,7 +409,7 @@ class Prefetcher:
             identity=Identity(**identity) if identity else None,
             cuda=cuda,
             provenance=self.provenance().as_dict() if self.config.policy.startswith("learned:") else None,
-            extra=self._trace_extra(),
+            extra={**self._trace_extra(), **({"gradients": self.gradients_note} if self.gradients_note else {})},
         )
 
     def _daemon_policy(self) -> Any:

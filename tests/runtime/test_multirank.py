@@ -47,6 +47,7 @@ def test_ddp_record_train_and_learned_run_bit_identical_per_rank(tmp_path):
         assert r["rank"] == rank and r["world_size"] == 2
         assert r["losses_identical"] and r["params_identical"] and r["optimizer_state_identical"], r["state_mismatches"]
         assert r["policy_served_by"] == "learned" and r["accesses"] > 0
+        assert "ranks reduce them" in r["gradients"]  # DDP's backward reduces p.grad: not offloaded then
         endpoints.add(r["policy_note"].split()[1])
     assert len(endpoints) == 1  # one daemon for the node, one session per rank
     assert proc.stderr.count("sessions_opened': 2") == 1
