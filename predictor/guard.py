@@ -54,6 +54,9 @@ class GuardConfig:
     """Candidates within this share of the least stall count as near: the one with the most hits serves."""
     min_steps: int = 2
     """Scored steps before any switch: one step can mislead (the step after warm-up, an evaluation step)."""
+    noise: float = 0.01
+    """Stall differences under this share of the compute time of the scored steps count as
+    none: a few milliseconds on a step of hundreds decide nothing."""
     drop_over: float = 2.0
     """After `min_steps`, a rival whose stall is over this many times the least stops being
     shadowed (it could never serve: the shadows cost bookkeeping on every access)."""
@@ -63,6 +66,8 @@ class GuardConfig:
             raise ValueError(f"margin must be in [0, 1), got {self.margin}")
         if self.min_steps < 1:
             raise ValueError(f"min_steps must be >= 1, got {self.min_steps}")
+        if not 0 <= self.noise < 1:
+            raise ValueError(f"noise must be in [0, 1), got {self.noise}")
         if not self.drop_over > 1 + self.margin:
             raise ValueError(f"drop_over must be > 1 + margin, got {self.drop_over}")
 
@@ -172,6 +177,7 @@ class GuardedPolicy(BasePolicy):
         self.stall: dict[int, int] = {}  # candidate -> stall ns summed over the scored steps
         self.hits: dict[int, int] = {}  # candidate -> hits over the scored steps
         self.scored = 0
+        self.compute_scored = 0  # compute ns of the scored steps
         self.history: list[tuple[int, int]] = []  # (first step, candidate) of each stretch
         self.shadows: list[ShadowTier] = []  # one per candidate not active, once budget, link and clock are known
         self._slot: dict[int, int] = {}  # candidate -> its shadow
@@ -180,6 +186,7 @@ class GuardedPolicy(BasePolicy):
         self._step: int | None = None
         self._steps_seen = 0
         self._mark: list[tuple[int, int]] = []  # (waited, hits) at the step's start: the executor's, then each shadow's
+        self._mark_compute = 0
         self._resume = False  # the active candidate just changed: re-request its window once
         self._written = -1  # an activation written at the last event: shadows place it at the next
         self._observers = [c.observe for c in self.candidates]
@@ -273,14 +280,25 @@ class GuardedPolicy(BasePolicy):
         if self._tier is not None:
             now = self._counters()
             if self._mark and self._steps_seen >= 2:
+                self.compute_scored += self._compute_now() - self._mark_compute
                 self._score([(w - w0, h - h0) for (w, h), (w0, h0) in zip(now, self._mark)])
             if not self._started:
                 self._start_shadows()
             self._mark = self._counters()
+            self._mark_compute = self._compute_now()
         self._step = step
         self._steps_seen += 1
         if not self.history or self.history[-1][1] != self.active:
             self.history.append((step, self.active))
+
+    def _compute_now(self) -> int:
+        """The executor's compute time (0 where the guard has no clock: no shadows either)."""
+        compute = self._compute or (self._compute_ns if self._clock is not None else None)
+        return compute() if compute is not None else 0
+
+    def _slack(self, least: int) -> float:
+        """How far above the least stall a candidate still counts as near."""
+        return self.config.margin * least + self.config.noise * self.compute_scored
 
     def _start_shadows(self) -> None:
         link = self._link() if self._link is not None else None
@@ -314,7 +332,8 @@ class GuardedPolicy(BasePolicy):
         """Rivals whose stall is over `drop_over` times the least leave their shadows: they
         are no longer observed, scored or served (GuardConfig.drop_over)."""
         least = min(self.stall.values())
-        gone = [i for i in self._slot if self.stall[i] > self.config.drop_over * least]
+        gone = [i for i in self._slot
+                if self.stall[i] > self.config.drop_over * least + self.config.noise * self.compute_scored]
         if not gone:
             return
         keep = [(i, self.shadows[k]) for i, k in self._slot.items() if i not in gone]
@@ -325,11 +344,15 @@ class GuardedPolicy(BasePolicy):
         self._slot = {i: k for k, (i, _) in enumerate(keep)}
 
     def _best(self) -> int:
-        """Of the candidates within `margin` of the least stall so far, the one with the most
-        hits (the learned one, then the first, on a tie): the stall is what the user waits
-        for, and among near-equal stalls the hits are what the next step can build on."""
+        """The serving candidate while its stall so far is near the least (within `margin`,
+        or under `noise` of the compute): switching costs, near-equal stalls decide nothing.
+        Otherwise, of the near ones, the one with the most hits (the learned one, then the
+        first, on a tie): the stall is what the user waits for, and among near-equal stalls
+        the hits are what the next step can build on."""
         least = min(self.stall.values())
-        near = [i for i, st in self.stall.items() if st <= least * (1 + self.config.margin)]
+        near = [i for i, st in self.stall.items() if st <= least + self._slack(least)]
+        if self.active in near:
+            return self.active
         return max(near, key=lambda i: (self.hits.get(i, 0), i == 0, -i))
 
     def _switch(self, i: int) -> None:
