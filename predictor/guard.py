@@ -59,7 +59,8 @@ class GuardConfig:
     none: a few milliseconds on a step of hundreds decide nothing."""
     drop_over: float = 2.0
     """After `min_steps`, a rival whose stall is over this many times the least stops being
-    shadowed (it could never serve: the shadows cost bookkeeping on every access)."""
+    shadowed (it could never serve: the shadows cost bookkeeping on every access). Never the
+    learned candidate: it keeps observing every access."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin < 1:
@@ -332,8 +333,9 @@ class GuardedPolicy(BasePolicy):
         """Rivals whose stall is over `drop_over` times the least leave their shadows: they
         are no longer observed, scored or served (GuardConfig.drop_over)."""
         least = min(self.stall.values())
-        gone = [i for i in self._slot
-                if self.stall[i] > self.config.drop_over * least + self.config.noise * self.compute_scored]
+        gone = [i for i in self._slot if i != 0  # the learned one always: it may come back, and a
+                # daemon's reply schedule must cover the whole stream (predictor.daemon_path)
+                and self.stall[i] > self.config.drop_over * least + self.config.noise * self.compute_scored]
         if not gone:
             return
         keep = [(i, self.shadows[k]) for i, k in self._slot.items() if i not in gone]

@@ -127,6 +127,14 @@ def test_the_serving_candidate_stays_while_near_else_the_most_hits_of_the_near_s
     assert g._best() == 0
 
 
+def test_the_learned_candidate_is_never_dropped(trace):
+    """Served by a rival and stalling far more, the learned candidate keeps its shadow: it
+    observes every access (a daemon's reply schedule covers the whole stream) and may return."""
+    g = guard(Thrash(), [Replay(lookahead=64), NoPrefetch()], drop_over=1.1, margin=0.0)
+    run(trace, g)
+    assert g.active != 0 and 0 in g._slot and 0 not in g.dropped, g.describe()
+
+
 def test_a_hopeless_rival_stops_being_shadowed(trace):
     """On the static sample markov stalls far more than replay: after the first scored
     steps its shadow goes (no more observing, no more scoring), the others stay."""
