@@ -332,7 +332,7 @@ class GuardedPolicy(BasePolicy):
     def _drop_hopeless(self) -> None:
         """Rivals whose stall is over `drop_over` times the least leave their shadows: they
         are no longer observed, scored or served (GuardConfig.drop_over)."""
-        least = min(self.stall.values())
+        least = min(self.stall[i] for i in (self.active, *self._slot))
         gone = [i for i in self._slot if i != 0  # the learned one always: it may come back, and a
                 # daemon's reply schedule must cover the whole stream (predictor.daemon_path)
                 and self.stall[i] > self.config.drop_over * least + self.config.noise * self.compute_scored]
@@ -351,8 +351,9 @@ class GuardedPolicy(BasePolicy):
         Otherwise, of the near ones, the one with the most hits (the learned one, then the
         first, on a tie): the stall is what the user waits for, and among near-equal stalls
         the hits are what the next step can build on."""
-        least = min(self.stall.values())
-        near = [i for i, st in self.stall.items() if st <= least + self._slack(least)]
+        live = [self.active, *self._slot]  # a dropped rival's sum stopped growing: it is out
+        least = min(self.stall[i] for i in live)
+        near = [i for i in live if self.stall[i] <= least + self._slack(least)]
         if self.active in near:
             return self.active
         return max(near, key=lambda i: (self.hits.get(i, 0), i == 0, -i))

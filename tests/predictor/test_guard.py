@@ -114,16 +114,18 @@ def test_the_serving_candidate_stays_while_near_else_the_most_hits_of_the_near_s
     serving candidate stays while it is near (switching costs); otherwise the near one with
     the most hits serves (the learned one on a tie); one beyond the margin never does."""
     g = guard(Replay(lookahead=8), [NoPrefetch(), Markov(lookahead=8)], margin=0.05, noise=0.01)
-    g.active, g.compute_scored = 0, 0
+    g.active, g.compute_scored, g._slot = 0, 0, {1: 0, 2: 1}
     g.stall, g.hits = {0: 100, 1: 97, 2: 200}, {0: 40, 1: 50, 2: 90}
     assert g._best() == 0  # serving and near: stays, though 1 has more hits
-    g.active = 2  # serving, not near
+    g.active, g._slot = 2, {0: 0, 1: 1}  # serving, not near
     assert g._best() == 1  # the near one with the most hits
     g.hits = {0: 50, 1: 50, 2: 90}
     assert g._best() == 0  # a tie: the learned one
-    g.active, g.stall, g.hits = 0, {0: 110, 1: 97, 2: 200}, {0: 60, 1: 50, 2: 90}
+    g.active, g._slot, g.stall, g.hits = 0, {1: 0, 2: 1}, {0: 110, 1: 97, 2: 200}, {0: 60, 1: 50, 2: 90}
     assert g._best() == 1  # the learned one beyond the margin
     g.compute_scored = 1000  # 1% of it is 10: 110 is near 97 + 4.85 + 10
+    assert g._best() == 0
+    g.compute_scored, g._slot = 0, {2: 1}  # 1 was dropped: its frozen sum no longer counts
     assert g._best() == 0
 
 
