@@ -19,12 +19,14 @@ def fused() -> HostOptimizerCost:
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_each_variant_measures_a_positive_cost_per_byte(variant):
-    """Every variant this torch runs gives a positive ns per byte, median within its spread, a non-negative line."""
-    c = measure_host_optimizer(256 << 10, variant=variant, **QUICK)
+    """Every variant this torch runs gives a positive ns per byte, median within its spread, a
+    non-negative line. Sizes up to 4 MiB: at 16-256 KiB a step is a few microseconds and, on a
+    loaded machine, the per-byte slope was within noise of the fixed cost (once negative)."""
+    c = measure_host_optimizer(4 << 20, variant=variant, **QUICK)
     assert c.supported and c.error is None
     assert c.variant == variant and c.torch_version == torch.__version__
     assert c.torch_threads == torch.get_num_threads()
-    assert c.sizes_bytes == (16 << 10, 64 << 10, 256 << 10)
+    assert c.sizes_bytes == (256 << 10, 1 << 20, 4 << 20)
     assert all(t > 0 for t in c.median_step_ns)
     assert 0 < c.ns_per_byte_min <= c.ns_per_byte <= c.ns_per_byte_max
     assert c.fixed_ns >= 0 and c.per_byte_ns > 0
