@@ -54,6 +54,10 @@ class GuardConfig:
     """Candidates within this share of the least stall count as near: the one with the most hits serves."""
     min_steps: int = 2
     """Scored steps before any switch: one step can mislead (the step after warm-up, an evaluation step)."""
+    decide_steps: int = 4
+    """Scored steps after which the shadows stop and the serving candidate serves on (0: never
+    stop). Each shadow costs its tier and its policy on every access: at 12-step runs the
+    guard cost more bookkeeping than the stall it saved on the static models."""
     noise: float = 0.01
     """Stall differences under this share of the compute time of the scored steps count as
     none: a few milliseconds on a step of hundreds decide nothing."""
@@ -67,6 +71,8 @@ class GuardConfig:
             raise ValueError(f"margin must be in [0, 1), got {self.margin}")
         if self.min_steps < 1:
             raise ValueError(f"min_steps must be >= 1, got {self.min_steps}")
+        if self.decide_steps and self.decide_steps < self.min_steps:
+            raise ValueError(f"decide_steps must be 0 or >= min_steps ({self.min_steps}), got {self.decide_steps}")
         if not 0 <= self.noise < 1:
             raise ValueError(f"noise must be in [0, 1), got {self.noise}")
         if not self.drop_over > 1 + self.margin:
@@ -183,6 +189,7 @@ class GuardedPolicy(BasePolicy):
         self.shadows: list[ShadowTier] = []  # one per candidate not active, once budget, link and clock are known
         self._slot: dict[int, int] = {}  # candidate -> its shadow
         self._started = False  # shadows started: from then on a candidate observes only through its shadow
+        self.decided = False  # the shadows have stopped (GuardConfig.decide_steps)
         self.dropped: list[int] = []  # rivals no longer shadowed (hopeless)
         self._step: int | None = None
         self._steps_seen = 0
@@ -200,6 +207,8 @@ class GuardedPolicy(BasePolicy):
         if self._started:
             if self.shadows:
                 self._shadow(step, micro_step, phase, access, tensor_id)
+            elif self.decided and active:  # the learned one observes on: a daemon sees the whole stream
+                self._observers[0](step, micro_step, phase, access, tensor_id)
         else:
             for i, obs in enumerate(self._observers):
                 if i != active:
@@ -278,7 +287,7 @@ class GuardedPolicy(BasePolicy):
     def _new_step(self, step: int) -> None:
         """The step that ran has ended: score it for every candidate (the active one from
         the executor, the others from their shadows), pick the best, start the next."""
-        if self._tier is not None:
+        if self._tier is not None and not self.decided:
             now = self._counters()
             if self._mark and self._steps_seen >= 2:
                 self.compute_scored += self._compute_now() - self._mark_compute
@@ -327,7 +336,17 @@ class GuardedPolicy(BasePolicy):
         best = self._best()
         if best != self.active:
             self._switch(best)
-        self._drop_hopeless()
+        if self.config.decide_steps and self.scored >= self.config.decide_steps:
+            self._stop_shadows()
+        else:
+            self._drop_hopeless()
+
+    def _stop_shadows(self) -> None:
+        """Decided: the rivals stop observing; the serving candidate serves on (and the
+        learned one, if it is not the one serving, observes directly, without a tier)."""
+        for sh in self.shadows:
+            self._tier.followers.remove(sh)
+        self.shadows, self._slot, self.decided = [], {}, True
 
     def _drop_hopeless(self) -> None:
         """Rivals whose stall is over `drop_over` times the least leave their shadows: they
@@ -377,7 +396,8 @@ class GuardedPolicy(BasePolicy):
         scored = ", ".join(f"{self._names[i]} {ns / 1e6:.0f} ms" for i, ns in sorted(self.stall.items()))
         dropped = ", ".join(self._names[i] for i in self.dropped)
         return (f"guard: {runs}" + (f" (stall over {self.scored} scored steps: {scored})" if scored else "")
-                + (f"; no longer shadowed: {dropped}" if dropped else ""))
+                + (f"; no longer shadowed: {dropped}" if dropped else "")
+                + ("; decided, shadows stopped" if self.decided else ""))
 
 
 def guarded(primary: Policy, *, lookahead: int, alternates: Sequence[str] = DEFAULT_ALTERNATES,

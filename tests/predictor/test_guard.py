@@ -99,7 +99,7 @@ def test_a_shadow_stalls_as_the_executor_does_with_the_same_policy(trace, monkey
     per_step = []
     score = GuardedPolicy._score
     monkeypatch.setattr(GuardedPolicy, "_score", lambda self, stalls: per_step.append(stalls) or score(self, stalls))
-    g = guard(Replay(lookahead=64), [Replay(lookahead=64)], min_steps=10**6)
+    g = guard(Replay(lookahead=64), [Replay(lookahead=64)], min_steps=10**6, decide_steps=0)
     run(trace, g)
     assert len(per_step) >= 4
     later = per_step[1:]
@@ -132,7 +132,7 @@ def test_the_serving_candidate_stays_while_near_else_the_most_hits_of_the_near_s
 def test_the_learned_candidate_is_never_dropped(trace):
     """Served by a rival and stalling far more, the learned candidate keeps its shadow: it
     observes every access (a daemon's reply schedule covers the whole stream) and may return."""
-    g = guard(Thrash(), [Replay(lookahead=64), NoPrefetch()], drop_over=1.1, margin=0.0)
+    g = guard(Thrash(), [Replay(lookahead=64), NoPrefetch()], drop_over=1.1, margin=0.0, decide_steps=0)
     run(trace, g)
     assert g.active != 0 and 0 in g._slot and 0 not in g.dropped, g.describe()
 
@@ -140,7 +140,7 @@ def test_the_learned_candidate_is_never_dropped(trace):
 def test_a_hopeless_rival_stops_being_shadowed(trace):
     """On the static sample markov stalls far more than replay: after the first scored
     steps its shadow goes (no more observing, no more scoring), the others stay."""
-    g = guard(Replay(lookahead=64), [Markov(lookahead=64), Replay(lookahead=64)], drop_over=2.0)
+    g = guard(Replay(lookahead=64), [Markov(lookahead=64), Replay(lookahead=64)], drop_over=2.0, decide_steps=0)
     run(trace, g)
     assert [g.candidates[i].name for i in g.dropped] == ["markov"], g.describe()
     assert len(g.shadows) == 1 and set(g._slot) == {2}
@@ -148,8 +148,26 @@ def test_a_hopeless_rival_stops_being_shadowed(trace):
     assert g.stall[1] > 2 * min(g.stall.values())
 
 
+def test_after_deciding_the_shadows_stop_and_the_learned_one_still_observes(trace):
+    """After `decide_steps` scored steps the rivals' shadows go (no tier events, no followers);
+    the learned candidate, not serving, observes every access directly (a daemon sees the
+    whole stream); the one serving serves on."""
+    seen = []
+
+    class Counting(Thrash):
+        def observe(self, step, micro_step, phase, access, tensor_id):
+            seen.append(tensor_id)
+            return super().observe(step, micro_step, phase, access, tensor_id)
+
+    g = guard(Counting(), [Replay(lookahead=64), NoPrefetch()], decide_steps=2)
+    r = run(trace, g)
+    assert g.decided and not g.shadows and not g._tier.followers, g.describe()
+    assert g.active != 0 and len(seen) == r.events  # every managed access, serving or not
+    assert "decided, shadows stopped" in g.describe()
+
+
 @pytest.mark.parametrize("bad", [dict(margin=1.0), dict(margin=-0.1), dict(min_steps=0), dict(drop_over=1.0),
-                                 dict(noise=-0.01), dict(noise=1.0)])
+                                 dict(noise=-0.01), dict(noise=1.0), dict(decide_steps=1)])
 def test_config_refuses_values_out_of_range(bad):
     """GuardConfig validates its fields at construction."""
     with pytest.raises(ValueError):
