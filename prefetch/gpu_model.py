@@ -99,11 +99,13 @@ class GpuModel:
             c = measure_host_optimizer(MEASURE_BYTES, variant=variant, repeats=MEASURE_REPEATS)  # type: ignore[arg-type]
             if not c.supported:
                 raise ValueError(f"host optimizer variant {variant!r} does not run with torch {c.torch_version}: {c.error}")
-            _MEASURED[key] = cls(host_variant=variant, host_fixed_ns=c.fixed_ns, host_ns_per_byte=c.per_byte_ns,
+            fixed, per_byte, how = max(c.fixed_ns, 0.0), c.per_byte_ns, f"fit error {c.fit_max_rel_error:.0%}"
+            if not per_byte > 0:  # a busy machine can tilt the fitted line: the largest size's step per byte
+                fixed, per_byte, how = 0.0, c.ns_per_byte, "the fitted slope was not positive: the largest size's step per byte"
+            _MEASURED[key] = cls(host_variant=variant, host_fixed_ns=fixed, host_ns_per_byte=per_byte,
                                  host_threads=c.torch_threads,
                                  host_source=f"measured now on this machine (torch {c.torch_version}, "
-                                             f"{c.torch_threads} thread(s), up to {MEASURE_BYTES >> 20} MiB, "
-                                             f"fit error {c.fit_max_rel_error:.0%})")
+                                             f"{c.torch_threads} thread(s), up to {MEASURE_BYTES >> 20} MiB, {how})")
         return _replace_device(_MEASURED[key], device_ns_per_byte)
 
     @classmethod
