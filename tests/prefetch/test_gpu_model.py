@@ -187,6 +187,26 @@ def test_measure_runs_once_per_process(monkeypatch):
     assert GpuModel.measure(device_ns_per_byte=2.0).host_ns_per_byte == m.host_ns_per_byte
 
 
+def test_a_tilted_measurement_falls_back_to_the_largest_steps_bytes(monkeypatch):
+    """A fitted slope that is not positive (a loaded machine) is not a cost: the model takes the
+    largest size's step per byte, no fixed cost, and says so."""
+    import dataclasses
+
+    import prefetch.gpu_model as gm
+    import runtime.optimizer_cost as oc
+
+    real = oc.measure_host_optimizer
+
+    def tilted(*a, **kw):
+        return dataclasses.replace(real(*a, **kw), per_byte_ns=-0.08, fixed_ns=5e5)
+
+    monkeypatch.setattr(gm, "_MEASURED", {})
+    monkeypatch.setattr(gm, "MEASURE_BYTES", 1 << 20)
+    monkeypatch.setattr(oc, "measure_host_optimizer", tilted)
+    m = GpuModel.measure()
+    assert m.host_fixed_ns == 0 and m.host_ns_per_byte > 0 and "not positive" in m.host_source
+
+
 def test_variant_names_are_optimizer_costs():
     """The CLI's variant names (kept here so --help loads no torch) are runtime.optimizer_cost's."""
     from prefetch.gpu_model import HOST_VARIANTS
