@@ -391,9 +391,10 @@ class TensorStore(DeviceTier):
             self.grads.publish()
         for tid, p in self.tracker.params_by_tid.items():
             if self.managed[tid] and p.grad is not None and p.grad.device != self._host[tid].device:
-                # CUDA without the gradient hooks (an optimizer adopted after the model, by
-                # runtime.run_launch): the host optimizer needs host grads. note: CPU-GPU sync
-                # point (a blocking copy per managed parameter per step)
+                # CUDA without the gradient hooks (the first step of a script whose optimizer
+                # runtime.run_launch adopts after it, or a multi-rank job: Prefetcher.offload_gradients):
+                # the host optimizer needs host grads. note: CPU-GPU sync point (a blocking copy
+                # per managed parameter per step)
                 p.grad = p.grad.to(self._host[tid].device)
 
     def after_optimizer_step(self) -> None:

@@ -49,8 +49,6 @@ _EXTRA = ("overcommits", "write_stall_ns", "prefetch_requested", "prefetch_refus
 """The tier's own counters beyond AccessStats (measured_extra), by attribute name below."""
 _EXTRA_ATTR = ("overcommits", "write_stall_ns", "requested", "refused", "optimizer_wait_ns",
                "grad_wait_ns", "grad_moves", "grad_holds")
-KIND_NAMES = ("parameter", "activation", "gradient", "optimizer_state")
-"""Kind's names, lower case, by value: the report's per-kind byte counters."""
 
 GRAD_HOLD_SHARE = 0.25
 """Most of the budget gradients held on the device across micro-steps may take. Holding a
@@ -426,16 +424,17 @@ class DeviceTier:
         the engine takes their results (a wait that does not wait)."""
         out, done = self.grad_out, self._grad_done
         while out and done(out[0][0], out[0][1]):
-            key, h, n = out.popleft()
-            self.grad_wait_ns += self._grad_wait(key, h)
-            self.used -= n
+            self._grad_land()
+
+    def _grad_land(self) -> None:
+        """The oldest gradient copy in flight lands (waited for): its bytes leave the device."""
+        key, h, n = self.grad_out.popleft()
+        self.grad_wait_ns += self._grad_wait(key, h)
+        self.used -= n
 
     def _grad_wait_all(self) -> None:
-        out = self.grad_out
-        while out:
-            key, h, n = out.popleft()
-            self.grad_wait_ns += self._grad_wait(key, h)
-            self.used -= n
+        while self.grad_out:
+            self._grad_land()
 
     def grad_last_micro(self) -> bool:
         """The micro-step under way may be the last of its optimizer step: the expected last,
@@ -453,9 +452,9 @@ class DeviceTier:
             f.grad_backward_end()
         last = self.grad_last_micro()
         if last:
-            for key in list(self.grad_held):
-                self._grad_move(key, 0)
-        self._grad_wait_all()
+            self.grads_finish()  # held ones move too
+        else:
+            self._grad_wait_all()
         self.grad_micro += 1
         if last:
             self.drop_params()
@@ -587,11 +586,8 @@ class DeviceTier:
             self.evict(v, d)
             if self.used + need <= limit:
                 return True
-        out = self.grad_out
-        while out:  # gradient copies still in flight, oldest first: their bytes leave when they land
-            key, h, n = out.popleft()
-            self.grad_wait_ns += self._grad_wait(key, h)
-            self.used -= n
+        while self.grad_out:  # gradient copies still in flight, oldest first: their bytes leave when they land
+            self._grad_land()
             if self.used + need <= limit:
                 return True
         self.overcommits += 1
@@ -715,8 +711,8 @@ class DeviceTier:
         report's `bytes_h2d` (parameter, activation, gradient) and `bytes_d2h` (activation,
         gradient, and parameter: a user's write written back)."""
         wh, wd = self._warm_traffic
-        h2d = {KIND_NAMES[k]: self.h2d[k] - wh[k] for k in (_PARAM, _ACT, _GRAD)}
-        d2h = {KIND_NAMES[k]: self.d2h[k] - wd[k] for k in (_ACT, _GRAD, _PARAM)}
+        h2d = {Kind(k).name.lower(): self.h2d[k] - wh[k] for k in (_PARAM, _ACT, _GRAD)}
+        d2h = {Kind(k).name.lower(): self.d2h[k] - wd[k] for k in (_ACT, _GRAD, _PARAM)}
         return h2d, d2h
 
     def traffic_fields(self) -> dict[str, Any]:
