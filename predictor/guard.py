@@ -174,6 +174,8 @@ class GuardedPolicy(BasePolicy):
 
     def bind_clock(self, now_ns: Callable[[], int]) -> None:
         self._clock = now_ns
+        if self._compute is None:  # the simulator's: its clock less the waits its tier counted
+            self._compute = self._compute_ns
         for c in self.candidates:
             c.bind_clock(now_ns)
 
@@ -303,8 +305,7 @@ class GuardedPolicy(BasePolicy):
 
     def _compute_now(self) -> int:
         """The executor's compute time (0 where the guard has no clock: no shadows either)."""
-        compute = self._compute or (self._compute_ns if self._clock is not None else None)
-        return compute() if compute is not None else 0
+        return self._compute() if self._compute is not None else 0
 
     def _slack(self, least: int) -> float:
         """How far above the least stall a candidate still counts as near."""
@@ -313,7 +314,7 @@ class GuardedPolicy(BasePolicy):
     def _start_shadows(self) -> None:
         link = self._link() if self._link is not None else None
         budget = self._tier.budget_bytes
-        compute = self._compute or (self._compute_ns if self._clock is not None else None)
+        compute = self._compute
         if link is None or budget is None or compute is None:
             return
         others = [i for i in range(len(self.candidates)) if i != self.active]
