@@ -419,7 +419,7 @@ class Prefetcher:
         from runtime.daemon_policy import DaemonPolicy
 
         pol = self.store.policy
-        pol = getattr(pol, "candidates", [pol])[0]  # under predictor.guard: its learned candidate
+        pol = getattr(pol, "primary", pol)  # under predictor.guard: its learned candidate
         return pol if isinstance(pol, DaemonPolicy) else None
 
     def _trace_extra(self) -> dict[str, Any]:
