@@ -98,6 +98,7 @@ class ComputeClock:
         self._hot = 0  # nesting of hot_enter(); > 0: in the prefetcher's hooks, off the clock
         self._hot_t0 = 0  # wall reading the outermost hot_enter() began at
         self._hot_ext = 0  # wall inside the current hot interval that is not bookkeeping (stalls, pauses)
+        self._hot_read = False  # the clock was read in the current hot interval: it stands at last_ns
         self._pause_wall = -1  # wall at an outermost pause() begun inside a hot interval, else -1
         self.last_ns = 0
         """The latest now_ns() returned: the clock is at least this (now_ns never runs backwards)."""
@@ -121,6 +122,13 @@ class ComputeClock:
         return w
 
     def now_ns(self) -> int:
+        if self._hot_read:
+            # Inside a hook the clock moves only by its stalls (`running` adds them to last_ns):
+            # the tracker's time stamp and every decision the store makes in the same hook read
+            # one time, so the trace replays them exactly. Recomputing here let CPU burnt by
+            # other threads during the hook move the clock between stamp and decision.
+            return self.last_ns
+        self._hot_read = self._hot > 0
         now = int(self._base_ns + self.rate * (self._work_now() - self._mark))
         if now < self.last_ns:
             # Wall time taken off as bookkeeping in a hot interval the job was descheduled in
@@ -180,6 +188,7 @@ class ComputeClock:
         if self._hot == 0:
             self._hot_t0 = self._wall()
             self._hot_ext = 0
+            self._hot_read = False
         self._hot += 1
 
     def hot_leave(self) -> int:
@@ -189,11 +198,17 @@ class ComputeClock:
         self._hot -= 1
         if self._hot:
             return 0
+        read, self._hot_read = self._hot_read, False
         off = self._wall() - self._hot_t0 - self._hot_ext
         if self._depth:
             return 0
         self._mark += off
         self._off_work_ns += off
+        if read:
+            # The clock stood at last_ns since its first read in the hook: settle the work
+            # counter against it now (a descheduled hook took off more than its work), so
+            # the compute that follows the hook counts from here.
+            self.now_ns()
         return off
 
     def excluding(self, fn: Callable[..., Any]) -> Callable[..., Any]:

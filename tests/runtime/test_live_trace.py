@@ -66,6 +66,25 @@ def test_descheduled_inside_a_hook_does_not_eat_the_next_stall():
     assert clock.now_ns() == n0 + 60 and clock.compute_ns() == c + 10
 
 
+def test_the_clock_stands_inside_a_hook_but_for_its_stalls():
+    """The tracker's time stamp and the store's decisions in the same hook read one time, so
+    the simulator replaying the trace decides the same: CPU that other threads burn during
+    the hook does not move the clock between them; a stall does, by its length."""
+    work, wall = Counter(), Counter()
+    clock = ComputeClock(work, wall)
+    clock.hot_enter()
+    stamp = clock.now_ns()
+    work.t += 500  # other threads' CPU while the hook runs
+    wall.t += 100
+    assert clock.now_ns() == stamp
+    with clock.running(advance_ns=40):
+        wall.t += 40
+    assert clock.now_ns() == stamp + 40
+    clock.hot_leave()
+    work.t += 10
+    assert clock.now_ns() >= stamp + 50  # compute after the hook counts again
+
+
 def _run(tmp_path, device: str = "simulated", keep: bool = True):
     torch.manual_seed(0)
     model = torch.nn.Sequential(*(torch.nn.Linear(128, 128) for _ in range(4)))
