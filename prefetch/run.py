@@ -44,12 +44,14 @@ IDENTITY_KEYS = ("losses_identical", "params_identical", "optimizer_state_identi
 """The report's bit-identity flags: all True, or the run changed what training computes."""
 
 
-def _resident(workload, seed: int, dev: torch.device):
+def _resident(workload, seed: int, dev: torch.device, placement: str = "host"):
     """The job all resident on `dev`. On CUDA its managed parameters step on host masters
-    (runtime.host_stepping), as in the prefetched job: the CPU and GPU AdamW kernels round
-    differently, and bit-identity is about prefetching, not the optimizer's placement."""
+    (runtime.host_stepping), as in the prefetched job, unless that job steps on the device
+    (placement "device"): the CPU and GPU AdamW kernels round differently, and bit-identity
+    is about prefetching, not the optimizer's placement. ("auto" on CUDA is compared with
+    host stepping: a run whose cost model picked the device reports the rounding.)"""
     job = workload.build(seed, device=dev)
-    if dev.type == "cuda":
+    if dev.type == "cuda" and placement != "device":
         host_stepping(job.model, job.optimizer)
     return job
 
@@ -90,7 +92,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                  seed: int = 0, link_ratio: float = DEFAULT_LINK_RATIO, lookahead: int = LIVE_LOOKAHEAD, warmup_steps: int = 1,
                  device: str = "auto", daemon: str | None = None, trace_out: str | Path | None = None,
                  timeline_dir: str | Path | None = None, progress: bool = True,
-                 guard: bool = True) -> list[dict[str, Any]]:
+                 guard: bool = True, optimizer_placement: str = "auto") -> list[dict[str, Any]]:
     """One report per policy; the all-resident and recorded passes are shared."""
     from prefetch.workloads import get_workload
 
@@ -107,7 +109,8 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
     check_device(device)
     for policy in policies:
         check_policy_spec(policy, daemon=daemon)
-        PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device)
+        PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device,
+                       optimizer_placement=optimizer_placement)
     check_budget_fits(workload, seed, budget)
     dev = compute_device(device)  # where the model, its inputs and all compute live
     bar = tqdm(total=(2 + 2 * len(policies) + (dev.type == "cuda")) * steps, desc=f"run {name}", unit="step",
@@ -140,12 +143,13 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                                  warmup_steps=warmup_steps, device=device, daemon=daemon,
                                  baseline_step_time_s=baseline_step, reference_tensors=reference,
                                  baseline_step_cpu_s=statistics.median(base_cpu[warmup_steps:]),
-                                 timeline=timeline_dir is not None, seed=seed, workload=name, guard=guard)
+                                 timeline=timeline_dir is not None, seed=seed, workload=name, guard=guard,
+                                 optimizer_placement=optimizer_placement)
             pf = Prefetcher(job.model, job.optimizer, cfg)
             # The slowdown is measured against a twin all-resident job stepped alternately
             # (resident i, prefetched i, resident i+1, ...): both do identical work at step i,
             # so machine drift between passes cannot pass for a slowdown.
-            twin = _resident(workload, seed, dev)
+            twin = _resident(workload, seed, dev, optimizer_placement)
             twin.step = pf.outside_compute(twin.step)  # simulated: its time gives copies none
             losses, twin_losses, t_twin, t_pf = [], [], [], []
             try:

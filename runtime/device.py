@@ -61,6 +61,7 @@ class Device(Protocol):
     def copy_in(self, host: torch.Tensor) -> Copy: ...
     def copy_out(self, dev: torch.Tensor) -> Copy: ...
     def pending_host(self, copy: Copy) -> object: ...
+    def ready(self, dev: torch.Tensor) -> Copy: ...
     def wait(self, copy: Copy) -> tuple[torch.Tensor, int]: ...
     def settle(self, copy: Copy) -> None:
         """Wait until the copy no longer touches its source (its result is not needed):
@@ -185,6 +186,12 @@ class SimulatedDevice:
 
     def copy_out(self, dev: torch.Tensor) -> SimCopy:
         return self._submit(dev, "D2H")
+
+    def ready(self, dev: torch.Tensor) -> SimCopy:
+        """A copy already on the device (a parameter the optimizer stepped there): done, no link time."""
+        c = SimCopy(dev, dev.numel() * dev.element_size(), self.clock, 0)
+        c.result = dev
+        return c
 
     def pending_host(self, copy: SimCopy) -> SimCopy:
         """What a later copy_in may read while a write-back is still queued."""
@@ -325,6 +332,13 @@ class CudaDevice:
             ev.record(self.out_stream)
         dev.record_stream(self.out_stream)  # keep dev's memory until the copy has read it
         return CudaCopy(result=host, event=ev, nbytes=dev.numel() * dev.element_size())
+
+    def ready(self, dev: torch.Tensor) -> CudaCopy:
+        """A copy already on the device (a parameter the optimizer stepped there): done once
+        the compute stream's work so far is."""
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(self.device))
+        return CudaCopy(result=dev, event=ev, nbytes=dev.numel() * dev.element_size())
 
     def pending_host(self, copy: CudaCopy) -> CudaCopy:
         return copy  # copy_in waits for its event: the copy back is on the other stream

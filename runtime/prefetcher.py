@@ -32,6 +32,7 @@ from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.live_trace import CLOCK_COMPUTE, LiveTrace
 from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
+from runtime.placement import OptimizerPlacement, check_placement
 from runtime.run_report import Identity, LiveCounters, RunReport
 from runtime.store import StoreConfig, TensorStore, check_budget
 from runtime.trace_format import MANAGED_KINDS, MIN_MANAGED_BYTES, is_managed
@@ -89,6 +90,10 @@ class PrefetchConfig:
     its model was trained on this seed (`in_sample`, predictor.provenance)."""
     workload: str | None = None
     """The job's workload name, when known (compared with the model's training runs)."""
+    optimizer_placement: str = "auto"
+    """Where the optimizer steps the managed parameters: host (their host masters), device
+    (runtime.device_stepping: state streamed in and out), or auto (runtime.placement's cost
+    model, from the first step's measurements; host until then)."""
     guard: bool = True
     """A learned policy runs under predictor.guard (it leans on replay, markov or none in
     steps where it stalls more than they do); False: the learned policy alone."""
@@ -100,6 +105,7 @@ class PrefetchConfig:
         parse_budget(self.budget)
         if self.lookahead < 1:
             raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
+        check_placement(self.optimizer_placement)
         if not self.link_ratio > 0:
             raise ValueError(f"link_ratio must be > 0, got {self.link_ratio}")
         if self.device not in ("auto", "simulated") and not self.device.startswith("cuda"):
@@ -182,9 +188,13 @@ class Prefetcher:
         self.hooks = HookTimer(self.device.clock if isinstance(self.device, SimulatedDevice) else None)
         self.tracker.wrap = self.hooks.wrap
         self._warm_counters: OverheadCounters | None = None
+        self.placement = OptimizerPlacement(config.optimizer_placement, self.store, self.device)
         if optimizer is not None:  # registered before the tracker's hooks: runs first
             self._handles.append(optimizer.register_step_pre_hook(
                 self.hooks.wrap(lambda *a: self.store.before_optimizer_step())))
+            self._handles.append(optimizer.register_step_pre_hook(lambda opt, *a: self.placement.pre(opt)))
+            self._handles.append(optimizer.register_step_pre_hook(lambda opt, *a: self.store.device_step(opt)))
+            self._handles.append(optimizer.register_step_post_hook(lambda opt, *a: self.placement.post(opt)))
             self._handles.append(optimizer.register_step_post_hook(
                 self.hooks.wrap(lambda *a: self.store.after_optimizer_step())))
             self.offload_gradients()
@@ -409,7 +419,8 @@ class Prefetcher:
             identity=Identity(**identity) if identity else None,
             cuda=cuda,
             provenance=self.provenance().as_dict() if self.config.policy.startswith("learned:") else None,
-            extra={**self._trace_extra(), **({"gradients": self.gradients_note} if self.gradients_note else {})},
+            extra={**self._trace_extra(), **({"gradients": self.gradients_note} if self.gradients_note else {}),
+                   **({"optimizer": self.placement.report()} if self.optimizer is not None else {})},
         )
 
     def _daemon_policy(self) -> Any:

@@ -229,6 +229,8 @@ class GlobalPrefetcher:
             return
         if self.pf is not None:
             self.pf.store.before_optimizer_step()  # the optimizer updates host masters
+            self.pf.placement.pre(optimizer)  # where this step runs (runtime.placement)
+            self.pf.store.device_step(optimizer)
 
     def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         now = time.perf_counter()
@@ -237,9 +239,11 @@ class GlobalPrefetcher:
             if self.pf is not None:
                 pf = self.pf
                 pf.optimizer = optimizer
+                pf.placement.post(optimizer)
                 pf.store.after_optimizer_step()
                 # later steps: the store's post-hook first, then the tracker's (ends the step),
                 # the order Prefetcher uses
+                pf._handles.append(optimizer.register_step_post_hook(lambda opt, *a: pf.placement.post(opt)))
                 pf._handles.append(optimizer.register_step_post_hook(lambda *a: pf.store.after_optimizer_step()))
                 pf.tracker.attach_optimizer(optimizer)  # emits this step's optimizer accesses, ends step 0
                 pf.offload_gradients()  # from the next backward on, as with an optimizer given up front
@@ -308,7 +312,8 @@ def build_config(args: argparse.Namespace) -> Any:
     return PrefetchConfig(policy=args.policy, budget=args.budget, lookahead=args.lookahead,
                           link_ratio=args.link_ratio, warmup_steps=args.warmup, device=args.device,
                           daemon=args.daemon or os.environ.get(DAEMON_ENV) or None,
-                          timeline=args.timeline is not None, seed=args.seed, guard=not args.no_guard)
+                          timeline=args.timeline is not None, seed=args.seed, guard=not args.no_guard,
+                          optimizer_placement=args.optimizer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-ratio", type=float, default=DEFAULT_LINK_RATIO)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--optimizer", default="auto", choices=("auto", "host", "device"))
     parser.add_argument("--daemon", default=None)
     parser.add_argument("--seed", type=int, default=None, help="the script's seed, when known (provenance)")
     parser.add_argument("--no-guard", action="store_true", help="a learned policy alone (predictor.guard)")

@@ -103,6 +103,8 @@ class TensorStore(DeviceTier):
         self._seen_step = self._seen_micro = -1  # (step, micro-step) of the last access: a change is a new root forward
         self.grads: Any = None
         """runtime.grad_offload.GradOffload once installed (a job with an optimizer): the gradient hooks."""
+        self.stepper: Any = None
+        """runtime.device_stepping.DeviceStepper when the optimizer steps on the device (step_on_device)."""
 
     # -- setup -------------------------------------------------------------------------
     def attach(self, tracker: Any) -> None:
@@ -397,10 +399,34 @@ class TensorStore(DeviceTier):
                 # per managed parameter per step)
                 p.grad = p.grad.to(self._host[tid].device)
 
+    def device_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """After before_optimizer_step, with device stepping on: the managed parameters step
+        on the device, chunk by chunk (runtime.device_stepping). A pre-hook of its own, not
+        timed as bookkeeping: the optimizer's compute in it is the step's compute."""
+        if self.stepper is not None:
+            self.stepper.step(optimizer)
+
     def after_optimizer_step(self) -> None:
+        if self.stepper is not None:
+            self.stepper.restore()
         self.optimizer_end()
         if self.grads is not None:
             self.grads.step_done()
+
+    def step_on_device(self, on: bool) -> None:
+        """From the next optimizer step on, step the managed parameters on the device
+        (runtime.device_stepping) or, `on=False`, on their host masters."""
+        from runtime.device_stepping import DeviceStepper
+
+        if on and self.stepper is None:
+            self.stepper = DeviceStepper(self)
+        self.params_stay = on
+        if not on:
+            self.stepper = None
+
+    def _park(self, tid: int) -> None:
+        if self._bound_dev[tid]:
+            self._unbind(tid, self._dev[tid])  # on its master through the step; a user's write written back
 
     def _dev_or_host(self, tid: int) -> torch.Tensor:
         t = self._dev[tid]

@@ -41,7 +41,7 @@ HIT, LATE, MISS, WRITE = 0, 1, 2, 3
 
 _READ = int(Access.READ)
 _INF = NO_PREDICTION
-_PARAM, _ACT, _GRAD = int(Kind.PARAMETER), int(Kind.ACTIVATION), int(Kind.GRADIENT)
+_PARAM, _ACT, _GRAD, _STATE = int(Kind.PARAMETER), int(Kind.ACTIVATION), int(Kind.GRADIENT), int(Kind.OPTIMIZER_STATE)
 _NONE: frozenset[int] = frozenset()
 
 _EXTRA = ("overcommits", "write_stall_ns", "prefetch_requested", "prefetch_refused", "optimizer_wait_ns",
@@ -88,6 +88,12 @@ class DeviceTier:
         self.step_start = 0  # reads when the current optimizer step began
         self.step_prev = 0  # reads in the previous optimizer step
         self.in_optimizer = False
+        self.params_stay = False
+        self.step_dropped_bytes = 0
+        """Parameter bytes whose device copies went for the optimizer step under way (host
+        stepping): what the next forward fetches again (runtime.placement's cost model)."""
+        """The optimizer steps on the device copies (runtime.device_stepping): parameters'
+        copies are not dropped before the step."""
         self.current = -1  # the id read last: handed to compute, not evictable
         self.mark = 1  # 1 in warm-up, 2 measured: a prefetch's use is credited to the period that issued it
         # counters (AccessStats and the tier's own)
@@ -343,6 +349,7 @@ class DeviceTier:
         (step time, not stall), every parameter's device copy is dropped (not an eviction),
         and those still expected are queued again, fetched (updated) once the step is done."""
         for f in self.followers:
+            f.params_stay = self.params_stay
             f.optimizer_begin()
         self.grads_finish()
         if self.grad_micro:
@@ -350,7 +357,25 @@ class DeviceTier:
         self.grad_micro = 0
         self.grad_moved.clear()
         self.in_optimizer = True
-        self.drop_params()
+        self._params_for_step()
+
+    def _params_for_step(self) -> None:
+        """Host stepping: the device copies go (drop_params). Device stepping
+        (`params_stay`, runtime.device_stepping): they stay, and copies still in flight land
+        now (step time), so none reads a master the step is about to replace."""
+        if not self.params_stay:
+            self.drop_params()
+            return
+        kind, inflight = self.kind, self.inflight
+        for p in [p for p in self.resident if kind[p] == _PARAM]:
+            if inflight[p] is not None:
+                self.optimizer_wait_ns += self._finish(p, inflight[p])
+                inflight[p] = None
+            self._park(p)
+
+    def _park(self, t: int) -> None:
+        """Device stepping: parameter `t`'s device copy stays resident through the step,
+        the parameter itself on its master meanwhile (the live store rebinds it)."""
 
     def drop_params(self) -> None:
         """Every parameter's device copy goes (not an eviction): a copy in flight finishes
@@ -359,6 +384,7 @@ class DeviceTier:
         (grad_backward_end), so the host masters are what the parameters hold."""
         kind, inflight, nb, pnu = self.kind, self.inflight, self.nb, self.pnu
         for p in [p for p in self.resident if kind[p] != _ACT]:
+            self.step_dropped_bytes += nb[p]
             h = inflight[p]
             if h is not None:
                 self.optimizer_wait_ns += self._finish(p, h)
@@ -376,6 +402,7 @@ class DeviceTier:
         for f in self.followers:
             f.optimizer_end()
         self.in_optimizer = False
+        self.step_dropped_bytes = 0
         self.step_prev, self.step_start = self.reads - self.step_start, self.reads
         held, self.deferred = self.deferred, {}
         for p, due in held.items():
@@ -449,6 +476,7 @@ class DeviceTier:
         (drop_params): what the optimizer and user code before it (clipping) read is on the
         host. True then."""
         for f in self.followers:
+            f.params_stay = self.params_stay
             f.grad_backward_end()
         last = self.grad_last_micro()
         if last:
@@ -457,7 +485,7 @@ class DeviceTier:
             self._grad_wait_all()
         self.grad_micro += 1
         if last:
-            self.drop_params()
+            self._params_for_step()
         return last
 
     def grads_finish(self) -> None:
@@ -709,10 +737,14 @@ class DeviceTier:
     def measured_traffic(self) -> tuple[dict[str, int], dict[str, int]]:
         """Bytes copied over the measured steps, (to the device, to the host), by kind: the
         report's `bytes_h2d` (parameter, activation, gradient) and `bytes_d2h` (activation,
-        gradient, and parameter: a user's write written back)."""
+        gradient, and parameter: a user's write, or a device step, written back); with
+        device stepping also `optimizer_state` both ways."""
         wh, wd = self._warm_traffic
         h2d = {Kind(k).name.lower(): self.h2d[k] - wh[k] for k in (_PARAM, _ACT, _GRAD)}
         d2h = {Kind(k).name.lower(): self.d2h[k] - wd[k] for k in (_ACT, _GRAD, _PARAM)}
+        if self.h2d[_STATE] or self.d2h[_STATE]:  # device stepping streams the optimizer state
+            h2d["optimizer_state"] = self.h2d[_STATE] - wh[_STATE]
+            d2h["optimizer_state"] = self.d2h[_STATE] - wd[_STATE]
         return h2d, d2h
 
     def traffic_fields(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from predictor.policies import spec_help
 from runtime.defaults import LIVE_LOOKAHEAD
 from runtime.link import DEFAULT_LINK_RATIO
+from runtime.placement import PLACEMENTS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-guard", action="store_true",
                    help="learned:MODEL_DIR alone, without the guard that leans on mirror, scan, markov or none "
                         "where they stall less (predictor.guard)")
+    p.add_argument("--optimizer", default="auto", choices=PLACEMENTS,
+                   help="where the optimizer steps the managed parameters: host masters, the device (its state "
+                        "streamed in and out), or auto: the cost model's pick from the first step (default auto; "
+                        "the report's `optimizer` says which ran and why)")
     p.add_argument("--device", default="auto", help="auto | simulated | cuda[:N]")
     p.add_argument("--daemon", default=None, help="endpoint of a running daemon (learned policies)")
     p.add_argument("--daemon-keys", default=None, metavar="DIR",
@@ -93,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_workload(args.workload, steps=args.steps, policy=args.policy, budget=budget, seed=args.seed,
                           link_ratio=args.link_ratio, lookahead=args.lookahead, warmup_steps=args.warmup,
                           device=args.device, daemon=args.daemon, trace_out=args.trace_out,
-                          timeline_dir=args.timeline, progress=not args.no_progress, guard=not args.no_guard)
+                          timeline_dir=args.timeline, progress=not args.no_progress, guard=not args.no_guard,
+                          optimizer_placement=args.optimizer)
     text = json.dumps(report, indent=2)
     print(text)
     print(summary_line(report))
@@ -126,7 +132,7 @@ def _run_script(command: list[str], args: argparse.Namespace) -> int:
                                link_ratio=args.link_ratio, warmup=args.warmup, device=args.device,
                                daemon=args.daemon, json_out=args.json, timeline=args.timeline,
                                compare=args.compare, threads=args.threads, seed=args.seed, name=args.name,
-                               guard=not args.no_guard)
+                               guard=not args.no_guard, optimizer_placement=args.optimizer)
     if reports:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, default=str))
     for r in reports:
