@@ -77,6 +77,7 @@ def main() -> None:
     else:
         loss = train(model, optimizer, args.steps, gen, args.batch)
     print(f"train_ddp rank {rank}/{dist.get_world_size()} (pid {os.getpid()}): final loss {loss:.6f}")
+    dist.barrier()  # no rank tears gloo down while another still talks to it (a std::terminate at exit)
     dist.destroy_process_group()
 
 
