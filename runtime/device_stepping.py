@@ -138,16 +138,17 @@ class DeviceStepper:
         self.counters.steps += 1
 
     def _settle_parked(self, tid_of: dict[int, int]) -> None:
-        """Device copies parked for the step but not stepped here: one the host optimizer is
-        about to update (a fallback) goes; one it skips (no gradient) stays, as a landed copy
-        whose master's version is watched like any copy's (a user's write makes it stale)."""
+        """The device copies parked for the step: one the host optimizer is about to update
+        (a fallback) goes; the others (stepped here, updated, or skipped: no gradient) stay as
+        landed copies whose master's version is watched like any copy's: the next read binds
+        one (a hit) unless a user's write to the master made it stale first."""
         st = self.store
         for tid, p in st.tracker.params_by_tid.items():
             d = st._dev[tid]
             if d is None or tid not in st.resident or st.inflight[tid] is not None or st._bound_dev[tid]:
                 continue
             st._dev[tid] = None
-            if p.grad is not None:
+            if p.grad is not None:  # stepped here: its gradient was set aside
                 st._uncount(tid)
             else:
                 st.inflight[tid] = st.device.ready(d)
@@ -212,10 +213,7 @@ class DeviceStepper:
                 wait += w
             p.grad = None  # the optimizer's own call skips it; `restore` gives the gradient back
             st._host[tid] = host  # the master is the updated copy
-            st._bind(tid, host, dev=False)
-            if resident:  # the updated copy stays, parked: the next read binds it (a hit), unless
-                st.inflight[tid] = dev.ready(d)  # the master is written first (stale, as any copy)
-                st._dev[tid] = None
+            st._bind(tid, host, dev=False)  # a resident copy stays parked (updated): _settle_parked
         st.optimizer_wait_ns += wait
         st.used -= nbytes
         self.counters.chunks += 1
