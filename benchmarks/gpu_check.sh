@@ -10,7 +10,8 @@
 #   2. train the learned predictor on those traces (prefetch train),
 #   3. run none, replay, markov and learned on the unseen seed 2 with --device cuda
 #      (prefetch run: model, inputs and compute on the GPU; managed tensors on pinned
-#      host memory, copied on a side stream),
+#      host memory, copied on a side stream), the optimizer on host masters; then replay
+#      again with the optimizer stepping on the GPU (runtime.device_stepping),
 # and print, per workload and policy: hit rate, late, misses, stall (CUDA events),
 # the real slowdown (against the all-resident twin, and against the job with its
 # optimizer on the GPU too), peak device memory against the budget and its bound
@@ -134,11 +135,17 @@ policies = ["none", "replay", "markov", f"learned:{out / 'models'}"]
 rows, reports = [], {}
 for name in WORKLOADS:
     log(f"run {name} on seed {EVAL_SEED}, device {device}: {', '.join(p.partition(':')[0] for p in policies)}")
-    rs = run_policies(name, policies, steps=steps, budget=budget, seed=EVAL_SEED, device=device, progress=False)
+    rs = run_policies(name, policies, steps=steps, budget=budget, seed=EVAL_SEED, device=device, progress=False,
+                      optimizer_placement="host")
+    # both optimizer placements (issue 15): replay again with the optimizer stepping on the device
+    rs += run_policies(name, ["replay"], steps=steps, budget=budget, seed=EVAL_SEED, device=device, progress=False,
+                       optimizer_placement="device")
     reports[name] = rs
     for r in rs:
+        ran = (r.get("optimizer") or {}).get("ran", "host")
         rows.append({
-            "workload": name, "policy": r["policy"].partition(":")[0], "device": r["device"],
+            "workload": name, "policy": r["policy"].partition(":")[0] + (" (device step)" if ran == "device" else ""),
+            "optimizer": ran, "device": r["device"],
             "hit_rate": r["hit_rate"], "late": r["late"], "misses": r["misses"], "stall_s": r["stall_s"],
             "slowdown": r.get("slowdown"), "slowdown_vs_device_optimizer": r.get("slowdown_vs_device_optimizer"),
             "budget_bytes": r["budget_bytes"], "peak_device_bytes": r["peak_device_bytes"],

@@ -44,7 +44,8 @@ def test_gpu_check_without_a_gpu_stops_before_setup(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_dry_run(tmp_path):
     """The dry run records two seeds, trains, runs the four policies on an unseen seed for
-    gpt2 and moe, and writes a JSON and Markdown result in which every run is
+    gpt2 and moe (the optimizer on the host), replay again with the optimizer stepping on the
+    device, and writes a JSON and Markdown result in which every run is
     bit-identical (losses, parameters, optimizer state) and none is in sample."""
     out = tmp_path / "gpu_check"
     p = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--out", str(out), "--python", sys.executable],
@@ -52,7 +53,9 @@ def test_gpu_check_dry_run(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     result = json.loads((out / "gpu_check.json").read_text())
     rows = result["rows"]
-    assert [(r["workload"], r["policy"]) for r in rows] == [(w, pol) for w in ("gpt2", "moe") for pol in POLICIES]
+    expected = [(w, pol) for w in ("gpt2", "moe") for pol in (*POLICIES, "replay (device step)")]
+    assert [(r["workload"], r["policy"]) for r in rows] == expected
+    assert [r["optimizer"] for r in rows] == ["device" if p.endswith("(device step)") else "host" for _, p in expected]
     for r in rows:
         assert r["device"] == "simulated"
         assert r["losses_identical"] is True and r["params_identical"] is True
@@ -61,4 +64,4 @@ def test_gpu_check_dry_run(tmp_path):
         assert 0 <= r["hit_rate"] <= 1 and r["slowdown"] > 0
     assert result["failed"] == []
     md = (out / "gpu_check.md").read_text()
-    assert "Result: all checks passed" in md and md.count("| gpt2 |") == 4 and md.count("| moe |") == 4
+    assert "Result: all checks passed" in md and md.count("| gpt2 |") == 5 and md.count("| moe |") == 5
