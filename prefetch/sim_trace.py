@@ -56,6 +56,7 @@ class _TraceTier(DeviceTier):
     def __init__(self, policy: Policy, budget_bytes: int, cpy: list[int]):
         super().__init__(policy, budget_bytes)
         self.cpy = cpy  # copy time of each tensor, either direction (its current size)
+        self.resident_extra: int | None = None  # everything fits: go resident after the first optimizer step
         self.comp = 0
         self.lag = 0
         self.engine_free = 0  # when the host-to-device FIFO finishes its last queued copy
@@ -236,9 +237,12 @@ def _run_trace(
     link: LinkModel,
     warmup_steps: int,
     chunk: int = _CHUNK,
+    resident_extra: int | None = None,
 ) -> Generator[int, None, SimReport]:
     """Replay one trace through the device tier with `policy`, a chunk of events at a time:
-    yields the measured reads missed (late or miss) so far after each chunk, returns the report."""
+    yields the measured reads missed (late or miss) so far after each chunk, returns the report.
+    `resident_extra`: everything fits (prefetch.simulate): after the first optimizer step the
+    tier goes resident (DeviceTier.go_resident) with these gradient and state bytes."""
     stream = TraceStream.of(trace, warmup_steps)  # built once per trace and warm-up
     measured_steps, measure_start = stream.measured_steps, stream.measure_start
     steps_l, micro_l, phase_l, access_l, tids_l = stream.steps, stream.micro, stream.phase, stream.access, stream.tids
@@ -250,6 +254,7 @@ def _run_trace(
                              lambda: [copy_ns(b) for b in stream.nb]))
 
     tier = _TraceTier(policy, budget_bytes, cpy)
+    tier.resident_extra = resident_extra
     tier.trace, tier.modules = trace, stream.modules
     tier.declare_all(stream.kinds, stream.nb, stream.managed)
     if overrides(policy, "bind_clock"):
@@ -315,6 +320,8 @@ def _act(tier: _TraceTier, acts: list[tuple[int, ...]]) -> None:
     tier.running = -1
     for a in acts:
         if a[0]:
+            if tier.resident_mode:
+                continue  # everything resident: gradients stay on the device
             tier.comp = a[1]
             tier.grad_write(a[2], a[3])
             if a[4]:
@@ -324,6 +331,8 @@ def _act(tier: _TraceTier, acts: list[tuple[int, ...]]) -> None:
             tier.optimizer_begin()
             tier.comp = a[2]
             tier.optimizer_end()
+            if tier.resident_extra is not None and not tier.resident_mode:  # the live store's step end
+                tier.go_resident(tier.resident_extra)
 
 
 def _off_stream(trace: Trace, ms: dict[str, np.ndarray], idx: np.ndarray) -> list[list[tuple[int, ...]] | None]:

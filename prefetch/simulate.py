@@ -33,7 +33,8 @@ from prefetch.oracle import VARIANTS as ORACLE_VARIANTS
 from prefetch.oracle import OraclePolicy, compute_deltas
 from prefetch.sim_report import SimReport, _combine, format_table
 from prefetch.sim_trace import HIT, LATE, MISS, WRITE, _warmup_split, simulate_portfolio
-from runtime.budget import Budget, parse_budget
+from runtime.budget import Budget, footprint_extra, parse_budget
+from runtime.placement import check_placement
 from runtime.defaults import LIVE_LOOKAHEAD
 from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
 from runtime.trace_format import MIN_MANAGED_BYTES, Trace, load_trace, load_traces
@@ -53,6 +54,7 @@ def simulate(
     daemon: DaemonPath | bool = False,
     guard: bool = True,
     gpu_model: GpuModel | None = None,
+    optimizer_placement: str = "auto",
 ) -> SimReport:
     """Replay `traces` through the device/copy-engine model with `policy`; see the module docstring.
 
@@ -69,6 +71,10 @@ def simulate(
     gpu_model: a prefetch.gpu_model.GpuModel: the prefetched run's optimizer steps take the host
     optimizer's modelled time, the baseline's the device's (report key `gpu_model`); None: the
     trace's optimizer time for both, as recorded.
+    optimizer_placement: as a live run's (runtime.placement). The simulator models host stepping,
+    and, for auto and device, a budget that holds the whole footprint (managed bytes plus
+    runtime.budget.footprint_extra): everything resident after the first step, as a live run
+    does (DeviceTier.go_resident). Device stepping with the state streamed is not simulated.
     """
     loaded = _load(traces)
     if gpu_model is not None and not isinstance(gpu_model, GpuModel):
@@ -78,6 +84,7 @@ def simulate(
     if lookahead < 1:
         raise ValueError(f"lookahead must be >= 1, got {lookahead}")
     parsed = parse_budget(budget)
+    check_placement(optimizer_placement)
     name = policy if isinstance(policy, str) else check_policy(policy).name
     path = DaemonPath() if daemon is True else (daemon or None)
     if path is not None:
@@ -87,7 +94,9 @@ def simulate(
     runs = []
     for trace in loaded:
         managed, largest, largest_key = _sizes(trace)
-        budget_bytes = parsed.resolve(managed, largest, f"{largest_key} in {trace.stem.name}")
+        extra = footprint_extra(trace.tensor_kinds(), trace.tensor_nbytes())
+        budget_bytes = parsed.resolve(managed, largest, f"{largest_key} in {trace.stem.name}", extra)
+        fits = optimizer_placement != "host" and extra > 0 and budget_bytes >= managed + extra
         trace_link = link or _link_from_ratio(trace, link_ratio, latency_s, warmup_steps, managed)
         figures = None
         if gpu_model is not None:  # the same link (the recorded step's), the optimizer re-timed
@@ -102,7 +111,7 @@ def simulate(
         # the oracle's portfolio: the best hit rate, then the shortest time (first wins ties)
         best = simulate_portfolio(
             trace, pols, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,
-            link=trace_link, warmup_steps=warmup_steps,
+            link=trace_link, warmup_steps=warmup_steps, resident_extra=extra if fits else None,
         )
         best.lookahead = lookahead if isinstance(policy, str) and policy != "oracle" else None
         if figures is not None:  # the baseline steps on the device: its own time (slowdown derived again)
@@ -161,6 +170,9 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
         kwargs["link"] = LinkModel(bandwidth_bytes_per_s=float(lk["bandwidth_GBps"]) * 1e9,
                                    latency_s=float(lk.get("latency_us", DEFAULT_LATENCY_S * 1e6)) / 1e6,
                                    ratio=lk.get("ratio"))
+    placement = run_report.get("optimizer") or {}
+    if placement.get("asked"):  # the run's placement: its everything-fits switch is simulated too
+        kwargs["optimizer_placement"] = placement["asked"]
     kwargs.update(overrides)
     policy = kwargs.pop("policy", run_report["policy"])
     if "daemon" not in kwargs:  # as the live run serves it: learned through the daemon, the rest in process

@@ -4,7 +4,10 @@
     prefetch simulate traces/gpt2 --policy replay --budget 2GiB    # an absolute size
 
 Accepted forms (case-insensitive units, optional space before the unit):
-    0.4, .25, 1          a fraction in (0, 1] of the managed bytes (1 = everything fits)
+    0.4, .25, 1          a fraction in (0, 1] of the managed bytes; 1 = everything fits: the
+                         job's whole device footprint, the managed parameters' gradients and
+                         optimizer state included (`footprint_extra`), so the optimizer can step
+                         on the device with nothing offloaded (runtime.placement)
     40%                  a percentage in (0, 100]
     2GiB, 512MiB, 64KiB  binary units (KiB, MiB, GiB, TiB = 1024**k bytes)
     1.5GB, 300MB         decimal units (KB, MB, GB, TB = 1000**k bytes), B for bytes
@@ -52,9 +55,19 @@ class Budget:
         if self.nbytes is not None and self.nbytes < 1:
             raise ValueError(f"budget must be at least 1 byte, got {self.nbytes}")
 
-    def resolve(self, managed_bytes: int, largest_tensor_bytes: int = 0, largest_tensor: str = "") -> int:
-        """Budget in bytes for a trace with these managed bytes; ValueError if the largest tensor cannot fit."""
-        budget = int(self.fraction * managed_bytes) if self.fraction is not None else int(self.nbytes)
+    @property
+    def everything(self) -> bool:
+        """The fraction 1: everything fits (gradients and optimizer state too)."""
+        return self.fraction == 1.0
+
+    def resolve(self, managed_bytes: int, largest_tensor_bytes: int = 0, largest_tensor: str = "",
+                extra_bytes: int = 0) -> int:
+        """Budget in bytes for a trace with these managed bytes; ValueError if the largest tensor
+        cannot fit. `extra_bytes` (footprint_extra) counts only for the fraction 1."""
+        if self.fraction is not None:
+            budget = int(self.fraction * managed_bytes) + (extra_bytes if self.everything else 0)
+        else:
+            budget = int(self.nbytes)
         if budget < largest_tensor_bytes:
             what = f" ({largest_tensor})" if largest_tensor else ""
             given = f"{self} = {format_bytes(budget)}" if self.fraction is not None else format_bytes(budget)
@@ -126,6 +139,17 @@ def _bad_plain(value: str | float) -> Budget:
         f"budget {value!r} is ambiguous: use a fraction of the managed bytes in (0, 1] (0.4), "
         "a percentage (40%), or a size with a unit (2GiB, 512MB, 1.5e9B)"
     )
+
+
+def footprint_extra(kinds, nbytes) -> int:
+    """Bytes of the managed parameters' gradients and optimizer state in a tensor table
+    (kinds, nbytes as arrays or sequences): rows of those kinds at least MIN_MANAGED_BYTES
+    large, the size a managed parameter's gradient and Adam moments have. What the fraction 1
+    adds to the managed bytes, live (runtime.placement) and in the simulator alike."""
+    from runtime.trace_format import MIN_MANAGED_BYTES, Kind
+
+    grad_state = (int(Kind.GRADIENT), int(Kind.OPTIMIZER_STATE))
+    return int(sum(int(n) for k, n in zip(kinds, nbytes) if int(k) in grad_state and int(n) >= MIN_MANAGED_BYTES))
 
 
 def resolve_budget(

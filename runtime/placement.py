@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+from runtime.trace_format import MIN_MANAGED_BYTES
+
 PLACEMENTS = ("auto", "host", "device")
 
 
@@ -76,12 +78,15 @@ def choose(asked: str, inputs: PlacementInputs | None) -> tuple[str, str]:
                   f"{(inputs.params_bytes + inputs.state_bytes) / 2**20:.1f} MiB out)")
 
 
-def _state_bytes(optimizer: Any, params: list[Any]) -> int:
+def _state_bytes(optimizer: Any, params: list[Any], at_least: int = 0) -> int:
+    """Bytes of the state tensors that travel with `params` (device_stepping._streamed), each
+    counted if at least `at_least` bytes (runtime.budget.footprint_extra's rule)."""
     from runtime.device_stepping import _streamed
 
     fused = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
-    return sum(v.numel() * v.element_size() for p in params for v in optimizer.state.get(p, {}).values()
-               if _streamed(v, fused))
+    sizes = (v.numel() * v.element_size() for p in params for v in optimizer.state.get(p, {}).values()
+             if _streamed(v, fused))
+    return sum(n for n in sizes if n >= at_least)
 
 
 def measure_cuda_optimizer_ns(optimizer: Any, nbytes: int, device: Any) -> float:
@@ -106,7 +111,12 @@ def measure_cuda_optimizer_ns(optimizer: Any, nbytes: int, device: Any) -> float
 class OptimizerPlacement:
     """The Prefetcher's optimizer hooks for placement: `device` steps on the device from the
     first step; `auto` steps the first on the host, times it (the host optimizer's cost on
-    this job), and from the second on runs what `choose` picks; `host` never changes."""
+    this job), and from the second on runs what `choose` picks; `host` never changes.
+
+    Everything fits (`device` or `auto`): once the budget is known (after the first step),
+    if it holds the job's whole footprint (managed bytes + footprint_extra: gradients and
+    optimizer state), nothing is offloaded from then on (TensorStore.go_resident): the cost
+    is the hooks alone. The budget fraction 1 is that footprint (runtime.budget)."""
 
     def __init__(self, asked: str, store: Any, device: Any):
         self.asked = check_placement(asked)
@@ -115,6 +125,9 @@ class OptimizerPlacement:
         self.why = ""
         self.from_step: int | None = None
         self.inputs: PlacementInputs | None = None
+        self.resident = False
+        self.footprint_bytes: int | None = None
+        self._fit_checked = False
         self._t0: float | None = None
         self.host_step_ns: float | None = None
         if asked in ("host", "device"):
@@ -133,10 +146,26 @@ class OptimizerPlacement:
         self.inputs, self.from_step = inputs, step
         self.store.step_on_device(self.ran == "device")
 
+    def step_end(self, optimizer: Any) -> None:
+        """A step ended (the store's step_end, its budget fixed): the first time the budget and
+        the footprint are both known, everything resident from the next step on if it fits."""
+        st = self.store
+        if self._fit_checked or self.asked == "host" or st.budget_bytes is None or not st.footprint_extra:
+            return
+        self._fit_checked = True
+        self.footprint_bytes = need = st.managed_bytes() + st.footprint_extra
+        if st.budget_bytes >= need:
+            self.ran, self.from_step, self.resident = "device", st.step, True
+            self.why = (f"everything fits: budget {st.budget_bytes / 2**20:.1f} MiB >= footprint "
+                        f"{need / 2**20:.1f} MiB (managed parameters and activations, gradients, optimizer "
+                        "state): nothing offloaded, the optimizer steps the device copies in place")
+            st.go_resident(optimizer)
+
     def pre(self, optimizer: Any) -> None:
         """Between the store's pre-hook and its device step."""
+        st = self.store
         if self.ran is None and self.host_step_ns is not None:
-            self._decide("auto", self._inputs(optimizer), self.store.steps)
+            self._decide("auto", self._inputs(optimizer), st.steps)
         if self.ran is None:
             self._t0 = self._clock_ns()
 
@@ -144,6 +173,11 @@ class OptimizerPlacement:
         if self._t0 is not None and self.host_step_ns is None:
             self.host_step_ns = self._clock_ns() - self._t0
         self._t0 = None
+        if not self.store.footprint_extra:  # after the first step: the optimizer state exists
+            st = self.store
+            params = [p for tid, p in st.tracker.params_by_tid.items() if st.managed[tid] and p.requires_grad]
+            st.footprint_extra = (sum(p.numel() * p.element_size() for p in params)
+                                  + _state_bytes(optimizer, params, MIN_MANAGED_BYTES))
 
     def _inputs(self, optimizer: Any) -> PlacementInputs | None:
         st = self.store
@@ -170,6 +204,8 @@ class OptimizerPlacement:
                              "from_step": self.from_step}
         if self.inputs is not None:
             d["estimate"] = self.inputs.as_dict()
+        if self.footprint_bytes is not None:
+            d.update(resident=self.resident, footprint_bytes=self.footprint_bytes)
         if self.store.stepper is not None:
             d["device_stepping"] = self.store.stepper.report()
         return d

@@ -32,6 +32,7 @@ from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.live_trace import CLOCK_COMPUTE, LiveTrace
 from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
+from runtime.budget import footprint_extra
 from runtime.placement import OptimizerPlacement, check_placement
 from runtime.run_report import Identity, LiveCounters, RunReport
 from runtime.store import StoreConfig, TensorStore, check_budget
@@ -171,7 +172,9 @@ class Prefetcher:
             self.tracker.preload_tensors(config.reference_tensors)
             managed = sum(r["nbytes"] for r in config.reference_tensors if is_managed(r["kind"], r["nbytes"]))
             if budget_bytes is None and managed:  # sizes known up front: the budget is too
-                self.store.budget_bytes = max(1, int(fraction * managed))
+                rows = config.reference_tensors
+                extra = footprint_extra([r["kind"] for r in rows], [r["nbytes"] for r in rows]) if fraction == 1.0 else 0
+                self.store.budget_bytes = max(1, int(fraction * managed) + extra)
             if managed and not self._link_fixed and config.baseline_step_time_s and config.baseline_step_cpu_s:
                 # and so is the link: fixed now, the warm-up step's copies take link time as
                 # in the simulation of this run's trace (with the warm-up link, instant, the
@@ -189,6 +192,7 @@ class Prefetcher:
         self.tracker.wrap = self.hooks.wrap
         self._warm_counters: OverheadCounters | None = None
         self.placement = OptimizerPlacement(config.optimizer_placement, self.store, self.device)
+        self.store.on_step_end = lambda: self.optimizer is not None and self.placement.step_end(self.optimizer)
         if optimizer is not None:  # registered before the tracker's hooks: runs first
             self._handles.append(optimizer.register_step_pre_hook(
                 self.hooks.wrap(lambda *a: self.store.before_optimizer_step())))
@@ -419,8 +423,8 @@ class Prefetcher:
             identity=Identity(**identity) if identity else None,
             cuda=cuda,
             provenance=self.provenance().as_dict() if self.config.policy.startswith("learned:") else None,
-            extra={**self._trace_extra(), **({"gradients": self.gradients_note} if self.gradients_note else {}),
-                   **({"optimizer": self.placement.report()} if self.optimizer is not None else {})},
+            optimizer=self.placement.report() if self.optimizer is not None else None,
+            extra={**self._trace_extra(), **({"gradients": self.gradients_note} if self.gradients_note else {})},
         )
 
     def _daemon_policy(self) -> Any:

@@ -148,6 +148,9 @@ class RunReport:
     identity: Identity | None = None
     cuda: dict[str, Any] | None = None
     """CUDA_KEYS (runtime.cuda_monitor)."""
+    optimizer: dict[str, Any] | None = None
+    """Where the optimizer stepped the managed parameters and why (runtime.placement
+    OptimizerPlacement.report): a job with an optimizer."""
     # -- simulated only (emitted when `events` is set) ---------------------------------------------
     events: int | None = None
     """Managed events replayed, warm-up included."""
@@ -247,6 +250,8 @@ class RunReport:
             d.update(self.identity.as_dict())
         if self.cuda is not None:
             d.update(self.cuda)
+        if self.optimizer is not None:
+            d["optimizer"] = dict(self.optimizer)
         if self.variant is not None:
             d["oracle_variant"] = self.variant
         if self.gpu_model is not None:
@@ -424,6 +429,7 @@ class _Reader:
                                       state_mismatches=self.may("state_mismatches", _LIST))
         if any(k in self.rest for k in CUDA_KEYS):
             kw["cuda"] = {k: self.rest.pop(k) for k in CUDA_KEYS if k in self.rest}
+        kw["optimizer"] = self.may("optimizer", _DICT)
         if "events" in self.rest:  # the simulator's report
             kw.update(events=self.need("events", _INT), budget=self.need("budget", _STR),
                       lookahead=self.need("lookahead", _INT, nullable=True), variant=self.may("oracle_variant", _STR),

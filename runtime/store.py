@@ -103,6 +103,14 @@ class TensorStore(DeviceTier):
         self._seen_step = self._seen_micro = -1  # (step, micro-step) of the last access: a change is a new root forward
         self.grads: Any = None
         """runtime.grad_offload.GradOffload once installed (a job with an optimizer): the gradient hooks."""
+        self.footprint_extra = 0
+        """Bytes of the managed parameters' gradients and optimizer state (runtime.budget
+        footprint_extra), measured after the first optimizer step: the fraction 1's budget adds them."""
+        self.resident_mode = False
+        """Everything fits (runtime.placement): parameters stay bound to their device copies,
+        gradients and optimizer state stay on the device, the optimizer steps there in place."""
+        self.on_step_end: Any = None
+        """Called at each step's end once the budget is known (OptimizerPlacement.step_end)."""
         self.stepper: Any = None
         """runtime.device_stepping.DeviceStepper when the optimizer steps on the device (step_on_device)."""
 
@@ -370,9 +378,12 @@ class TensorStore(DeviceTier):
         if self.timeline is not None:
             self.timeline.append(("step", time.monotonic_ns(), 0, step))
         if self.budget_bytes is None and self.step >= 1:
-            self.set_budget(max(1, int(self.config.budget_fraction * self.managed_bytes())))
+            extra = self.footprint_extra if self.config.budget_fraction == 1.0 else 0  # runtime.budget: 1 = everything
+            self.set_budget(max(1, int(self.config.budget_fraction * self.managed_bytes()) + extra))
             check_budget(self.budget_bytes, self.largest_managed_bytes(), self._largest_key())
             self.make_room(0, -1, False, 0)
+        if self.on_step_end is not None:
+            self.on_step_end()  # runtime.placement: everything fits? (before the measured steps begin)
         self.steps += 1
         if self.step == self.config.warmup_steps:
             self.warmup_peak_device_bytes = self.peak
@@ -403,7 +414,11 @@ class TensorStore(DeviceTier):
         """After before_optimizer_step, with device stepping on: the managed parameters step
         on the device, chunk by chunk (runtime.device_stepping). A pre-hook of its own, not
         timed as bookkeeping: the optimizer's compute in it is the step's compute."""
-        if self.stepper is not None:
+        if self.resident_mode:  # a parameter evicted meanwhile (a peak over the estimate) is bound again
+            for tid, p in self.tracker.params_by_tid.items():
+                if self.managed[tid] and p.grad is not None and not self._bound_dev[tid]:
+                    self._hold(tid)
+        elif self.stepper is not None:
             self.stepper.step(optimizer)
 
     def after_optimizer_step(self) -> None:
@@ -424,7 +439,50 @@ class TensorStore(DeviceTier):
         if not on:
             self.stepper = None
 
+    def go_resident(self, optimizer: torch.optim.Optimizer) -> None:
+        """Everything fits (runtime.placement): from now on nothing is offloaded (the tier's
+        go_resident). The gradient hooks go (gradients stay in `p.grad` on the device), every
+        managed parameter is bound to a device copy with its gradient and optimizer state
+        beside it, and the optimizer steps those copies in place. A copy the optimizer or the
+        user writes is dirty: written back to its master if it is ever evicted, and at close
+        (`_unbind`), so the masters are current whenever the model is handed back."""
+        self.stepper = None
+        if self.grads is not None:
+            self.grads.close()  # published host sums stay the parameters' `p.grad`
+            self.grads = None
+        super().go_resident(self.footprint_extra)
+        fused = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
+        for tid, p in self.tracker.params_by_tid.items():
+            if not self.managed[tid]:
+                continue
+            for k, v in optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and (v.dim() > 0 or fused) and v.device != p.device:
+                    optimizer.state[p][k] = v.to(p.device)  # note: CPU-GPU copy, once per job
+
+    def _hold(self, tid: int) -> None:
+        """Resident mode: parameter `tid` bound to a current device copy (landed, or fetched
+        now: the tier's _hold), its gradient moved beside it."""
+        p = self._param[tid]
+        if p.data_ptr() != self._bound_ptr[tid]:
+            self._adopt(tid)
+        elif self._bound_dev[tid]:
+            return
+        stale = p._version != self._ver[tid]  # the master was written since the copy was taken
+        if self.inflight[tid] is not None and stale:
+            self._drop_stale(tid)
+        elif self.inflight[tid] is None and self._dev[tid] is not None and stale:  # parked by device stepping
+            self._dev[tid] = None
+            self._uncount(tid)
+            self.stale_copies += 1
+        super()._hold(tid)
+        g, p.grad = p.grad, None  # p.data and p.grad must agree on the device
+        self._bind(tid, self._dev[tid], dev=True)
+        if g is not None:
+            p.grad = g.to(p.device)  # note: CPU-GPU copy on CUDA (the switch only)
+
     def _park(self, tid: int) -> None:
+        if self.resident_mode:
+            return  # stays bound: the optimizer steps it in place
         if self._bound_dev[tid]:
             self._unbind(tid, self._dev[tid])  # on its master through the step; a user's write written back
 

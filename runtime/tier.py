@@ -89,6 +89,8 @@ class DeviceTier:
         self.step_prev = 0  # reads in the previous optimizer step
         self.in_optimizer = False
         self.params_stay = False
+        self.resident_mode = False
+        """Everything fits (go_resident): nothing is offloaded any more."""
         self.step_dropped_bytes = 0
         """Parameter bytes whose device copies went for the optimizer step under way (host
         stepping): what the next forward fetches again (runtime.placement's cost model)."""
@@ -372,6 +374,36 @@ class DeviceTier:
                 self.optimizer_wait_ns += self._finish(p, inflight[p])
                 inflight[p] = None
             self._park(p)
+
+    def go_resident(self, extra_bytes: int) -> None:
+        """Everything fits (runtime.placement): from now on nothing is offloaded. The managed
+        parameters' gradients and optimizer state (`extra_bytes`) live on the device, in `used`;
+        every managed parameter is made resident (`_hold`: step time, not stall) and stays
+        through the optimizer steps, which update the device copies in place; gradients are
+        no longer moved (the live store removes its gradient hooks, the simulator skips the
+        trace's gradient events)."""
+        self.params_stay = self.resident_mode = True
+        self.used += extra_bytes
+        self.peak = max(self.peak, self.used)
+        kind, managed = self.kind, self.managed
+        for t in range(len(kind)):
+            if kind[t] == _PARAM and managed[t]:
+                self._hold(t)
+
+    def _hold(self, t: int) -> None:
+        """Parameter `t` resident now: a copy in flight lands, else it is fetched (step time)."""
+        h = self.inflight[t]
+        if h is not None:
+            self.optimizer_wait_ns += self._finish(t, h)
+            self.inflight[t] = None
+        elif t not in self.resident:
+            n = self.nb[t]
+            if self.used + n > self._limit:
+                self.make_room(n, t, False, 0)
+            self.optimizer_wait_ns += self._fetch(t)
+            self.h2d[_PARAM] += n
+            self.bytes_copied += n
+            self._place(t)
 
     def _park(self, t: int) -> None:
         """Device stepping: parameter `t`'s device copy stays resident through the step,

@@ -50,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=nonnegative_int, default=1, metavar="N", help="steps of each trace left out (default 1)")
     p.add_argument("--lookahead", type=positive_int, default=LIVE_LOOKAHEAD, metavar="N",
                    help=f"future reads a named policy keeps requested (default {LIVE_LOOKAHEAD}, as `prefetch run`)")
+    p.add_argument("--optimizer", default="auto", choices=("auto", "host", "device"),
+                   help="the run's optimizer placement (runtime.placement): host stepping is simulated, and with "
+                        "auto or device a budget holding the whole footprint keeps everything resident after the "
+                        "first step, as a live run does (default auto)")
     p.add_argument("--no-guard", action="store_true",
                    help="learned:MODEL_DIR alone, without the guard live runs have (predictor.guard)")
     daemon = p.add_argument_group(
@@ -152,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     if args.lookahead < 1:
         raise ValueError(f"--lookahead must be >= 1, got {args.lookahead}")
     common = dict(link=link, link_ratio=ratio, latency_s=latency_s, warmup_steps=args.warmup,
-                  lookahead=args.lookahead, daemon=_daemon(args), guard=not args.no_guard, gpu_model=_gpu_model(args))
+                  lookahead=args.lookahead, daemon=_daemon(args), guard=not args.no_guard, gpu_model=_gpu_model(args),
+                  optimizer_placement=args.optimizer)
 
     if not args.sweep:
         report = simulate(traces, args.policy, budget=args.budget, **common)

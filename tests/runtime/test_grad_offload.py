@@ -29,9 +29,10 @@ def Net() -> torch.nn.Module:
     return _ResidualNet(blocks=4, head=8)
 
 
-def _train(budget, accum: list[int], *, clip: bool = True, device: str = "simulated"):
+def _train(budget, accum: list[int], *, clip: bool = True, device: str = "simulated", placement: str = "host"):
     """AdamW, `accum[i]` micro-steps in step i, clip_grad_norm_ between the last backward and
-    the step. Returns (losses, grad norms, state snapshot, report or None when all resident)."""
+    the step. Returns (losses, grad norms, state snapshot, report or None when all resident).
+    The optimizer on host masters unless `placement` says otherwise: what gradient offload serves."""
     torch.manual_seed(0)
     on = "cuda" if device.startswith("cuda") else "cpu"
     model = Net().to(on)
@@ -53,7 +54,7 @@ def _train(budget, accum: list[int], *, clip: bool = True, device: str = "simula
     if budget is None:
         loop()
         return losses, norms, snapshot(model, opt), None
-    with prefetching(model, opt, policy="replay", budget=budget, device=device,
+    with prefetching(model, opt, policy="replay", budget=budget, device=device, optimizer_placement=placement,
                      link=LinkModel(bandwidth_bytes_per_s=2e9) if device == "simulated" else None) as pf:
         loop()
     return losses, norms, snapshot(model, opt), pf.report()
@@ -91,6 +92,19 @@ def test_bit_identical_with_accumulation_and_clipping(resident, budget):
 def test_bit_identical_when_the_accumulation_shrinks_without_clipping(budget):
     """A shorter accumulation than the step before (guessed too late): the optimizer still gets the exact sums."""
     _identical(_train(None, SHRINKING, clip=False), _train(budget, SHRINKING, clip=False))
+
+
+def test_everything_fits_is_bit_identical_with_accumulation_and_clipping(resident):
+    """Budget 1 with the placement left to auto: everything stays on the device after the first
+    step (runtime.placement), gradients accumulate there as autograd leaves them, clipping and the
+    optimizer run on the device copies; bit-identical, and nothing crosses the link but the
+    write-back of the parameters when the model is handed back."""
+    got = _train(1.0, ACCUM, placement="auto")
+    _identical(resident, got)
+    r = got[3]
+    assert r["optimizer"]["resident"] is True and r["grad_moves"] == 0
+    assert sum(r["bytes_h2d"].values()) == 0 and r["bytes_d2h"]["gradient"] == 0
+    assert r["peak_device_bytes"] <= r["budget_bytes"]
 
 
 def test_hold_when_the_budget_allows_move_when_not(resident):

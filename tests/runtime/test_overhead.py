@@ -54,7 +54,9 @@ def _split(policy, link: LinkModel | None = None, steps: int = 3) -> dict:
     model = torch.nn.Sequential(*(torch.nn.Linear(256, 256) for _ in range(4)))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     kwargs = {"link": link} if link is not None else {}
-    with prefetching(model, opt, policy=policy, budget=1.0, device="simulated", **kwargs) as pf:
+    # host stepping: every step re-fetches the parameters (at budget 1 auto keeps them all resident)
+    with prefetching(model, opt, policy=policy, budget=1.0, device="simulated", optimizer_placement="host",
+                     **kwargs) as pf:
         for _ in range(steps):
             opt.zero_grad()
             model(torch.randn(8, 256)).sum().backward()

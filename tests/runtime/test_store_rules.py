@@ -48,7 +48,9 @@ def _run(policy, *, budget, bandwidth: float, pause_s: float = 0.0, steps: int =
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(0)
     link = LinkModel(bandwidth_bytes_per_s=bandwidth, latency_s=0.0)
-    with prefetching(model, opt, policy=policy, budget=budget, device="simulated", link=link, timeline=True) as pf:
+    # host stepping: every step fetches the parameters again (with room for all, auto keeps them resident)
+    with prefetching(model, opt, policy=policy, budget=budget, device="simulated", link=link, timeline=True,
+                     optimizer_placement="host") as pf:
         for _ in range(steps):
             opt.zero_grad()
             model(torch.randn(8, 256, generator=g)).pow(2).mean().backward()
