@@ -467,13 +467,8 @@ class TensorStore(DeviceTier):
             self._adopt(tid)
         elif self._bound_dev[tid]:
             return
-        stale = p._version != self._ver[tid]  # the master was written since the copy was taken
-        if self.inflight[tid] is not None and stale:
-            self._drop_stale(tid)
-        elif self.inflight[tid] is None and self._dev[tid] is not None and stale:  # parked by device stepping
-            self._dev[tid] = None
-            self._uncount(tid)
-            self.stale_copies += 1
+        if self.inflight[tid] is not None and p._version != self._ver[tid]:
+            self._drop_stale(tid)  # the master was written since the copy was taken
         super()._hold(tid)
         g, p.grad = p.grad, None  # p.data and p.grad must agree on the device
         self._bind(tid, self._dev[tid], dev=True)

@@ -124,21 +124,25 @@ def test_a_step_that_cannot_fit_is_left_to_the_host():
     assert losses == ref_losses and cmp.params_identical and cmp.optimizer_state_identical, cmp.state_mismatches
 
 
-def test_a_write_between_backward_and_step_is_stepped_not_the_parked_copy():
+@pytest.mark.parametrize("budget", ["4MiB", 1.0], ids=["streamed", "everything-fits"])
+def test_a_write_between_backward_and_step_is_stepped_not_the_parked_copy(budget):
     """User code that writes the parameters after the backward (their device copies parked for
-    the step) makes those copies stale: the step reads the written master."""
+    the step) makes those copies stale: the step reads the written master, also at the step
+    where everything goes resident."""
     ref_losses, ref, _ = _run(None, pre_step_write=True)
-    losses, got, r = _run("device", budget="12MiB", pre_step_write=True)
+    losses, got, r = _run("device", budget=budget, pre_step_write=True)
     cmp = compare(ref, got)
     assert losses == ref_losses and cmp.params_identical and cmp.optimizer_state_identical, cmp.state_mismatches
     assert r["stale_copies"] > 0
 
 
 def test_stepped_copies_stay_resident_for_the_next_forward():
-    """With room for every parameter, device stepping keeps the updated device copies: the
-    next forward hits them instead of fetching every parameter again, as host stepping must."""
-    _, _, host = _run("host", budget="12MiB")
-    _, _, dev = _run("device", budget="12MiB")
+    """With room for every parameter (not for the whole footprint), device stepping keeps the
+    updated device copies: the next forward hits them instead of fetching every parameter
+    again, as host stepping must."""
+    _, _, host = _run("host", budget="4MiB")
+    _, _, dev = _run("device", budget="4MiB")
+    assert dev["optimizer"]["resident"] is False
     assert host["bytes_h2d"]["parameter"] > 0
     assert dev["bytes_h2d"]["parameter"] == 0  # nothing re-fetched: the parked copies were hits
     assert dev["hit_rate"] > host["hit_rate"]
@@ -155,6 +159,30 @@ def test_auto_measures_the_first_step_then_picks():
     assert est["host_optimizer_ns"] > 0 and est["state_bytes"] == 2 * est["params_bytes"]  # Adam's two moments
     assert est["device_ns"] > est["host_ns"] and o["why"].startswith("auto: host")
     assert losses == ref_losses and compare(ref, got).params_identical
+
+
+@pytest.mark.parametrize("kw", [{}, {"clamp": True}, {"accumulate": 2}], ids=["plain", "user-writes", "accumulate"])
+def test_everything_fits_nothing_moves(kw):
+    """Budget 1 is the whole footprint: after the first step everything stays on the device,
+    the optimizer steps the device copies in place; bit-identical, every measured read a hit,
+    nothing copied in, and only the parameters' write-back when the model is handed back."""
+    ref_losses, ref, _ = _run(None, **kw)
+    losses, got, r = _run("auto", budget=1.0, **kw)
+    cmp = compare(ref, got)
+    assert losses == ref_losses and cmp.params_identical and cmp.optimizer_state_identical, cmp.state_mismatches
+    o = r["optimizer"]
+    assert o["resident"] is True and o["ran"] == "device" and o["from_step"] == 1
+    assert r["budget_bytes"] == o["footprint_bytes"]  # the fraction 1: parameters, gradients, Adam's moments
+    assert r["hit_rate"] == 1.0 and sum(r["bytes_h2d"].values()) == 0
+    assert r["bytes_d2h"]["gradient"] == 0 and r["bytes_d2h"]["parameter"] == 6 * WIDTH * WIDTH * 4  # at close
+    assert r["peak_device_bytes"] <= r["budget_bytes"]
+
+
+def test_host_placement_never_goes_resident():
+    """optimizer_placement="host" at budget 1: host stepping as asked, parameters fetched again every step."""
+    _, _, r = _run("host", budget=1.0)
+    assert r["optimizer"]["ran"] == "host" and "resident" not in r["optimizer"]
+    assert r["bytes_h2d"]["parameter"] > 0 and r["hit_rate"] < 1.0
 
 
 def _inputs(host_opt: float, dev_opt: float, gbps: float, resident: int = 0) -> PlacementInputs:
