@@ -115,7 +115,7 @@ class OptimizerPlacement:
 
     Everything fits (`device` or `auto`): once the budget is known (after the first step),
     if it holds the job's whole footprint (managed bytes + footprint_extra: gradients and
-    optimizer state), nothing is offloaded from then on (TensorStore.go_resident): the cost
+    optimizer state), nothing is offloaded from then on (TensorStore.everything_resident): the cost
     is the hooks alone. The budget fraction 1 is that footprint (runtime.budget)."""
 
     def __init__(self, asked: str, store: Any, device: Any):
@@ -159,7 +159,7 @@ class OptimizerPlacement:
             self.why = (f"everything fits: budget {st.budget_bytes / 2**20:.1f} MiB >= footprint "
                         f"{need / 2**20:.1f} MiB (managed parameters and activations, gradients, optimizer "
                         "state): nothing offloaded, the optimizer steps the device copies in place")
-            st.go_resident(optimizer)
+            st.everything_resident(optimizer)
 
     def pre(self, optimizer: Any) -> None:
         """Between the store's pre-hook and its device step."""

@@ -439,7 +439,7 @@ class TensorStore(DeviceTier):
         if not on:
             self.stepper = None
 
-    def go_resident(self, optimizer: torch.optim.Optimizer) -> None:
+    def everything_resident(self, optimizer: torch.optim.Optimizer) -> None:
         """Everything fits (runtime.placement): from now on nothing is offloaded (the tier's
         go_resident). The gradient hooks go (gradients stay in `p.grad` on the device), every
         managed parameter is bound to a device copy with its gradient and optimizer state
@@ -450,7 +450,7 @@ class TensorStore(DeviceTier):
         if self.grads is not None:
             self.grads.close()  # published host sums stay the parameters' `p.grad`
             self.grads = None
-        super().go_resident(self.footprint_extra)
+        self.go_resident(self.footprint_extra)
         fused = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
         for tid, p in self.tracker.params_by_tid.items():
             if not self.managed[tid]:
@@ -459,17 +459,21 @@ class TensorStore(DeviceTier):
                 if isinstance(v, torch.Tensor) and (v.dim() > 0 or fused) and v.device != p.device:
                     optimizer.state[p][k] = v.to(p.device)  # note: CPU-GPU copy, once per job
 
-    def _hold(self, tid: int) -> None:
-        """Resident mode: parameter `tid` bound to a current device copy (landed, or fetched
-        now: the tier's _hold), its gradient moved beside it."""
+    def _keep_ready(self, tid: int) -> bool:
+        """Resident mode (the tier's _hold): a parameter already bound to its device copy stays;
+        a copy in flight taken before its master was written is dropped (fetched again)."""
         p = self._param[tid]
         if p.data_ptr() != self._bound_ptr[tid]:
             self._adopt(tid)
         elif self._bound_dev[tid]:
-            return
+            return False
         if self.inflight[tid] is not None and p._version != self._ver[tid]:
-            self._drop_stale(tid)  # the master was written since the copy was taken
-        super()._hold(tid)
+            self._drop_stale(tid)
+        return True
+
+    def _kept(self, tid: int) -> None:
+        """The tier's _hold made `tid` resident: bound, its gradient moved beside it."""
+        p = self._param[tid]
         g, p.grad = p.grad, None  # p.data and p.grad must agree on the device
         self._bind(tid, self._dev[tid], dev=True)
         if g is not None:

@@ -44,6 +44,11 @@ _INF = NO_PREDICTION
 _PARAM, _ACT, _GRAD, _STATE = int(Kind.PARAMETER), int(Kind.ACTIVATION), int(Kind.GRADIENT), int(Kind.OPTIMIZER_STATE)
 _NONE: frozenset[int] = frozenset()
 
+
+def _quiet(step: int, micro_step: int, phase: int, access: int, t: int) -> tuple[int, ...]:
+    """The policy's observe once everything is resident (DeviceTier.go_resident): no requests."""
+    return ()
+
 _EXTRA = ("overcommits", "write_stall_ns", "prefetch_requested", "prefetch_refused", "optimizer_wait_ns",
           "grad_wait_ns", "grad_moves", "grad_holds")
 """The tier's own counters beyond AccessStats (measured_extra), by attribute name below."""
@@ -383,6 +388,7 @@ class DeviceTier:
         no longer moved (the live store removes its gradient hooks, the simulator skips the
         trace's gradient events)."""
         self.params_stay = self.resident_mode = True
+        self.observe = _quiet  # nothing left to prefetch: the policy is no longer asked (nor paid for)
         self.used += extra_bytes
         self.peak = max(self.peak, self.used)
         kind, managed = self.kind, self.managed
@@ -391,7 +397,11 @@ class DeviceTier:
                 self._hold(t)
 
     def _hold(self, t: int) -> None:
-        """Parameter `t` resident now: a copy in flight lands, else it is fetched (step time)."""
+        """Parameter `t` resident now: a copy in flight lands, else it is fetched (step time).
+        The engine checks first (`_keep_ready`: the live store drops a stale copy, skips a bound
+        one) and binds after (`_kept`)."""
+        if not self._keep_ready(t):
+            return
         h = self.inflight[t]
         if h is not None:
             self.optimizer_wait_ns += self._finish(t, h)
@@ -404,6 +414,14 @@ class DeviceTier:
             self.h2d[_PARAM] += n
             self.bytes_copied += n
             self._place(t)
+        self._kept(t)
+
+    def _keep_ready(self, t: int) -> bool:
+        """Before `_hold` makes `t` resident: False when it already is where the step needs it."""
+        return True
+
+    def _kept(self, t: int) -> None:
+        """After `_hold` made `t` resident."""
 
     def _park(self, t: int) -> None:
         """Device stepping: parameter `t`'s device copy stays resident through the step,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from predictor.interface import BasePolicy
 from runtime.link import LinkModel
 from runtime.placement import PlacementInputs, check_placement, choose
 from runtime.prefetcher import PrefetchConfig, Prefetcher, prefetching
@@ -176,6 +177,37 @@ def test_everything_fits_nothing_moves(kw):
     assert r["hit_rate"] == 1.0 and sum(r["bytes_h2d"].values()) == 0
     assert r["bytes_d2h"]["gradient"] == 0 and r["bytes_d2h"]["parameter"] == 6 * WIDTH * WIDTH * 4  # at close
     assert r["peak_device_bytes"] <= r["budget_bytes"]
+
+
+def test_the_policy_is_not_asked_once_everything_is_resident():
+    """Everything resident: there is nothing left to prefetch, so the policy is no longer
+    shown the accesses (nor paid for); the accesses are still counted, every one a hit."""
+    from predictor.policies import make_policy
+
+    seen: list[int] = []
+
+    class Counting(BasePolicy):
+        name = "counting"
+
+        def __init__(self) -> None:
+            self.inner = make_policy("replay", lookahead=64)
+
+        def start(self, tensors):
+            self.inner.start(tensors)
+
+        def observe(self, step, micro_step, phase, access, tensor_id):
+            seen.append(step)
+            return self.inner.observe(step, micro_step, phase, access, tensor_id)
+
+    model, optimizer = _job("adamw")
+    pf = Prefetcher(model, optimizer, PrefetchConfig(budget=1.0), policy=Counting())
+    try:
+        _train(model, optimizer, 4)
+    finally:
+        pf.close()
+    r = pf.report()
+    assert r["optimizer"]["resident"] is True and r["accesses"] > 0 and r["hit_rate"] == 1.0
+    assert seen and max(seen) == 0  # shown step 0 only
 
 
 def test_host_placement_never_goes_resident():

@@ -13,10 +13,10 @@ from runtime.trace_format import Access, Kind
 RULES = ("event", "request", "write", "free", "optimizer_begin", "optimizer_end", "want", "drain", "make_room",
          "_room_from_heap", "_rekey", "_place", "evict", "begin_measurement", "measured", "totals",
          "drop_params", "grad_write", "grad_release", "grad_backward_end", "grads_finish", "grad_on_host",
-         "grad_last_micro", "measured_traffic")
+         "grad_last_micro", "measured_traffic", "go_resident", "_hold", "_params_for_step")
 """The tier's rules: written once, in DeviceTier."""
 ENGINE = ("_start_copy", "_land", "_fetch", "_finish", "_write_back", "_drop", "_busy", "_eta", "describe",
-          "_grad_out", "_grad_done", "_grad_wait")
+          "_grad_out", "_grad_done", "_grad_wait", "_keep_ready", "_kept", "_park")
 
 R, W = int(Access.READ), int(Access.WRITE)
 P, A = int(Kind.PARAMETER), int(Kind.ACTIVATION)
