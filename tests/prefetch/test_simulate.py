@@ -294,18 +294,36 @@ def test_overcommit_when_nothing_can_be_evicted(tmp_path):
 
 def test_full_budget_evicts_nothing_and_parameters_come_back_each_step(tmp_path):
     """With every managed byte (and every gradient) on the device nothing is evicted and nothing
-    overcommits. Parameters are dropped at each optimizer step: without prefetching each one misses
-    once per step and every other read hits; the oracle refetches them, so at most the step's first
-    read is not a hit."""
+    overcommits. Host stepping drops the parameters at each optimizer step: without prefetching
+    each one misses once per step and every other read hits; the oracle refetches them, so at
+    most the step's first read is not a hit."""
     static = _random_trace(tmp_path / "static", seed=3, num_experts=0)
     grads = lambda t: int(t.tensor_nbytes()[t.tensor_kinds() == G].sum())  # noqa: E731
-    r = simulate(static, none(), budget=int(static.tensor_nbytes()[static.managed_tensors()].sum()) + grads(static))
+    r = simulate(static, none(), budget=int(static.tensor_nbytes()[static.managed_tensors()].sum()) + grads(static),
+                 optimizer_placement="host")
     assert (r.stats.misses, r.stats.late, r.stats.evictions, r.overcommits) == (8 * r.steps, 0, 0, 0)
     assert r.stats.hits == r.stats.accesses - 8 * r.steps
     dynamic = _random_trace(tmp_path / "full", seed=3)
-    o = simulate(dynamic, "oracle", budget=int(dynamic.tensor_nbytes()[dynamic.managed_tensors()].sum()) + grads(dynamic))
+    o = simulate(dynamic, "oracle", budget=int(dynamic.tensor_nbytes()[dynamic.managed_tensors()].sum()) + grads(dynamic),
+                 optimizer_placement="host")
     assert o.stats.misses + o.stats.late <= o.steps and o.stats.evictions == 0 and o.overcommits == 0
     assert o.peak_device_bytes <= o.budget_bytes
+
+
+def test_everything_fits_stays_resident_after_the_first_step(tmp_path):
+    """A budget holding the whole footprint (managed bytes, gradients, optimizer state), the
+    placement left to auto: after the first optimizer step the tier goes resident as a live run
+    does: no misses, no gradient traffic, the peak is the footprint; budget 1 is that footprint.
+    Host placement at the same budget drops and fetches the parameters every step."""
+    static = _random_trace(tmp_path / "static", seed=3, num_experts=0)
+    full = int(static.tensor_nbytes()[static.managed_tensors()].sum()) + int(
+        static.tensor_nbytes()[static.tensor_kinds() == G].sum())
+    r = simulate(static, none(), budget=1.0)
+    assert r.budget_bytes == full
+    assert r.stats.hits == r.stats.accesses > 0 and r.stats.misses == r.stats.late == 0
+    assert r.bytes_d2h["gradient"] == 0 and r.peak_device_bytes == full
+    host = simulate(static, none(), budget=1.0, optimizer_placement="host")
+    assert host.stats.misses == 8 * host.steps and host.bytes_d2h["gradient"] > 0
 
 
 def test_budget_below_largest_managed_tensor_is_a_clear_error(cycle, tmp_path):
