@@ -32,6 +32,8 @@ device, and a table per benchmark with the exact command that produced it:
   fault_suite         benchmarks/fault_suite.py: fuzzed wire messages, damaged files, daemon faults
   host_optimizer      benchmarks/host_optimizer.py: the host AdamW step per parameter byte (single-tensor,
                       foreach, fused; 1 and 2 threads), the cost a GPU run's host optimizer adds
+  optimizer_placement benchmarks/optimizer_placement.py: host vs device stepping on the simulated device
+                      at link ratios 0.5 and 8 (gpt2, vit), and whether auto's cost model picks the faster
   cuda                where torch.cuda.is_available(): `prefetch run --device cuda` for gpt2 with
                       replay and learned (step time and peak device memory vs all resident)
   generalisation      opt-in (--only generalisation; minutes): benchmarks/generalisation.py, 20 generated
@@ -66,7 +68,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("record_overhead", "predictor_latency", "simulate_speed", "daemon_latency", "offline_eval", "live",
               "overhead", "live_vs_sim", "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite",
-              "host_optimizer", "cuda")
+              "host_optimizer", "optimizer_placement", "cuda")
 OPT_IN = ("generalisation",)
 """Benchmarks run only when --only names them: too long for the default set."""
 EVAL_SEEDS = (2, 3, 4)
@@ -308,6 +310,7 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
     "daemon_ranks": _script("daemon_ranks"),
     "fault_suite": _script("fault_suite"),
     "host_optimizer": lambda p: _script("host_optimizer", *(["--quick"] if p.quick else []))(p),
+    "optimizer_placement": lambda p: _script("optimizer_placement", *(["--quick"] if p.quick else []))(p),
     "cuda": plan_cuda,
     "generalisation": plan_generalisation,
 }
@@ -535,6 +538,7 @@ TITLES = {
     "daemon_ranks": "One daemon, several local ranks",
     "fault_suite": "Fault suite",
     "host_optimizer": "The host optimizer's step cost",
+    "optimizer_placement": "Where the optimizer runs: host or device stepping",
     "cuda": "CUDA",
     "generalisation": "Generalisation suite (generated architectures, unseen seed)",
 }
@@ -567,7 +571,7 @@ def section_markdown(s: Section, out_dir: Path) -> list[str]:
                 "simulate_speed": md_simulate_speed, "daemon_latency": md_daemon_latency,
                 "offline_eval": md_offline_eval, "cuda": md_cuda, "oracle_search": md_printed,
                 "overhead": md_printed, "live_vs_sim": md_printed, "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed, "generalisation": md_printed,
-                "host_optimizer": md_printed}.get(s.name)
+                "host_optimizer": md_printed, "optimizer_placement": md_printed}.get(s.name)
         content = md_live(s, out_dir) if s.name == "live" else body(s) if body else []
     except Exception as exc:  # noqa: BLE001 - a changed JSON layout must not lose the other sections
         content = [f"(could not tabulate {s.name}'s JSON: {type(exc).__name__}: {exc})"]
