@@ -408,6 +408,7 @@ class Prefetcher:
             slowdown=(step_time / base) if (step_time and base) else None,
             prefetch_refused=self.store.refused,
             overcommits=self.store.overcommits,
+            optimizer_wait_ns=self.store.measured_extra()["optimizer_wait_ns"],
             **self.store.traffic_fields(),
             live=LiveCounters(
                 policy_served_by=self.store.policy.served_by or self.store.policy.name,

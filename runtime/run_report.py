@@ -239,6 +239,8 @@ class RunReport:
                      adopted_params=live.adopted_params)
         if sim:
             d.update(write_stall_s=self.write_stall_ns / 1e9, optimizer_wait_s=self.optimizer_wait_ns / 1e9)
+        elif live is not None:  # the optimizer step's copy waits (device stepping, going resident): step time, not stall
+            d["optimizer_wait_s"] = self.optimizer_wait_ns / 1e9
         if self.bytes_h2d is not None:
             d.update(bytes_h2d=dict(self.bytes_h2d), bytes_d2h=dict(self.bytes_d2h or {}),
                      grad_wait_s=self.grad_wait_ns / 1e9, grad_moves=self.grad_moves, grad_holds=self.grad_holds)
@@ -430,6 +432,8 @@ class _Reader:
         if any(k in self.rest for k in CUDA_KEYS):
             kw["cuda"] = {k: self.rest.pop(k) for k in CUDA_KEYS if k in self.rest}
         kw["optimizer"] = self.may("optimizer", _DICT)
+        if "events" not in self.rest and "optimizer_wait_s" in self.rest:  # a live report's
+            kw["optimizer_wait_ns"] = round(self.need("optimizer_wait_s", _NUM) * 1e9)
         if "events" in self.rest:  # the simulator's report
             kw.update(events=self.need("events", _INT), budget=self.need("budget", _STR),
                       lookahead=self.need("lookahead", _INT, nullable=True), variant=self.may("oracle_variant", _STR),

@@ -92,6 +92,7 @@ def test_device_stepping_is_bit_identical(opt, clamp):
     assert o["ran"] == "device" and o["device_stepping"]["params_stepped"] > 0
     assert r["bytes_h2d"]["optimizer_state"] > 0 and r["bytes_d2h"]["optimizer_state"] > 0
     assert r["bytes_d2h"]["parameter"] > 0  # updated parameters written back
+    assert r["optimizer_wait_s"] > 0  # the chunks' copies are step time, reported apart from stalls
 
 
 def test_device_stepping_with_gradient_accumulation_is_bit_identical():

@@ -29,7 +29,7 @@ LIVE_KEYS = DESIGN_MD_KEYS | {  # what Prefetcher.report() has written since bef
     "prefetch_refused", "evictions", "budget_overflows", "stale_copies", "dirty_writebacks", "adopted_params",
     "warmup", "overhead",
     "bytes_h2d", "bytes_d2h", "grad_wait_s", "grad_moves", "grad_holds",  # issue 15: traffic by direction and kind
-    "optimizer",  # issue 15: where the optimizer ran and why (runtime.placement)
+    "optimizer", "optimizer_wait_s",  # issue 15: where the optimizer ran and why, its copies' waits
 }
 SIM_KEYS = DESIGN_MD_KEYS | {  # what SimReport.as_dict() has written since before RunReport
     "lookahead", "budget", "budget_fraction", "events", "coverage", "stall_ns", "bytes_written_back", "evictions",
