@@ -33,7 +33,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "runtime.overhead", "runtime.device", "runtime.trace_writer", "runtime.tracker", "runtime.recorder", "runtime.live_trace",
         "runtime.launch", "runtime.cuda_monitor", "runtime.host_stepping", "runtime.state_compare",
         "runtime.tier", "runtime.store", "runtime.grad_offload", "runtime.daemon_client", "runtime.daemon_launch",
-        "runtime.optimizer_cost",
+        "runtime.optimizer_cost", "runtime.device_stepping", "runtime.placement",
     )),
     ("predictor", ("predictor", "predictor.*")),
     ("runtime top", (

@@ -71,6 +71,7 @@ def test_without_a_daemon_prediction_the_local_replay_answers(models):
     fetches the updated parameters again at once rather than when the commands arrive."""
     model, opt, step = make_job(2)
     with runtime.prefetching(model, opt, policy=f"learned:{models}", budget=1.0, device="simulated",
+                             optimizer_placement="host",  # host stepping re-fetches parameters each step
                              link=LinkModel(bandwidth_bytes_per_s=5e9)) as pf:
         for _ in range(3):
             step()

@@ -128,7 +128,8 @@ def test_store_sees_the_managed_stream_the_recorder_logs():
                                                        ev.column("phase").to_pylist(), ev.column("access").to_pylist())]
     pol = Logging()
     model, opt = job()
-    with prefetching(model, opt, policy=pol, budget=1.0, device="simulated") as pf:
+    with prefetching(model, opt, policy=pol, budget=1.0, device="simulated",
+                     optimizer_placement="host") as pf:  # the policy sees every step (not going resident)
         for _ in range(2):
             step(model, opt)
         live_keys = pf.tracker.tensor_keys
