@@ -193,7 +193,10 @@ class OptimizerPlacement:
 
             bw = getattr(self.device, "bandwidth_bytes_per_s", None) or _measure_cuda_bandwidth(self.device.device)
             copy_ns = LinkModel(bandwidth_bytes_per_s=bw).copy_ns
-            device_ns = measure_cuda_optimizer_ns(optimizer, pbytes, self.device.device)
+            try:
+                device_ns = measure_cuda_optimizer_ns(optimizer, pbytes, self.device.device)
+            except Exception:  # an optimizer its defaults cannot rebuild: no device figure, assume the host's
+                device_ns = self.host_step_ns
         return PlacementInputs(params_bytes=pbytes, resident_bytes=min(st.step_dropped_bytes, pbytes),
                                grad_bytes=sum(p.grad.numel() * p.grad.element_size() for p in params),
                                state_bytes=_state_bytes(optimizer, params), host_optimizer_ns=float(self.host_step_ns or 0),
