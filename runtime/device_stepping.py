@@ -134,10 +134,10 @@ class DeviceStepper:
                 chunk_bytes += need
         if chunk:
             self._run_chunk(optimizer, chunk, chunk_bytes, fused)
-        self._settle_parked(tid_of)
+        self._settle_parked()
         self.counters.steps += 1
 
-    def _settle_parked(self, tid_of: dict[int, int]) -> None:
+    def _settle_parked(self) -> None:
         """The device copies parked for the step: one the host optimizer is about to update
         (a fallback) goes; the others (stepped here, updated, or skipped: no gradient) stay as
         landed copies whose master's version is watched like any copy's: the next read binds
