@@ -422,6 +422,10 @@ class TensorStore(DeviceTier):
             self.stepper.step(optimizer)
 
     def after_optimizer_step(self) -> None:
+        if self.resident_mode:  # the optimizer wrote the bound device copies: dirty, whatever their version
+            for tid in self.resident:  # says (fused optimizers do not move the version counter)
+                if self._bound_dev[tid]:
+                    self._ver[tid] = -1
         if self.stepper is not None:
             self.stepper.restore()
         self.optimizer_end()

@@ -164,6 +164,27 @@ def test_checkpoint_save_and_resume_identical(tmp_path):
     assert cb2.report["steps"] == 4 - cb2.report["warmup_steps"]  # steps 3..6 of the resumed run
 
 
+def test_everything_fits_identical_with_the_trainers_features(tmp_path):
+    """Budget 1 (the whole footprint) with the placement left to auto: after the first step
+    everything stays on the device and the Trainer's fused AdamW steps the device copies in
+    place; with accumulation, clipping, evaluation, a checkpoint saved and resumed, the run,
+    the checkpoint's bytes and the resumed run equal the resident ones."""
+    feats = dict(gradient_accumulation_steps=2, max_grad_norm=1.0, eval_strategy="steps", eval_steps=2,
+                 save_strategy="steps", save_steps=2)
+    ref = _train(tmp_path / "a", **feats)
+    cb = PrefetchCallback(policy="replay", budget=1.0)
+    _assert_identical(ref, _train(tmp_path / "b", cb, **feats))
+    assert cb.report["optimizer"]["resident"] is True and cb.report["hit_rate"] == 1.0
+    for name in ("model.safetensors", "optimizer.pt"):
+        a, b = (tmp_path / d / "checkpoint-2" / name for d in "ab")
+        assert a.read_bytes() == b.read_bytes(), name
+    more = dict(feats, max_steps=6)
+    ref = _train(tmp_path / "a", resume=str(tmp_path / "a" / "checkpoint-2"), **more)
+    run = _train(tmp_path / "b", PrefetchCallback(policy="replay", budget=1.0),
+                 resume=str(tmp_path / "b" / "checkpoint-2"), **more)
+    _assert_identical(ref, run)
+
+
 def test_load_best_model_at_end_identical(tmp_path):
     """load_best_model_at_end: after the last step, while prefetching is still on, the
     Trainer loads the best checkpoint into the managed parameters (a write outside the
