@@ -33,6 +33,7 @@ from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.live_trace import CLOCK_COMPUTE, LiveTrace
 from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
 from runtime.budget import footprint_extra
+from runtime.device_stepping import has_closure
 from runtime.placement import OptimizerPlacement, check_placement
 from runtime.run_report import Identity, LiveCounters, RunReport
 from runtime.store import StoreConfig, TensorStore, check_budget
@@ -197,7 +198,8 @@ class Prefetcher:
             self._handles.append(optimizer.register_step_pre_hook(
                 self.hooks.wrap(lambda *a: self.store.before_optimizer_step())))
             self._handles.append(optimizer.register_step_pre_hook(lambda opt, *a: self.placement.pre(opt)))
-            self._handles.append(optimizer.register_step_pre_hook(lambda opt, *a: self.store.device_step(opt)))
+            self._handles.append(optimizer.register_step_pre_hook(
+                lambda opt, args, kwargs: self.store.device_step(opt, closure=has_closure(args, kwargs))))
             self._handles.append(optimizer.register_step_post_hook(lambda opt, *a: self.placement.post(opt)))
             self._handles.append(optimizer.register_step_post_hook(
                 self.hooks.wrap(lambda *a: self.store.after_optimizer_step())))

@@ -107,6 +107,38 @@ def test_device_stepping_with_gradient_accumulation_is_bit_identical():
     assert r["optimizer"]["device_stepping"]["params_stepped"] > 0
 
 
+def test_a_step_with_a_closure_is_left_to_the_host():
+    """optimizer.step(closure) re-runs forward and backward inside the step: device stepping
+    leaves such a step to the optimizer's own call, on the host, and the run stays bit-identical."""
+    def train(placement):
+        model, optimizer = _job("adamw")
+        pf = Prefetcher(model, optimizer, PrefetchConfig(budget="4MiB", optimizer_placement=placement)) \
+            if placement else None
+        gen = torch.Generator().manual_seed(1)
+        losses = []
+        try:
+            for _ in range(4):
+                x = torch.randn(8, WIDTH, generator=gen)
+
+                def closure():
+                    optimizer.zero_grad()
+                    loss = model(x).pow(2).mean()
+                    loss.backward()
+                    return loss
+
+                losses.append(optimizer.step(closure).item())
+        finally:
+            if pf is not None:
+                pf.close()
+        return losses, snapshot(model, optimizer), pf.report() if pf else None
+
+    ref_losses, ref, _ = train(None)
+    losses, got, r = train("device")
+    cmp = compare(ref, got)
+    assert losses == ref_losses and cmp.params_identical and cmp.optimizer_state_identical, cmp.state_mismatches
+    assert r["optimizer"]["device_stepping"]["closure_steps"] > 0
+
+
 def test_chunks_stay_within_the_budget():
     """A budget that holds a few parameters' steps at a time: several chunks per step, the
     device's peak never above the budget, nothing left to the host."""
