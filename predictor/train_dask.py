@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import time
 import warnings
 from dataclasses import asdict
@@ -29,6 +30,10 @@ from predictor.features import FEATURES, KeyInfo
 from predictor.train import TrainConfig, finish_meta, held_out_metrics, lgb_params, pick_threshold
 
 
+class FitHung(RuntimeError):
+    """A distributed LightGBM fit did not finish within its watchdog's time."""
+
+
 def train_dask(
     paths: Sequence[str | Path],
     out: str | Path,
@@ -36,17 +41,36 @@ def train_dask(
     *,
     dask: str | DaskTarget = "local:2",
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    fit_timeout_s: float | None = None,
     log=print,
 ) -> list[Path]:
     """predictor.train.train on a Dask cluster: one artifact per architecture under `out`."""
     target = dask if isinstance(dask, DaskTarget) else DaskTarget.parse(dask)
     with dask_client(target, connect_timeout_s=connect_timeout_s) as client:
-        return train_on_client(client, paths, out, config, log=log)
+        return train_on_client(client, paths, out, config, log=log, fit_timeout_s=fit_timeout_s)
 
 
 def train_on_client(client, paths: Sequence[str | Path], out: str | Path, config: TrainConfig | None = None,
-                    *, log=print) -> list[Path]:  # fmt: skip
-    """Train with a connected distributed.Client (see the module docstring for the steps)."""
+                    *, log=print, fit_timeout_s: float | None = None) -> list[Path]:  # fmt: skip
+    """Train with a connected distributed.Client (see the module docstring for the steps).
+
+    `fit_timeout_s`: a watchdog on each distributed LightGBM fit. LightGBM's socket network
+    between the workers can hang before the first tree (LightGBM issue 4942; seen here once
+    in several hundred fits); a fit not done by then is taken as hung: the workers are
+    restarted (`client.restart()`: their memory goes) and the whole training is done once
+    more, from the traces. None: no watchdog (a large fit may take long)."""
+    if fit_timeout_s is None:
+        return _train_all(client, paths, out, config, log, None)
+    try:
+        return _train_all(client, paths, out, config, log, fit_timeout_s)
+    except FitHung as exc:
+        log(f"{exc}; restarting the dask workers and training once more")
+        client.restart()
+        return _train_all(client, paths, out, config, log, fit_timeout_s)
+
+
+def _train_all(client, paths: Sequence[str | Path], out: str | Path, config: TrainConfig | None, log,
+               fit_timeout_s: float | None) -> list[Path]:  # fmt: skip
     from predictor.artifact import save_artifact
 
     config = config or TrainConfig()
@@ -64,7 +88,8 @@ def train_on_client(client, paths: Sequence[str | Path], out: str | Path, config
         groups.setdefault(info["architecture"], []).append(i)
     written = []
     for arch, idx in groups.items():
-        artifact = _train_group(client, arch, [loaded[i] for i in idx], [infos[i] for i in idx], config, len(workers))
+        artifact = _train_group(client, arch, [loaded[i] for i in idx], [infos[i] for i in idx], config, len(workers),
+                                fit_timeout_s)
         for i in idx:  # this architecture's traces leave the workers' memory
             loaded[i] = None
         folder = save_artifact(artifact, out)
@@ -79,8 +104,31 @@ def train_on_client(client, paths: Sequence[str | Path], out: str | Path, config
     return written
 
 
+def _fit(model: Any, X: Any, y: Any, timeout_s: float | None) -> None:
+    """model.fit, watched: FitHung if it has not returned within `timeout_s` (its thread is
+    left to the workers' restart, which makes its gather fail)."""
+    if timeout_s is None:
+        model.fit(X, y, feature_name=list(FEATURES))
+        return
+    box: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            model.fit(X, y, feature_name=list(FEATURES))
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller)
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="lightgbm-dask-fit", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        raise FitHung(f"the distributed LightGBM fit did not finish within {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+
+
 def _train_group(client, arch: str, traces: list, infos: list[dict[str, Any]], config: TrainConfig,
-                 num_workers: int):  # fmt: skip
+                 num_workers: int, fit_timeout_s: float | None = None):  # fmt: skip
     import lightgbm as lgb
 
     from predictor.artifact import Artifact
@@ -155,7 +203,7 @@ def _train_group(client, arch: str, traces: list, infos: list[dict[str, Any]], c
         # its "Finding random open ports" goes to stdout; its n_jobs warning is about a default we never set
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
-            model.fit(X, y, feature_name=list(FEATURES))
+            _fit(model, X, y, fit_timeout_s)
         booster = lgb.Booster(model_str=model.booster_.model_to_string())
         parts = len(live)
     fit_s = time.perf_counter() - t0

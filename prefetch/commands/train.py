@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(tcp://host:8786) joins a running scheduler whose workers see the trace paths (docs/dask.md)")
     p.add_argument("--dask-timeout", type=positive_float, default=10.0, metavar="SECONDS",
                    help="how long to wait for the scheduler at --dask ADDRESS and its workers (default 10)")
+    p.add_argument("--dask-fit-timeout", type=positive_float, default=None, metavar="SECONDS",
+                   help="--dask: a distributed LightGBM fit not done within SECONDS is taken as hung (LightGBM's "
+                        "worker network can hang, LightGBM issue 4942): the workers restart and the training runs "
+                        "once more (default: no watchdog)")
     p.set_defaults(func=run)
 
 
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         from predictor.train_dask import train_dask
 
         try:
-            train_dask(args.traces, args.out, config, dask=args.dask, connect_timeout_s=args.dask_timeout)
+            train_dask(args.traces, args.out, config, dask=args.dask, connect_timeout_s=args.dask_timeout,
+                       fit_timeout_s=args.dask_fit_timeout)
         except DaskError as exc:
             raise CommandError(str(exc)) from None
         return 0
