@@ -55,19 +55,11 @@ class Budget:
         if self.nbytes is not None and self.nbytes < 1:
             raise ValueError(f"budget must be at least 1 byte, got {self.nbytes}")
 
-    @property
-    def everything(self) -> bool:
-        """The fraction 1: everything fits (gradients and optimizer state too)."""
-        return self.fraction == 1.0
-
     def resolve(self, managed_bytes: int, largest_tensor_bytes: int = 0, largest_tensor: str = "",
                 extra_bytes: int = 0) -> int:
         """Budget in bytes for a trace with these managed bytes; ValueError if the largest tensor
         cannot fit. `extra_bytes` (footprint_extra) counts only for the fraction 1."""
-        if self.fraction is not None:
-            budget = int(self.fraction * managed_bytes) + (extra_bytes if self.everything else 0)
-        else:
-            budget = int(self.nbytes)
+        budget = fraction_bytes(self.fraction, managed_bytes, extra_bytes) if self.fraction is not None else int(self.nbytes)
         if budget < largest_tensor_bytes:
             what = f" ({largest_tensor})" if largest_tensor else ""
             given = f"{self} = {format_bytes(budget)}" if self.fraction is not None else format_bytes(budget)
@@ -139,6 +131,13 @@ def _bad_plain(value: str | float) -> Budget:
         f"budget {value!r} is ambiguous: use a fraction of the managed bytes in (0, 1] (0.4), "
         "a percentage (40%), or a size with a unit (2GiB, 512MB, 1.5e9B)"
     )
+
+
+def fraction_bytes(fraction: float, managed_bytes: int, extra_bytes: int = 0) -> int:
+    """A fractional budget in bytes: the fraction of the managed bytes; the fraction 1 is
+    everything, the footprint's `extra_bytes` (footprint_extra) too. The one rule for the
+    simulator (Budget.resolve) and the live store (its first step, or a reference table)."""
+    return int(fraction * managed_bytes) + (extra_bytes if fraction == 1.0 else 0)
 
 
 def footprint_extra(kinds, nbytes) -> int:

@@ -46,10 +46,16 @@ STATE_RESERVE = 2.0
 step creates it on the device): Adam's two moments. Only sizes the first chunks."""
 
 
-def _streamed(value: Any, moves_scalars: bool) -> bool:
-    """A state value that travels with its parameter: a tensor, not a 0-dim step count
-    (which torch keeps on the CPU unless the optimizer is fused or capturable)."""
-    return isinstance(value, torch.Tensor) and (value.dim() > 0 or moves_scalars)
+def moves_scalars(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer keeps its 0-dim state (the step count) beside the parameter:
+    fused and capturable ones do; the others keep it on the CPU."""
+    return any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
+
+
+def streamed(state: dict, scalars: bool) -> list[tuple[Any, torch.Tensor]]:
+    """A parameter's state values that travel with it, as (key, tensor): its tensors, less a
+    0-dim step count unless `scalars` (moves_scalars)."""
+    return [(k, v) for k, v in state.items() if isinstance(v, torch.Tensor) and (v.dim() > 0 or scalars)]
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -103,8 +109,7 @@ class DeviceStepper:
             return None
         if p._version != st._ver[tid]:
             st._dev[tid] = None
-            st._uncount(tid)
-            st.stale_copies += 1
+            st._drop_stale(tid)
             return None
         return d
 
@@ -113,8 +118,8 @@ class DeviceStepper:
         st = self.store
         n = 0 if self._on_device(tid, p) is not None else st.nb[tid]
         n += _nbytes(p.grad)
-        have = [v for v in state.values() if _streamed(v, moves_scalars)]
-        n += sum(_nbytes(v) for v in have) if have else int(STATE_RESERVE * st.nb[tid])
+        have = streamed(state, moves_scalars)
+        n += sum(_nbytes(v) for _, v in have) if have else int(STATE_RESERVE * st.nb[tid])
         return n
 
     def step(self, optimizer: torch.optim.Optimizer, closure: bool = False) -> None:
@@ -127,7 +132,7 @@ class DeviceStepper:
             return
         st = self.store
         tid_of = {id(p): tid for tid, p in st.tracker.params_by_tid.items() if st.managed[tid]}
-        fused = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
+        fused = moves_scalars(optimizer)
         chunk: list[tuple[int, torch.nn.Parameter]] = []
         chunk_bytes = 0
         for group in optimizer.param_groups:
@@ -179,7 +184,7 @@ class DeviceStepper:
             d = self._on_device(tid, p)
             pc = dev.copy_in(st._host[tid]) if d is None else None
             gc = dev.copy_in(p.grad)
-            sc = {k: dev.copy_in(v) for k, v in optimizer.state[p].items() if _streamed(v, moves_scalars)}
+            sc = {k: dev.copy_in(v) for k, v in streamed(optimizer.state[p], moves_scalars)}
             ins.append((tid, p, d, pc, gc, sc))
             if d is None:
                 st.h2d[_PARAM] += st.nb[tid]
@@ -216,7 +221,7 @@ class DeviceStepper:
         outs = []
         for tid, p, d, resident in stepped:
             pc = dev.copy_out(d)
-            sc = {k: dev.copy_out(v) for k, v in optimizer.state[p].items() if _streamed(v, moves_scalars)}
+            sc = {k: dev.copy_out(v) for k, v in streamed(optimizer.state[p], moves_scalars)}
             st.d2h[_PARAM] += st.nb[tid]
             st.d2h[_STATE] += sum(c.nbytes for c in sc.values())
             outs.append((tid, p, d, resident, pc, sc))

@@ -48,12 +48,19 @@ class PlacementInputs:
     copy_ns: Callable[[int], float]
     """Link time for a copy of n bytes (one direction)."""
 
+    def bytes_in(self) -> int:
+        """Device stepping, to the device: gradients, state, parameters not resident."""
+        return self.grad_bytes + self.state_bytes + max(0, self.params_bytes - self.resident_bytes)
+
+    def bytes_out(self) -> int:
+        """Device stepping, to the host: the updated parameters and state."""
+        return self.params_bytes + self.state_bytes
+
     def host_ns(self) -> float:
         return self.host_optimizer_ns + self.copy_ns(self.resident_bytes)
 
     def device_ns(self) -> float:
-        into = self.grad_bytes + self.state_bytes + max(0, self.params_bytes - self.resident_bytes)
-        return self.device_optimizer_ns + self.copy_ns(into) + self.copy_ns(self.params_bytes + self.state_bytes)
+        return self.device_optimizer_ns + self.copy_ns(self.bytes_in()) + self.copy_ns(self.bytes_out())
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "copy_ns"}
@@ -74,18 +81,16 @@ def choose(asked: str, inputs: PlacementInputs | None) -> tuple[str, str]:
     return pick, (f"auto: {pick} (estimated per step: host {h / 1e6:.2f} ms = optimizer "
                   f"{inputs.host_optimizer_ns / 1e6:.2f} + re-fetch {inputs.resident_bytes / 2**20:.1f} MiB; "
                   f"device {d / 1e6:.2f} ms = optimizer {inputs.device_optimizer_ns / 1e6:.2f} + "
-                  f"{(inputs.grad_bytes + inputs.state_bytes + max(0, inputs.params_bytes - inputs.resident_bytes)) / 2**20:.1f} MiB in, "
-                  f"{(inputs.params_bytes + inputs.state_bytes) / 2**20:.1f} MiB out)")
+                  f"{inputs.bytes_in() / 2**20:.1f} MiB in, {inputs.bytes_out() / 2**20:.1f} MiB out)")
 
 
 def _state_bytes(optimizer: Any, params: list[Any], at_least: int = 0) -> int:
-    """Bytes of the state tensors that travel with `params` (device_stepping._streamed), each
+    """Bytes of the state tensors that travel with `params` (device_stepping.streamed), each
     counted if at least `at_least` bytes (runtime.budget.footprint_extra's rule)."""
-    from runtime.device_stepping import _streamed
+    from runtime.device_stepping import moves_scalars, streamed
 
-    fused = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
-    sizes = (v.numel() * v.element_size() for p in params for v in optimizer.state.get(p, {}).values()
-             if _streamed(v, fused))
+    scalars = moves_scalars(optimizer)
+    sizes = (v.numel() * v.element_size() for p in params for _, v in streamed(optimizer.state.get(p, {}), scalars))
     return sum(n for n in sizes if n >= at_least)
 
 
@@ -131,18 +136,18 @@ class OptimizerPlacement:
         self._t0: float | None = None
         self.host_step_ns: float | None = None
         if asked in ("host", "device"):
-            self._decide(asked, None, 0)
+            self._decide(None, 0)
 
     def _clock_ns(self) -> float:
         clock = getattr(self.device, "clock", None)
         if clock is not None:
-            return clock.now_ns() - clock.waited_ns  # the simulated device: compute on the link's clock
+            return clock.compute_ns()  # the simulated device: compute on the link's clock
         import time
 
         return time.perf_counter_ns()
 
-    def _decide(self, placement: str, inputs: PlacementInputs | None, step: int) -> None:
-        self.ran, self.why = choose(self.asked, inputs) if self.asked == "auto" else (placement, f"asked for {placement}")
+    def _decide(self, inputs: PlacementInputs | None, step: int) -> None:
+        self.ran, self.why = choose(self.asked, inputs)
         self.inputs, self.from_step = inputs, step
         self.store.step_on_device(self.ran == "device")
 
@@ -165,7 +170,7 @@ class OptimizerPlacement:
         """Between the store's pre-hook and its device step."""
         st = self.store
         if self.ran is None and self.host_step_ns is not None:
-            self._decide("auto", self._inputs(optimizer), st.steps)
+            self._decide(self._inputs(optimizer), st.steps)
         if self.ran is None:
             self._t0 = self._clock_ns()
 
@@ -191,8 +196,7 @@ class OptimizerPlacement:
         else:  # CUDA: the measured host-to-device bandwidth, the device optimizer timed once
             from runtime.link import LinkModel
 
-            bw = getattr(self.device, "bandwidth_bytes_per_s", None) or _measure_cuda_bandwidth(self.device.device)
-            copy_ns = LinkModel(bandwidth_bytes_per_s=bw).copy_ns
+            copy_ns = LinkModel(bandwidth_bytes_per_s=_measure_cuda_bandwidth(self.device.device)).copy_ns
             try:
                 device_ns = measure_cuda_optimizer_ns(optimizer, pbytes, self.device.device)
             except Exception:  # an optimizer its defaults cannot rebuild: no device figure, assume the host's

@@ -32,7 +32,7 @@ from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.live_trace import CLOCK_COMPUTE, LiveTrace
 from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
-from runtime.budget import footprint_extra
+from runtime.budget import footprint_extra, fraction_bytes
 from runtime.device_stepping import has_closure
 from runtime.placement import OptimizerPlacement, check_placement
 from runtime.run_report import Identity, LiveCounters, RunReport
@@ -174,8 +174,8 @@ class Prefetcher:
             managed = sum(r["nbytes"] for r in config.reference_tensors if is_managed(r["kind"], r["nbytes"]))
             if budget_bytes is None and managed:  # sizes known up front: the budget is too
                 rows = config.reference_tensors
-                extra = footprint_extra([r["kind"] for r in rows], [r["nbytes"] for r in rows]) if fraction == 1.0 else 0
-                self.store.budget_bytes = max(1, int(fraction * managed) + extra)
+                extra = footprint_extra([r["kind"] for r in rows], [r["nbytes"] for r in rows])
+                self.store.budget_bytes = max(1, fraction_bytes(fraction, managed, extra))
             if managed and not self._link_fixed and config.baseline_step_time_s and config.baseline_step_cpu_s:
                 # and so is the link: fixed now, the warm-up step's copies take link time as
                 # in the simulation of this run's trace (with the warm-up link, instant, the
@@ -197,9 +197,7 @@ class Prefetcher:
         if optimizer is not None:  # registered before the tracker's hooks: runs first
             self._handles.append(optimizer.register_step_pre_hook(
                 self.hooks.wrap(lambda *a: self.store.before_optimizer_step())))
-            self._handles.append(optimizer.register_step_pre_hook(lambda opt, *a: self.placement.pre(opt)))
-            self._handles.append(optimizer.register_step_pre_hook(
-                lambda opt, args, kwargs: self.store.device_step(opt, closure=has_closure(args, kwargs))))
+            self._handles.append(optimizer.register_step_pre_hook(self.place_step))
             self._handles.append(optimizer.register_step_post_hook(lambda opt, *a: self.placement.post(opt)))
             self._handles.append(optimizer.register_step_post_hook(
                 self.hooks.wrap(lambda *a: self.store.after_optimizer_step())))
@@ -315,6 +313,13 @@ class Prefetcher:
                 self._link_fixed = True
 
         self.store.step_end = step_end  # type: ignore[method-assign]
+
+    def place_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        """The optimizer's pre-hook after the store's: where this step runs (runtime.placement),
+        then the device step if it runs there. Not timed as bookkeeping: the device step's
+        optimizer compute is the step's compute."""
+        self.placement.pre(optimizer)
+        self.store.device_step(optimizer, closure=has_closure(args, kwargs))
 
     def offload_gradients(self) -> None:
         """Gradients leave the device as backward produces them (runtime.grad_offload): the

@@ -33,7 +33,6 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from runtime.defaults import LIVE_LOOKAHEAD
-from runtime.device_stepping import has_closure
 from runtime.launch import run_script, script_target
 from runtime.link import DEFAULT_LINK_RATIO
 
@@ -230,8 +229,7 @@ class GlobalPrefetcher:
             return
         if self.pf is not None:
             self.pf.store.before_optimizer_step()  # the optimizer updates host masters
-            self.pf.placement.pre(optimizer)  # where this step runs (runtime.placement)
-            self.pf.store.device_step(optimizer, closure=has_closure(args, kwargs))
+            self.pf.place_step(optimizer, args, kwargs)
 
     def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         now = time.perf_counter()

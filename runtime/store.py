@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from predictor.interface import NO_PREDICTION, Policy
+from runtime.budget import fraction_bytes
 from runtime.tier import DeviceTier
 from runtime.device import Device
 from runtime.trace_format import Access, Kind, is_managed
@@ -106,9 +107,6 @@ class TensorStore(DeviceTier):
         self.footprint_extra = 0
         """Bytes of the managed parameters' gradients and optimizer state (runtime.budget
         footprint_extra), measured after the first optimizer step: the fraction 1's budget adds them."""
-        self.resident_mode = False
-        """Everything fits (runtime.placement): parameters stay bound to their device copies,
-        gradients and optimizer state stay on the device, the optimizer steps there in place."""
         self.on_step_end: Any = None
         """Called at each step's end once the budget is known (OptimizerPlacement.step_end)."""
         self.stepper: Any = None
@@ -378,8 +376,7 @@ class TensorStore(DeviceTier):
         if self.timeline is not None:
             self.timeline.append(("step", time.monotonic_ns(), 0, step))
         if self.budget_bytes is None and self.step >= 1:
-            extra = self.footprint_extra if self.config.budget_fraction == 1.0 else 0  # runtime.budget: 1 = everything
-            self.set_budget(max(1, int(self.config.budget_fraction * self.managed_bytes()) + extra))
+            self.set_budget(max(1, fraction_bytes(self.config.budget_fraction, self.managed_bytes(), self.footprint_extra)))
             check_budget(self.budget_bytes, self.largest_managed_bytes(), self._largest_key())
             self.make_room(0, -1, False, 0)
         if self.on_step_end is not None:
@@ -456,12 +453,14 @@ class TensorStore(DeviceTier):
             self.grads.close()  # published host sums stay the parameters' `p.grad`
             self.grads = None
         self.go_resident(self.footprint_extra)
-        fused = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
+        from runtime.device_stepping import moves_scalars, streamed
+
+        scalars = moves_scalars(optimizer)
         for tid, p in self.tracker.params_by_tid.items():
             if not self.managed[tid]:
                 continue
-            for k, v in optimizer.state.get(p, {}).items():
-                if isinstance(v, torch.Tensor) and (v.dim() > 0 or fused) and v.device != p.device:
+            for k, v in streamed(optimizer.state.get(p, {}), scalars):
+                if v.device != p.device:
                     optimizer.state[p][k] = v.to(p.device)  # note: CPU-GPU copy, once per job
 
     def _keep_ready(self, tid: int) -> bool:

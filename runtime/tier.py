@@ -94,13 +94,14 @@ class DeviceTier:
         self.step_prev = 0  # reads in the previous optimizer step
         self.in_optimizer = False
         self.params_stay = False
+        """The optimizer steps on the device copies (runtime.device_stepping): parameters'
+        copies are not dropped before the step."""
         self.resident_mode = False
-        """Everything fits (go_resident): nothing is offloaded any more."""
+        """Everything fits (go_resident): nothing is offloaded any more; the live store keeps
+        parameters bound to their device copies, gradients and optimizer state beside them."""
         self.step_dropped_bytes = 0
         """Parameter bytes whose device copies went for the optimizer step under way (host
         stepping): what the next forward fetches again (runtime.placement's cost model)."""
-        """The optimizer steps on the device copies (runtime.device_stepping): parameters'
-        copies are not dropped before the step."""
         self.current = -1  # the id read last: handed to compute, not evictable
         self.mark = 1  # 1 in warm-up, 2 measured: a prefetch's use is credited to the period that issued it
         # counters (AccessStats and the tier's own)
