@@ -43,7 +43,7 @@ from common import load_average, machine_info, markdown_table, write_json  # noq
 from runtime.link import DEFAULT_LINK_RATIO  # noqa: E402
 
 TRAIN_SEEDS = (0, 1)
-"""Run seeds recorded for training, per architecture."""
+"""Run seeds recorded for training, per architecture (--train-seeds)."""
 EVAL_SEED = 2
 """The run seed evaluated: never recorded for training."""
 BASELINES = ("none", "replay", "markov")
@@ -67,7 +67,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def evaluate_architecture(gen_seed: int, *, steps: int, budget: float, link_ratio: float, out: Path,
-                          warmup: int = 1) -> dict[str, Any]:
+                          warmup: int = 1, train_seeds: tuple[int, ...] = TRAIN_SEEDS) -> dict[str, Any]:
     """Record, train, and evaluate one architecture live and simulated (module docstring); one result dict."""
     from predictor.train import TrainConfig, train
     from prefetch.live_vs_sim import _baseline, _recorded, live_run
@@ -80,7 +80,7 @@ def evaluate_architecture(gen_seed: int, *, steps: int, budget: float, link_rati
     base = out / arch.name
     t0 = time.monotonic()
     train_dirs = []
-    for seed in TRAIN_SEEDS:
+    for seed in train_seeds:
         train_dirs.append(base / f"train-seed{seed}")
         record_workload(workload, steps, train_dirs[-1], seed=seed, progress=False)
     t_record = time.monotonic() - t0
@@ -218,12 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link-ratio", type=float, default=DEFAULT_LINK_RATIO)
     ap.add_argument("--quick", action="store_true", help=f"{QUICK_ARCHS} architectures, 5 steps per run")
     ap.add_argument("--out", default="out/benchmarks/generalisation", help="traces and models (overwritten)")
+    ap.add_argument("--train-seeds", default=",".join(map(str, TRAIN_SEEDS)),
+                    help=f"run seeds recorded for training per architecture (default {','.join(map(str, TRAIN_SEEDS))}; "
+                         f"never {EVAL_SEED}, the evaluated one)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds) if args.seeds else list(REPORT_SEEDS)[: QUICK_ARCHS if args.quick else None]
+        train_seeds = tuple(parse_seeds(args.train_seeds))
     except ValueError as exc:
         print(f"generalisation.py: {exc}", file=sys.stderr)
+        return 2
+    if EVAL_SEED in train_seeds or not train_seeds:
+        print(f"generalisation.py: --train-seeds must be non-empty and leave out the evaluated run seed {EVAL_SEED}",
+              file=sys.stderr)
         return 2
     tuning = [s for s in seeds if s in TUNING_SEEDS]
     if tuning and not args.tuning:
@@ -244,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for seed in seeds:
         shutil.rmtree(out / f"gen-{seed}", ignore_errors=True)  # traces and models of an earlier run
-        r = evaluate_architecture(seed, steps=steps, budget=args.budget, link_ratio=args.link_ratio, out=out)
+        r = evaluate_architecture(seed, steps=steps, budget=args.budget, link_ratio=args.link_ratio, out=out,
+                                  train_seeds=train_seeds)
         rows.append(r)
         print(f"  {r['name']} ({r['arch']}): live learned {_pct(r['live']['learned']['hit_rate'])}% vs best "
               f"{r['best_live']} {r['learned_minus_best_live_pt']:+.1f} pt; sim oracle-learned "
@@ -255,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     leaks = [r["name"] for r in rows if any((r["in_sample"] or {}).values())]
     print(f"Generalisation suite: {len(rows)} generated architectures (generator seeds "
           f"{', '.join(map(str, seeds))}{'; TUNING seeds, not for reporting' if tuning else ''}); per architecture "
-          f"recorded on run seeds {TRAIN_SEEDS[0]} and {TRAIN_SEEDS[1]}, trained, evaluated on run seed {EVAL_SEED} "
+          f"recorded on run seeds {', '.join(map(str, train_seeds))}, trained, evaluated on run seed {EVAL_SEED} "
           f"(in_sample False: {'all' if not leaks else 'NOT ' + ', '.join(leaks)}); {steps} steps per run, warm-up 1, "
           f"budget {args.budget}, link ratio {args.link_ratio}; hit rates live/simulated (the recorded seed-{EVAL_SEED} "
           f"trace), slowdown the device clock's (live) and the simulator's; torch threads {torch.get_num_threads()}, "
@@ -265,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     print_tables(rows, dist)
     write_json(args.json, {"machine": machine_info(), "load_before": load_before, "load_after": load_average(),
                            "elapsed_s": elapsed, "generator_seeds": seeds, "tuning": bool(tuning),
-                           "train_seeds": list(TRAIN_SEEDS), "eval_seed": EVAL_SEED, "steps": steps,
+                           "train_seeds": list(train_seeds), "eval_seed": EVAL_SEED, "steps": steps,
                            "budget": args.budget, "link_ratio": args.link_ratio, "targets": TARGETS,
                            "distribution": dist, "results": rows})
     if leaks:  # a figure on a seed the model was trained on is not a generalisation figure

@@ -321,6 +321,8 @@ class GuardedPolicy(BasePolicy):
         tier = self._tier
         busy = getattr(tier, "_busy", None)  # parameters whose module runs: spared as the executor spares them
         self.shadows = [ShadowTier(self.candidates[i], budget, link, compute, busy) for i in others]
+        for sh in self.shadows:
+            sh.ahead_share = tier.ahead_share  # the executor's rules, its window too
         tier.followers.extend(self.shadows)  # they take the executor's optimizer steps and gradients
         self._slot = {i: k for k, i in enumerate(others)}
         self._started = True

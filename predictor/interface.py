@@ -87,6 +87,9 @@ class Policy(Protocol):
     """One line for the live report (`policy_note`): where predictions come from; None: nothing to say."""
     variant: str | None
     """Which strategy of a portfolio this instance is (the oracle's), for the simulator's report."""
+    paced: bool
+    """The policy bounds by bytes how far ahead it requests (the oracle's window), so the
+    tier's own prefetch window (runtime.defaults.AHEAD_SHARE) does not apply to it."""
 
     def start(self, tensors: TensorInfo) -> None:
         """A new session begins (a trace, a run, a daemon client); forget per-run state
@@ -194,6 +197,7 @@ class BasePolicy:
     served_by: str | None = None
     note: str | None = None
     variant: str | None = None
+    paced: bool = False
 
     def start(self, tensors: TensorInfo) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement start()")

@@ -219,6 +219,7 @@ class OraclePolicy(BasePolicy):
     """
 
     name = "oracle"
+    paced = True  # its window over future reads is its own (VARIANTS); the tier's does not apply
 
     def __init__(
         self, trace: Trace, *, budget_bytes: int | None = None, window: str = "reads", drop_late: bool = False,

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from runtime.budget import parse_budget
-from runtime.defaults import LIVE_LOOKAHEAD
+from runtime.defaults import AHEAD_SHARE, LIVE_LOOKAHEAD
 from runtime.host_stepping import host_stepping
 from runtime.link import DEFAULT_LINK_RATIO
 from runtime.policy_spec import check_policy_spec
@@ -92,7 +92,8 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                  seed: int = 0, link_ratio: float = DEFAULT_LINK_RATIO, lookahead: int = LIVE_LOOKAHEAD, warmup_steps: int = 1,
                  device: str = "auto", daemon: str | None = None, trace_out: str | Path | None = None,
                  timeline_dir: str | Path | None = None, progress: bool = True,
-                 guard: bool = True, optimizer_placement: str = "auto") -> list[dict[str, Any]]:
+                 guard: bool = True, optimizer_placement: str = "auto",
+                 ahead_share: float = AHEAD_SHARE) -> list[dict[str, Any]]:
     """One report per policy; the all-resident and recorded passes are shared."""
     from prefetch.workloads import get_workload
 
@@ -110,7 +111,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
     for policy in policies:
         check_policy_spec(policy, daemon=daemon)
         PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device,
-                       optimizer_placement=optimizer_placement)
+                       optimizer_placement=optimizer_placement, ahead_share=ahead_share)
     check_budget_fits(workload, seed, budget)
     dev = compute_device(device)  # where the model, its inputs and all compute live
     bar = tqdm(total=(2 + 2 * len(policies) + (dev.type == "cuda")) * steps, desc=f"run {name}", unit="step",
@@ -144,7 +145,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                                  baseline_step_time_s=baseline_step, reference_tensors=reference,
                                  baseline_step_cpu_s=statistics.median(base_cpu[warmup_steps:]),
                                  timeline=timeline_dir is not None, seed=seed, workload=name, guard=guard,
-                                 optimizer_placement=optimizer_placement)
+                                 optimizer_placement=optimizer_placement, ahead_share=ahead_share)
             pf = Prefetcher(job.model, job.optimizer, cfg)
             # The slowdown is measured against a twin all-resident job stepped alternately
             # (resident i, prefetched i, resident i+1, ...): both do identical work at step i,

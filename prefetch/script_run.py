@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from prefetch.cli import CommandError
+from runtime.defaults import AHEAD_SHARE
 
 TORCHRUN = ("torchrun", "torch.distributed.run")
 INTERRUPT_GRACE_S = 60.0
@@ -152,7 +153,8 @@ def compare_states(reference: dict[str, Any], other: dict[str, Any], max_mismatc
 def run_script(command: list[str], *, policy: str, budget: str, lookahead: int, link_ratio: float, warmup: int,
                device: str, daemon: str | None, json_out: Path | None, timeline: Path | None, compare: bool,
                threads: int, seed: int | None = None, name: str | None = None,
-               guard: bool = True, optimizer_placement: str = "auto") -> tuple[int, list[dict[str, Any]]]:
+               guard: bool = True, optimizer_placement: str = "auto",
+               ahead_share: float = AHEAD_SHARE) -> tuple[int, list[dict[str, Any]]]:
     """Run `command` prefetched (and all resident first with `compare`); (exit code, per-rank reports)."""
     cmd = parse_command(command, "run")
     env = dict(os.environ)
@@ -167,7 +169,8 @@ def run_script(command: list[str], *, policy: str, budget: str, lookahead: int, 
     if daemon is not None:
         env["PREFETCH_DAEMON_ENDPOINT"] = daemon
     opts = ["--policy", policy, "--budget", str(budget), "--lookahead", str(lookahead), "--link-ratio",
-            str(link_ratio), "--warmup", str(warmup), "--device", device, "--optimizer", optimizer_placement]
+            str(link_ratio), "--warmup", str(warmup), "--device", device, "--optimizer", optimizer_placement,
+            "--ahead-share", str(ahead_share)]
     if seed is not None:
         opts += ["--seed", str(seed)]
     if not guard:

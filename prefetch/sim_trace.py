@@ -23,6 +23,7 @@ from prefetch.oracle import managed_stream
 from prefetch.sim_report import SimReport
 from runtime.budget import Budget
 from runtime.link import LinkModel
+from runtime.defaults import AHEAD_SHARE
 from runtime.tier import HIT, LATE, MISS, WRITE, DeviceTier
 from runtime.trace_format import MIN_MANAGED_BYTES, Access, Kind, Phase, Trace
 
@@ -238,6 +239,7 @@ def _run_trace(
     warmup_steps: int,
     chunk: int = _CHUNK,
     resident_extra: int | None = None,
+    ahead_share: float = AHEAD_SHARE,
 ) -> Generator[int, None, SimReport]:
     """Replay one trace through the device tier with `policy`, a chunk of events at a time:
     yields the measured reads missed (late or miss) so far after each chunk, returns the report.
@@ -255,6 +257,7 @@ def _run_trace(
 
     tier = _TraceTier(policy, budget_bytes, cpy)
     tier.resident_extra = resident_extra
+    tier.ahead_share = ahead_share
     tier.trace, tier.modules = trace, stream.modules
     tier.declare_all(stream.kinds, stream.nb, stream.managed)
     if overrides(policy, "bind_clock"):
@@ -303,7 +306,7 @@ def _run_trace(
     extra = tier.measured_extra()
     return SimReport(
         policy=policy_name, link=link.describe(), managed_bytes=managed_bytes, budget_bytes=budget_bytes,
-        budget=str(budget), peak_device_bytes=tier.peak, steps=measured_steps, warmup_steps=warmup_steps,
+        budget=str(budget), ahead_share=ahead_share, peak_device_bytes=tier.peak, steps=measured_steps, warmup_steps=warmup_steps,
         events=n, stats=tier.measured(), warmup=tier.warmup,
         measured_ns=tier.now() - t_measure,
         baseline_ns=stream.baseline_ns,

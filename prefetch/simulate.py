@@ -35,8 +35,9 @@ from prefetch.sim_report import SimReport, _combine, format_table
 from prefetch.sim_trace import HIT, LATE, MISS, WRITE, _warmup_split, simulate_portfolio
 from runtime.budget import Budget, footprint_extra, parse_budget
 from runtime.placement import check_placement
-from runtime.defaults import LIVE_LOOKAHEAD
+from runtime.defaults import AHEAD_SHARE, LIVE_LOOKAHEAD
 from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
+from runtime.tier import check_ahead_share
 from runtime.trace_format import MIN_MANAGED_BYTES, Trace, load_trace, load_traces
 
 
@@ -55,6 +56,7 @@ def simulate(
     guard: bool = True,
     gpu_model: GpuModel | None = None,
     optimizer_placement: str = "auto",
+    ahead_share: float = AHEAD_SHARE,
 ) -> SimReport:
     """Replay `traces` through the device/copy-engine model with `policy`; see the module docstring.
 
@@ -75,6 +77,8 @@ def simulate(
     and, for auto and device, a budget that holds the whole footprint (managed bytes plus
     runtime.budget.footprint_extra): everything resident after the first step, as a live run
     does (DeviceTier.go_resident). Device stepping with the state streamed is not simulated.
+    ahead_share: the tier's prefetch window (runtime.defaults.AHEAD_SHARE: unread prefetches hold
+    at most this share of the budget; 0: no window), as a live run's PrefetchConfig.ahead_share.
     """
     loaded = _load(traces)
     if gpu_model is not None and not isinstance(gpu_model, GpuModel):
@@ -83,6 +87,7 @@ def simulate(
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if lookahead < 1:
         raise ValueError(f"lookahead must be >= 1, got {lookahead}")
+    check_ahead_share(ahead_share)
     parsed = parse_budget(budget)
     check_placement(optimizer_placement)
     name = policy if isinstance(policy, str) else check_policy(policy).name
@@ -112,6 +117,7 @@ def simulate(
         best = simulate_portfolio(
             trace, pols, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,
             link=trace_link, warmup_steps=warmup_steps, resident_extra=extra if fits else None,
+            ahead_share=ahead_share,
         )
         best.lookahead = lookahead if isinstance(policy, str) and policy != "oracle" else None
         if figures is not None:  # the baseline steps on the device: its own time (slowdown derived again)
@@ -144,7 +150,7 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
     """Simulate a `prefetch run` / `runtime.prefetching` run's own trace the way it ran.
 
     run_report: the run's JSON report (`policy`, `budget_bytes`, `link`, `warmup_steps`,
-    and `lookahead` when present, else LIVE_LOOKAHEAD). trace: the trace it recorded (a stem, a file
+    and `lookahead` and `ahead_share` when present, else the defaults). trace: the trace it recorded (a stem, a file
     or a Trace; default: the report's `trace`). A report without a link (a CUDA run) is
     simulated with the default link ratio. `overrides` go to simulate() (e.g. policy=...).
     A learned policy is simulated through the daemon path, as a live run serves it (live
@@ -165,6 +171,8 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
         warmup_steps=int(run_report.get("warmup_steps", 1)),
         lookahead=int(run_report.get("lookahead") or LIVE_LOOKAHEAD),
     )
+    if run_report.get("ahead_share") is not None:  # reports before the window have none: the default
+        kwargs["ahead_share"] = float(run_report["ahead_share"])
     lk = run_report.get("link")
     if lk and lk.get("bandwidth_GBps"):
         kwargs["link"] = LinkModel(bandwidth_bytes_per_s=float(lk["bandwidth_GBps"]) * 1e9,

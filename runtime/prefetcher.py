@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from predictor.interface import BasePolicy, Policy, TensorInfo, check_policy
-from runtime.defaults import DAEMON_BATCH_EVENTS, LIVE_LOOKAHEAD
+from runtime.defaults import AHEAD_SHARE, DAEMON_BATCH_EVENTS, LIVE_LOOKAHEAD
 from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.live_trace import CLOCK_COMPUTE, LiveTrace
@@ -37,6 +37,7 @@ from runtime.device_stepping import has_closure
 from runtime.placement import OptimizerPlacement, check_placement
 from runtime.run_report import Identity, LiveCounters, RunReport
 from runtime.store import StoreConfig, TensorStore, check_budget
+from runtime.tier import check_ahead_share
 from runtime.trace_format import MANAGED_KINDS, MIN_MANAGED_BYTES, is_managed
 from runtime.trace_format import Kind
 from runtime.trace_identity import StepOrderHasher, key_hash
@@ -64,6 +65,9 @@ class PrefetchConfig:
     """Device budget: fraction of managed bytes, or a size (bytes, '2GiB')."""
     lookahead: int = LIVE_LOOKAHEAD
     """How many future reads a policy keeps requested."""
+    ahead_share: float = AHEAD_SHARE
+    """The prefetch window: prefetches issued and not yet read hold at most this share of the
+    budget (runtime.defaults.AHEAD_SHARE; 0: no window)."""
     link_ratio: float = DEFAULT_LINK_RATIO
     """Simulated device: copy-all-managed-bytes time over step compute time."""
     link: LinkModel | None = None
@@ -108,6 +112,7 @@ class PrefetchConfig:
         if self.lookahead < 1:
             raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
         check_placement(self.optimizer_placement)
+        check_ahead_share(self.ahead_share)
         if not self.link_ratio > 0:
             raise ValueError(f"link_ratio must be > 0, got {self.link_ratio}")
         if self.device not in ("auto", "simulated") and not self.device.startswith("cuda"):
@@ -159,7 +164,8 @@ class Prefetcher:
         self.device = make_device(config.device, config.link or _WARMUP_LINK, first.device if first is not None else None)
         self._link_fixed = config.link is not None or self.device.name != "simulated"
         self.store = TensorStore(self.device, check_policy(policy) if policy is not None else _NullPolicy(), StoreConfig(
-            budget_bytes=budget_bytes, budget_fraction=fraction, warmup_steps=config.warmup_steps))
+            budget_bytes=budget_bytes, budget_fraction=fraction, warmup_steps=config.warmup_steps,
+            ahead_share=config.ahead_share))
         self.live_trace = LiveTrace(self.store, config.trace_out) if config.trace_out is not None else None
         self.trace_stem: Path | None = None
         """The stem of this run's own trace once closed (with `trace_out`)."""
@@ -405,6 +411,7 @@ class Prefetcher:
             link=self.device.describe_link() if isinstance(self.device, SimulatedDevice) else None,
             managed_bytes=self.store.managed_bytes(),
             budget_bytes=self.store.budget_bytes,
+            ahead_share=self.config.ahead_share,
             peak_device_bytes=self.store.peak,
             steps=st.steps,
             warmup_steps=warm,

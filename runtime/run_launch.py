@@ -32,7 +32,7 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from runtime.defaults import LIVE_LOOKAHEAD
+from runtime.defaults import AHEAD_SHARE, LIVE_LOOKAHEAD
 from runtime.launch import run_script, script_target
 from runtime.link import DEFAULT_LINK_RATIO
 
@@ -312,7 +312,7 @@ def build_config(args: argparse.Namespace) -> Any:
                           link_ratio=args.link_ratio, warmup_steps=args.warmup, device=args.device,
                           daemon=args.daemon or os.environ.get(DAEMON_ENV) or None,
                           timeline=args.timeline is not None, seed=args.seed, guard=not args.no_guard,
-                          optimizer_placement=args.optimizer)
+                          optimizer_placement=args.optimizer, ahead_share=args.ahead_share)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="0.4")
     parser.add_argument("--lookahead", type=int, default=LIVE_LOOKAHEAD)
     parser.add_argument("--link-ratio", type=float, default=DEFAULT_LINK_RATIO)
+    parser.add_argument("--ahead-share", type=float, default=AHEAD_SHARE)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--optimizer", default="auto", choices=("auto", "host", "device"))

@@ -124,6 +124,8 @@ class RunReport:
     """Gradient copies to the host started (measured steps)."""
     grad_holds: int = 0
     """Gradients held on the device across micro-steps instead (measured steps)."""
+    ahead_share: float | None = None
+    """The tier's prefetch window as a share of the budget (runtime.defaults.AHEAD_SHARE); None: not reported."""
     # -- context a caller knows (prefetch run, the demo, simulate) --------------------------------
     workload: str | None = None
     seed: int | None = None
@@ -223,6 +225,8 @@ class RunReport:
         d["budget_bytes"] = self.budget_bytes
         if sim:
             d["budget_fraction"] = self.budget_fraction
+        if self.ahead_share is not None:
+            d["ahead_share"] = self.ahead_share
         d.update(peak_device_bytes=self.peak_device_bytes, steps=self.steps, warmup_steps=self.warmup_steps)
         if sim:
             d["events"] = self.events
@@ -432,6 +436,7 @@ class _Reader:
         if any(k in self.rest for k in CUDA_KEYS):
             kw["cuda"] = {k: self.rest.pop(k) for k in CUDA_KEYS if k in self.rest}
         kw["optimizer"] = self.may("optimizer", _DICT)
+        kw["ahead_share"] = self.may("ahead_share", _NUM)
         if "events" not in self.rest and "optimizer_wait_s" in self.rest:  # a live report's
             kw["optimizer_wait_ns"] = round(self.need("optimizer_wait_s", _NUM) * 1e9)
         if "events" in self.rest:  # the simulator's report

@@ -44,7 +44,8 @@ import torch
 
 from predictor.interface import NO_PREDICTION, Policy
 from runtime.budget import fraction_bytes
-from runtime.tier import DeviceTier
+from runtime.defaults import AHEAD_SHARE
+from runtime.tier import DeviceTier, check_ahead_share
 from runtime.device import Device
 from runtime.trace_format import Access, Kind, is_managed
 
@@ -65,6 +66,8 @@ class StoreConfig:
     """Share of the managed bytes seen in the first step, when budget_bytes is None."""
     warmup_steps: int = 1
     """Steps run before statistics count (reported apart)."""
+    ahead_share: float = AHEAD_SHARE
+    """The prefetch window: unread prefetches hold at most this share of the budget (runtime.tier)."""
 
     def __post_init__(self) -> None:
         if self.budget_bytes is not None and self.budget_bytes <= 0:
@@ -73,6 +76,7 @@ class StoreConfig:
             raise ValueError(f"budget_fraction must be in (0, 1], got {self.budget_fraction}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        check_ahead_share(self.ahead_share)
 
 
 class TensorStore(DeviceTier):
@@ -80,6 +84,7 @@ class TensorStore(DeviceTier):
 
     def __init__(self, device: Device, policy: Policy, config: StoreConfig):
         super().__init__(policy, config.budget_bytes)
+        self.ahead_share = config.ahead_share
         self.device = device
         self.config = config
         self.tracker: Any = None  # set by attach(); the store rebinds parameters through it
@@ -238,7 +243,7 @@ class TensorStore(DeviceTier):
         raced the write). With `refetch`, request it again (issued at the next drain, from
         the written master); else the read fetches it."""
         self.inflight[tid] = None
-        self.pref[tid] = 0
+        self.unpref(tid)
         self._uncount(tid)
         self.stale_copies += 1
         if refetch:
@@ -266,7 +271,7 @@ class TensorStore(DeviceTier):
             self.stale_copies += 1
         self.inflight[tid] = None
         self._dev[tid] = None
-        self.pref[tid] = 0
+        self.unpref(tid)
         self._uncount(tid)
         self.nb[tid] = new.numel() * new.element_size()
         self._host[tid] = self._master_of(new)

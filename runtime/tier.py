@@ -33,6 +33,7 @@ from heapq import heapify, heappop, heappush
 from typing import Any, Callable, Collection, Sequence
 
 from predictor.interface import INF_POS, NO_PREDICTION, Policy, overrides
+from runtime.defaults import AHEAD_SHARE
 from runtime.stats import AccessStats
 from runtime.trace_format import Access, Kind
 
@@ -65,6 +66,12 @@ up to a quarter of the budget (small accumulation jobs, the common case); larger
 their first gradients and move the rest each micro-step."""
 
 
+def check_ahead_share(share: float) -> None:
+    """ValueError for a prefetch window share outside [0, 1] (0: no window)."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"ahead_share must be in [0, 1] (0: no prefetch window), got {share}")
+
+
 class DeviceTier:
     """Device residency under a byte budget, over tensor ids; engines subclass it."""
 
@@ -80,6 +87,13 @@ class DeviceTier:
         self.exists = bytearray()  # has a value somewhere (parameters always; activations from write to free)
         self.inflight: list[Any] = []  # the engine's handle of a prefetch not read yet, else None
         self.pref = bytearray()  # brought by a prefetch, not read yet: the `mark` it was issued under
+        self.ahead = 0  # bytes of those (in flight or landed, not read yet, not overdue): what the window bounds
+        self.inwin = bytearray()  # counted in `ahead`
+        self.wdue: list[float] = []  # the due it was counted under (heap entries of an older issue are stale)
+        self.ahead_heap: list[tuple[float, int]] = []  # (due, id) of the prefetches counted in `ahead`
+        self.ahead_share = AHEAD_SHARE
+        """The window: unread prefetches, not overdue, hold at most this share of the budget (0: no window)."""
+        self.held_ahead = 0  # requests held back by the window (drain stopped at them)
         self.stamp: list[int] = []  # heap mode: LRU tick of insertion or last read
         self.hkey: list[int] = []  # heap mode: the key last pushed (next_read_key changes only then)
         # device state
@@ -137,6 +151,7 @@ class DeviceTier:
             policy.bind_tier(self)  # read-only: budget and counters (predictor.interface.TierView)
         self.observe = policy.observe
         self.pnu: Callable[[int], float] = policy.predicted_next_use
+        self._paced = bool(getattr(policy, "paced", False))  # sets its own window (the oracle)
         self.use_heap = overrides(policy, "next_read_key")  # the oracle: the scan's victims, in O(log n)
         self.key = policy.next_read_key
         self.rekeyed = policy.rekeyed if overrides(policy, "rekeyed") else None
@@ -181,6 +196,8 @@ class DeviceTier:
         self.exists.extend(bytes(grow))
         self.inflight.extend([None] * grow)
         self.pref.extend(bytes(grow))
+        self.inwin.extend(bytes(grow))
+        self.wdue.extend([0.0] * grow)
         self.stamp.extend([0] * grow)
         self.hkey.extend([0] * grow)
 
@@ -288,6 +305,9 @@ class DeviceTier:
                 else:
                     self.carried += 1  # issued in warm-up, used after it: credited to warm-up
                 pref[t] = 0
+                if self.inwin[t]:
+                    self.inwin[t] = 0
+                    self.ahead -= self.nb[t]
             self.current = t
             self.queued.pop(t, None)  # read: a pending request for it is moot
             self.reads += 1
@@ -348,7 +368,7 @@ class DeviceTier:
             self.used -= self.nb[t]
         self.exists[t] = 0
         self.inflight[t] = None
-        self.pref[t] = 0
+        self.unpref(t)
 
     # -- the optimizer step ---------------------------------------------------------------------
     def optimizer_begin(self) -> None:
@@ -442,7 +462,7 @@ class DeviceTier:
                 inflight[p] = None
             del self.resident[p]
             self.used -= nb[p]
-            self.pref[p] = 0
+            self.unpref(p)
             self._drop(p)
             d = pnu(p)
             if d != _INF:
@@ -576,6 +596,13 @@ class DeviceTier:
         pending, queued, resident, exists, nb = self.pending, self.queued, self.resident, self.exists, self.nb
         admit, limit, inflight, pref, mark = self.admit, self._limit, self.inflight, self.pref, self.mark
         start, use_heap, stamp, kind, h2d = self._start_copy, self.use_heap, self.stamp, self.kind, self.h2d
+        ah = self.ahead_heap
+        cap = self.ahead_share * limit if self.ahead_share and not self._paced else _INF
+        while ah and ah[0][0] < self.reads:  # overdue: a wrong guess leaves the window (it stays resident)
+            d, v = heappop(ah)
+            if self.inwin[v] and self.wdue[v] == d:
+                self.inwin[v] = 0
+                self.ahead -= nb[v]
         while pending:
             due, p = heappop(pending)
             if queued.get(p) != due:
@@ -589,6 +616,10 @@ class DeviceTier:
                     del queued[p]
                     continue
             n = nb[p]
+            if self.ahead and self.ahead + n > cap:
+                heappush(pending, (due, p))
+                self.held_ahead += 1
+                return
             if self.used + n > limit and not self.make_room(n, p, True, due):
                 heappush(pending, (due, p))
                 self.refused += 1
@@ -596,6 +627,10 @@ class DeviceTier:
             del queued[p]
             inflight[p] = start(p)
             pref[p] = mark
+            self.ahead += n
+            self.inwin[p] = 1
+            self.wdue[p] = due
+            heappush(ah, (due, p))
             resident[p] = None  # _place, for a copy in flight: it enters the eviction heap once read
             self.used = used = self.used + n
             if used > self.peak:
@@ -734,13 +769,20 @@ class DeviceTier:
                 self.hkey[t] = k = self.key(t)
                 heappush(self._heap, (-k, self._tick, t))
 
+    def unpref(self, t: int) -> None:
+        """`t` no longer holds an unread prefetch (freed, evicted, dropped, made stale)."""
+        self.pref[t] = 0
+        if self.inwin[t]:
+            self.inwin[t] = 0
+            self.ahead -= self.nb[t]
+
     def evict(self, v: int, far: float) -> None:
         """Evict a resident `v` (predicted `far` reads away): an activation is written back,
         a parameter's copy dropped; one still expected is queued again."""
         del self.resident[v]
         self.used -= self.nb[v]
         self.evictions += 1
-        self.pref[v] = 0
+        self.unpref(v)
         if self.kind[v] == _ACT:
             self.bytes_written_back += self.nb[v]
             self.d2h[_ACT] += self.nb[v]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from predictor.policies import ORACLE, baseline_names, spec_help
 from prefetch.cli import nonnegative_float, nonnegative_int, positive_float, positive_int
-from runtime.defaults import DAEMON_BATCH_EVENTS, DAEMON_ROUND_TRIP_NS, LIVE_LOOKAHEAD
+from runtime.defaults import AHEAD_SHARE, DAEMON_BATCH_EVENTS, DAEMON_ROUND_TRIP_NS, LIVE_LOOKAHEAD
 from runtime.link import DEFAULT_LATENCY_S, DEFAULT_LINK_RATIO, LinkModel
 
 DEFAULT_SWEEP_BUDGETS = "0.2,0.3,0.4,0.5,0.6,0.8,1.0"
@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=nonnegative_int, default=1, metavar="N", help="steps of each trace left out (default 1)")
     p.add_argument("--lookahead", type=positive_int, default=LIVE_LOOKAHEAD, metavar="N",
                    help=f"future reads a named policy keeps requested (default {LIVE_LOOKAHEAD}, as `prefetch run`)")
+    p.add_argument("--ahead-share", type=float, default=AHEAD_SHARE, metavar="S",
+                   help="prefetch window: prefetches issued and not yet read hold at most this share of the "
+                        f"budget, 0 for none (default {AHEAD_SHARE}, as `prefetch run`; runtime.defaults.AHEAD_SHARE)")
     p.add_argument("--optimizer", default="auto", choices=("auto", "host", "device"),
                    help="the run's optimizer placement (runtime.placement): host stepping is simulated, and with "
                         "auto or device a budget holding the whole footprint keeps everything resident after the "
@@ -157,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--lookahead must be >= 1, got {args.lookahead}")
     common = dict(link=link, link_ratio=ratio, latency_s=latency_s, warmup_steps=args.warmup,
                   lookahead=args.lookahead, daemon=_daemon(args), guard=not args.no_guard, gpu_model=_gpu_model(args),
-                  optimizer_placement=args.optimizer)
+                  optimizer_placement=args.optimizer, ahead_share=args.ahead_share)
 
     if not args.sweep:
         report = simulate(traces, args.policy, budget=args.budget, **common)

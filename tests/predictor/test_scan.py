@@ -59,12 +59,15 @@ def test_an_oversized_cyclic_scan_is_detected_and_a_fitting_one_is_not():
 
 
 def test_the_scan_hits_where_lru_and_replay_do_not():
-    """On an oversized cyclic scan none (LRU) hits nothing, replay next to nothing; scan hits every pinned read."""
+    """On an oversized cyclic scan none (LRU) hits nothing and replay (even inside the tier's
+    prefetch window, which lifts it from 2 hits to 35 here) much less than scan, which hits
+    every pinned read and stalls half as long (440 against 860)."""
     tiers = {p: _scan_stream(make_policy(p, lookahead=16)) for p in ("none", "replay", "scan")}
     stats = {p: t.measured() for p, t in tiers.items()}
     assert stats["none"].hits == 0
     assert stats["scan"].hits >= 4 * 10  # 4 pinned tensors x 10 measured iterations, at least
-    assert stats["scan"].hits > 3 * max(stats["replay"].hits, 1)
+    assert stats["scan"].hits > 1.5 * max(stats["replay"].hits, 1)
+    assert 1.5 * stats["scan"].stall_ns < stats["replay"].stall_ns
     assert stats["scan"].bytes_copied < stats["replay"].bytes_copied  # only the tail crosses the link
     assert all(t.peak <= 600 and t.overcommits == 0 for t in tiers.values())
 

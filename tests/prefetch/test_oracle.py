@@ -19,6 +19,7 @@ class ScanOnly(BasePolicy):
     """The oracle without its heap fast path (no next_read_key): the simulator scans residents."""
 
     name = "oracle"
+    paced = True  # the oracle's own window, as OraclePolicy
 
     def __init__(self, oracle):
         self.o = oracle

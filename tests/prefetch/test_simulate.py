@@ -145,7 +145,8 @@ def test_optimizer_drop_waits_for_copies_and_refetches_evicted_tensors_requeue(t
     """
     trace = write_trace(tmp_path / "opt", [("A", P, 100), ("B", P, 100), ("C", P, 100)],
                         [[(R, 0), (R, 1), (R, 2), (W, 0, OPT), (W, 1, OPT), (W, 2, OPT)]] * 3)
-    r = simulate(trace, Fixed(predictions={0: 1.0, 1: 2.0, 2: 3.0}), budget=200 * K, link=LINK)
+    # no prefetch window (ahead_share=0): the hand count is of the rules above (the window: tests/runtime/test_tier.py)
+    r = simulate(trace, Fixed(predictions={0: 1.0, 1: 2.0, 2: 3.0}), budget=200 * K, link=LINK, ahead_share=0)
     step = [HIT, HIT, MISS, WRITE, WRITE, WRITE]
     assert r.outcomes.tolist() == [MISS, MISS, MISS, WRITE, WRITE, WRITE] + step + step
     s = r.stats
@@ -435,6 +436,23 @@ def test_cli_lookahead_reaches_the_policy(cycle, tmp_path):
     assert cli_main(["simulate", str(cycle.stem.parent), "--policy", "replay", "--lookahead", "4",
                      "--json", str(out)]) == 0
     assert json.loads(out.read_text())["lookahead"] == 4
+
+
+def test_the_prefetch_window_share_reaches_the_tier_and_the_report(cycle, tmp_path, capsys):
+    """--ahead-share (and a run report's ahead_share, for simulate_like_run) sets the tier's window; out of [0, 1] is one line."""
+    pytest.importorskip("predictor.policies")
+    out = tmp_path / "r.json"
+    assert cli_main(["simulate", str(cycle.stem.parent), "--policy", "replay", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["ahead_share"] == 0.5
+    assert cli_main(["simulate", str(cycle.stem.parent), "--policy", "replay", "--ahead-share", "0",
+                     "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["ahead_share"] == 0
+    report = {"policy": "replay", "budget_bytes": 200 * K, "warmup_steps": 1, "trace": str(cycle.stem),
+              "link": {"bandwidth_GBps": 1.0, "latency_us": 0.0, "ratio": None}, "ahead_share": 0.25}
+    assert simulate_like_run(report).ahead_share == 0.25
+    assert simulate_like_run({k: v for k, v in report.items() if k != "ahead_share"}).ahead_share == 0.5
+    assert cli_main(["simulate", str(cycle.stem.parent), "--policy", "replay", "--ahead-share", "1.5"]) == 2
+    assert "ahead_share must be in [0, 1]" in capsys.readouterr().err
 
 
 def test_cli_sweep_writes_a_png_and_table(cycle, tmp_path, capsys):

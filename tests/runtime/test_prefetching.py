@@ -84,6 +84,18 @@ def test_replay_beats_none_on_a_static_loop():
     assert replay["prefetch_used"] > 0
 
 
+def test_the_prefetch_window_share_reaches_the_store_and_the_report():
+    """PrefetchConfig.ahead_share is the live tier's window (runtime.defaults.AHEAD_SHARE by
+    default), reported as `ahead_share`; training stays bit-identical with or without it."""
+    base, _, _ = _train(None)
+    got, r, _ = _train("replay", ahead_share=0.0)
+    assert got == base and r["ahead_share"] == 0.0
+    got, r, _ = _train("replay")
+    assert got == base and r["ahead_share"] == 0.5
+    with pytest.raises(ValueError, match=r"ahead_share must be in \[0, 1\]"):
+        PrefetchConfig(ahead_share=-0.1)
+
+
 def test_full_budget_no_misses_after_warmup():
     """With everything fitting, nothing is fetched on demand once replay has a step to
     replay (two warm-up steps: the first records, the second's start is still unknown)."""

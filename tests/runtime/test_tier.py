@@ -125,3 +125,66 @@ def test_optimizer_drops_parameter_copies_not_as_evictions():
     assert not tier.resident and tier.used == 0 and tier.evictions == 0 and tier.optimizer_wait_ns == 10
     tier.optimizer_end()
     assert tier.step_start == tier.reads == 1
+
+
+class Ahead(BasePolicy):
+    """After each read, asks for `ids` due at `due` (absolute read counts), soonest first."""
+
+    def __init__(self, ids, due):
+        self.ids, self.due, self.now = list(ids), dict(zip(ids, due)), 0
+
+    def observe(self, step, micro_step, phase, access, tensor_id):
+        if access == R:
+            self.now += 1
+        return self.ids
+
+    def predicted_next_use(self, tensor_id):
+        d = self.due.get(tensor_id)
+        return NO_PREDICTION if d is None else float(max(1, d - self.now))
+
+
+def _in_flight(tier):
+    return [t for t in tier.resident if tier.inflight[t] is not None]
+
+
+def _window_tier(policy, share, n=6):
+    tier = Clock(policy, 1000, copy_ns=10)
+    tier.ahead_share = share
+    tier.declare_all([P] * n, [100] * n, [True] * n)
+    return tier
+
+
+def test_the_window_bounds_unread_prefetches_and_a_read_opens_it():
+    """Budget 1000, window 0.3: at most 300 bytes of prefetches issued and not yet read. The
+    rest wait in the queue, soonest first, and each read of a prefetch lets the next one go."""
+    tier = _window_tier(Ahead([1, 2, 3, 4, 5], [2, 3, 4, 5, 6]), 0.3)
+    tier.event(0, 0, 0, R, 0)
+    assert set(_in_flight(tier)) == {1, 2, 3} and tier.ahead == 300 and tier.held_ahead >= 1
+    tier.now += 100
+    assert tier.event(0, 0, 0, R, 1) == HIT
+    assert set(_in_flight(tier)) == {2, 3, 4} and tier.ahead == 300
+    off = _window_tier(Ahead([1, 2, 3, 4, 5], [2, 3, 4, 5, 6]), 0.0)  # no window: all at once
+    off.event(0, 0, 0, R, 0)
+    assert set(_in_flight(off)) == {1, 2, 3, 4, 5} and off.held_ahead == 0
+
+
+def test_an_overdue_prefetch_leaves_the_window():
+    """A prefetch whose predicted read has passed (a wrong guess) no longer holds the window shut:
+    it stays resident, the requests behind it go."""
+    tier = _window_tier(Ahead([5, 1, 2], [2, 3, 4]), 0.1)  # room for one unread prefetch
+    tier.event(0, 0, 0, R, 0)  # 5 is issued (due at read 2); 1 and 2 wait
+    assert _in_flight(tier) == [5] and tier.ahead == 100
+    tier.now += 100
+    tier.event(0, 0, 0, R, 3)  # read 2 is not 5: at read 3, 5 is overdue
+    tier.event(0, 0, 0, R, 4)
+    assert 5 in tier.resident and tier.pref[5] and not tier.inwin[5]
+    assert 1 in tier.resident and tier.pref[1]  # went once 5 left the window
+
+
+def test_a_paced_policy_is_exempt():
+    """The oracle sets its own window (`paced`): the tier's does not hold its requests."""
+    policy = Ahead([1, 2, 3, 4, 5], [2, 3, 4, 5, 6])
+    policy.paced = True
+    tier = _window_tier(policy, 0.3)
+    tier.event(0, 0, 0, R, 0)
+    assert set(_in_flight(tier)) == {1, 2, 3, 4, 5} and tier.held_ahead == 0
