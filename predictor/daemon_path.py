@@ -170,12 +170,13 @@ class ReplySchedule:
     @classmethod
     def from_trace(cls, trace: Any) -> "ReplySchedule | None":
         """The schedule kept with a trace (a runtime.trace_format.Trace), None when it has none;
-        checked against the trace: it must cover exactly the trace's events."""
+        checked against the trace: it covers the trace's events, or its first ones (a guard that
+        decided for a rival stops showing the learned policy the stream: predictor.guard)."""
         obj = trace.manifest.get(MANIFEST_KEY)
         if obj is None:
             return None
         sched = cls.from_manifest(obj, str(trace.stem))
-        if sched.events != trace.num_events:
+        if sched.events > trace.num_events:
             raise ValueError(f"{trace.stem}: {MANIFEST_KEY} covers {sched.events} events, the trace has "
                              f"{trace.num_events}: not this trace's schedule")
         return sched

@@ -209,8 +209,8 @@ class GuardedPolicy(BasePolicy):
         if self._started:
             if self.shadows:
                 self._shadow(step, micro_step, phase, access, tensor_id)
-            elif self.decided and active:  # the learned one observes on: a daemon sees the whole stream
-                self._observers[0](step, micro_step, phase, access, tensor_id)
+            # decided for a rival: the learned one is no longer asked, nor paid for (a daemon
+            # stops hearing from this run; its reply schedule ends there, the simulation's too)
         else:
             for i, obs in enumerate(self._observers):
                 if i != active:
@@ -355,8 +355,7 @@ class GuardedPolicy(BasePolicy):
         """Rivals whose stall is over `drop_over` times the least leave their shadows: they
         are no longer observed, scored or served (GuardConfig.drop_over)."""
         least = min(self.stall[i] for i in (self.active, *self._slot))
-        gone = [i for i in self._slot if i != 0  # the learned one always: it may come back, and a
-                # daemon's reply schedule must cover the whole stream (predictor.daemon_path)
+        gone = [i for i in self._slot if i != 0  # the learned one always: it may come back
                 and self.stall[i] > self.config.drop_over * least + self.config.noise * self.compute_scored]
         if not gone:
             return
