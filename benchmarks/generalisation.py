@@ -1,12 +1,13 @@
 """The generalisation suite (issue 11, item 5): generated architectures, learned vs the baselines, unseen seed.
 
     python benchmarks/generalisation.py [--quick] [--seeds 1000-1019] [--steps 12] [--budget 0.4]
-        [--out out/benchmarks/generalisation] [--json out/benchmarks/generalisation.json]
+        [--train-seeds 0,1] [--out out/benchmarks/generalisation] [--json out/benchmarks/generalisation.json]
 
 Per generated architecture (prefetch.workloads.generated, generator seeds 1000..1019 by
 default; 0..99 are the tuning seeds, refused here unless --tuning, so what is reported
-was never tuned on): record run seeds 0 and 1 (the recorder, as `runtime.record` does),
-train a model on those two traces (predictor.train, one folder per architecture), then
+was never tuned on): record run seeds 0 and 1 (--train-seeds; the recorder, as
+`runtime.record` does), train a model on those traces (predictor.train, one folder per
+architecture; four runs did no better than two: docs/predictor.md), then
 evaluate on run seed 2, which the model never saw (the provenance `in_sample` is printed
 and must be False):
   - live on the simulated device (budget 0.4, link ratio 0.5): none, replay, markov and
