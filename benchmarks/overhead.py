@@ -1,7 +1,7 @@
 """Where a prefetched step's extra time goes, per workload, policy and budget (issue 12).
 
     python benchmarks/overhead.py [--workloads gpt2,llama,vit] [--budgets 0.4,1.0]
-        [--policies none,replay,learned:out/benchmarks/models] [--seeds 2,3,4] [--steps 8]
+        [--policies none,replay,learned:out/benchmarks/models] [--seeds 2,3,4] [--steps 16]
         [--json out/benchmarks/overhead.json]
 
 Each (workload, budget, seed) is one `prefetch run` (prefetch.run.run_policies): the job
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", default="0.4,1.0")
     ap.add_argument("--policies", default="none,replay,learned:out/benchmarks/models")
     ap.add_argument("--seeds", default="2,3,4", help="repeats, on seeds the learned model never saw")
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=16,
+                    help="steps per run (default 16: a learned run's guard decides after its first 5, docs/predictor.md)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
