@@ -88,7 +88,7 @@ class DeviceTier:
         self.inflight: list[Any] = []  # the engine's handle of a prefetch not read yet, else None
         self.pref = bytearray()  # brought by a prefetch, not read yet: the `mark` it was issued under
         self.ahead = 0  # bytes of those (in flight or landed, not read yet, not overdue): what the window bounds
-        self.inwin = bytearray()  # counted in `ahead`
+        self.inwin: list[int] = []  # the bytes each counts in `ahead` (0: not counted; sizes can change after)
         self.wdue: list[float] = []  # the due it was counted under (heap entries of an older issue are stale)
         self.ahead_heap: list[tuple[float, int]] = []  # (due, id) of the prefetches counted in `ahead`
         self.ahead_share = AHEAD_SHARE
@@ -196,7 +196,7 @@ class DeviceTier:
         self.exists.extend(bytes(grow))
         self.inflight.extend([None] * grow)
         self.pref.extend(bytes(grow))
-        self.inwin.extend(bytes(grow))
+        self.inwin.extend([0] * grow)
         self.wdue.extend([0.0] * grow)
         self.stamp.extend([0] * grow)
         self.hkey.extend([0] * grow)
@@ -306,8 +306,8 @@ class DeviceTier:
                     self.carried += 1  # issued in warm-up, used after it: credited to warm-up
                 pref[t] = 0
                 if self.inwin[t]:
+                    self.ahead -= self.inwin[t]
                     self.inwin[t] = 0
-                    self.ahead -= self.nb[t]
             self.current = t
             self.queued.pop(t, None)  # read: a pending request for it is moot
             self.reads += 1
@@ -601,8 +601,8 @@ class DeviceTier:
         while ah and ah[0][0] < self.reads:  # overdue: a wrong guess leaves the window (it stays resident)
             d, v = heappop(ah)
             if self.inwin[v] and self.wdue[v] == d:
+                self.ahead -= self.inwin[v]
                 self.inwin[v] = 0
-                self.ahead -= nb[v]
         while pending:
             due, p = heappop(pending)
             if queued.get(p) != due:
@@ -628,7 +628,7 @@ class DeviceTier:
             inflight[p] = start(p)
             pref[p] = mark
             self.ahead += n
-            self.inwin[p] = 1
+            self.inwin[p] = n
             self.wdue[p] = due
             heappush(ah, (due, p))
             resident[p] = None  # _place, for a copy in flight: it enters the eviction heap once read
@@ -773,8 +773,8 @@ class DeviceTier:
         """`t` no longer holds an unread prefetch (freed, evicted, dropped, made stale)."""
         self.pref[t] = 0
         if self.inwin[t]:
+            self.ahead -= self.inwin[t]
             self.inwin[t] = 0
-            self.ahead -= self.nb[t]
 
     def evict(self, v: int, far: float) -> None:
         """Evict a resident `v` (predicted `far` reads away): an activation is written back,
