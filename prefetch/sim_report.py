@@ -47,6 +47,7 @@ def _combine(runs: list[SimReport]) -> SimReport:
         overcommits=sum(r.overcommits for r in runs), write_stall_ns=sum(r.write_stall_ns for r in runs),
         prefetch_requested=sum(r.prefetch_requested for r in runs),
         prefetch_refused=sum(r.prefetch_refused for r in runs),
+        prefetch_held=sum(r.prefetch_held for r in runs),
         optimizer_wait_ns=sum(r.optimizer_wait_ns for r in runs), lookahead=runs[0].lookahead, traces=runs,
         bytes_h2d=_sum_counts([r.bytes_h2d for r in runs]), bytes_d2h=_sum_counts([r.bytes_d2h for r in runs]),
         grad_wait_ns=sum(r.grad_wait_ns for r in runs), grad_moves=sum(r.grad_moves for r in runs),

@@ -312,6 +312,7 @@ def _run_trace(
         baseline_ns=stream.baseline_ns,
         overcommits=extra["overcommits"], write_stall_ns=extra["write_stall_ns"],
         prefetch_requested=extra["prefetch_requested"], prefetch_refused=extra["prefetch_refused"],
+        prefetch_held=extra["prefetch_held"],
         optimizer_wait_ns=extra["optimizer_wait_ns"], trace=trace.stem.name, variant=policy.variant,
         outcomes=np.frombuffer(bytes(outcome), dtype=np.int8), **tier.traffic_fields(),
     )

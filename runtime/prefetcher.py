@@ -421,6 +421,7 @@ class Prefetcher:
             baseline_step_time_s=base,
             slowdown=(step_time / base) if (step_time and base) else None,
             prefetch_refused=self.store.refused,
+            prefetch_held=self.store.measured_extra()["prefetch_held"],
             overcommits=self.store.overcommits,
             optimizer_wait_ns=self.store.measured_extra()["optimizer_wait_ns"],
             **self.store.traffic_fields(),

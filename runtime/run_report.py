@@ -110,6 +110,8 @@ class RunReport:
     """step_time_s / baseline_step_time_s unless a producer measured it otherwise (prefetch run's paired steps)."""
     prefetch_refused: int = 0
     """Times draining stopped at a refused request (measured steps)."""
+    prefetch_held: int = 0
+    """Times draining stopped at a request the prefetch window held back (measured steps; runtime.tier)."""
     overcommits: int = 0
     """Demand fetches and writes let through over budget (JSON `budget_overflows`)."""
     bytes_h2d: dict[str, int] | None = None
@@ -235,6 +237,7 @@ class RunReport:
         if sim:
             d["prefetch_requested"] = self.prefetch_requested
         d["prefetch_refused"] = self.prefetch_refused
+        d["prefetch_held"] = self.prefetch_held
         if sim:
             d["overcommits"] = self.overcommits
         d["budget_overflows"] = self.overcommits
@@ -407,6 +410,7 @@ class _Reader:
             baseline_step_time_s=self.need("baseline_step_time_s", _NUM, nullable=True),
             slowdown=self.need("slowdown", _NUM, nullable=True),
             prefetch_refused=self.may("prefetch_refused", _INT, 0),
+            prefetch_held=self.may("prefetch_held", _INT, 0),
         )
         kw["stats"].steps = kw["steps"]
         if self.rest.get("bytes_h2d") is not None:  # the traffic by direction and kind (older reports: none)

@@ -51,10 +51,10 @@ def _quiet(step: int, micro_step: int, phase: int, access: int, t: int) -> tuple
     return ()
 
 _EXTRA = ("overcommits", "write_stall_ns", "prefetch_requested", "prefetch_refused", "optimizer_wait_ns",
-          "grad_wait_ns", "grad_moves", "grad_holds")
+          "grad_wait_ns", "grad_moves", "grad_holds", "prefetch_held")
 """The tier's own counters beyond AccessStats (measured_extra), by attribute name below."""
 _EXTRA_ATTR = ("overcommits", "write_stall_ns", "requested", "refused", "optimizer_wait_ns",
-               "grad_wait_ns", "grad_moves", "grad_holds")
+               "grad_wait_ns", "grad_moves", "grad_holds", "held_ahead")
 
 GRAD_HOLD_SHARE = 0.25
 """Most of the budget gradients held on the device across micro-steps may take. Holding a

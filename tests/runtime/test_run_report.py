@@ -30,14 +30,14 @@ LIVE_KEYS = DESIGN_MD_KEYS | {  # what Prefetcher.report() has written since bef
     "warmup", "overhead",
     "bytes_h2d", "bytes_d2h", "grad_wait_s", "grad_moves", "grad_holds",  # issue 15: traffic by direction and kind
     "optimizer", "optimizer_wait_s",  # issue 15: where the optimizer ran and why, its copies' waits
-    "ahead_share",  # the tier's prefetch window
+    "ahead_share", "prefetch_held",  # the tier's prefetch window
 }
 SIM_KEYS = DESIGN_MD_KEYS | {  # what SimReport.as_dict() has written since before RunReport
     "lookahead", "budget", "budget_fraction", "events", "coverage", "stall_ns", "bytes_written_back", "evictions",
     "prefetch_requested", "prefetch_refused", "overcommits", "budget_overflows", "write_stall_s",
     "optimizer_wait_s", "warmup", "trace",
     "bytes_h2d", "bytes_d2h", "grad_wait_s", "grad_moves", "grad_holds",  # issue 15: traffic by direction and kind
-    "ahead_share",  # the tier's prefetch window
+    "ahead_share", "prefetch_held",  # the tier's prefetch window
 }
 
 
