@@ -627,10 +627,11 @@ class DeviceTier:
             del queued[p]
             inflight[p] = start(p)
             pref[p] = mark
-            self.ahead += n
-            self.inwin[p] = n
-            self.wdue[p] = due
-            heappush(ah, (due, p))
+            if cap != _INF:  # the window is on: count it in
+                self.ahead += n
+                self.inwin[p] = n
+                self.wdue[p] = due
+                heappush(ah, (due, p))
             resident[p] = None  # _place, for a copy in flight: it enters the eviction heap once read
             self.used = used = self.used + n
             if used > self.peak:
