@@ -31,7 +31,21 @@ from predictor.train import TrainConfig, finish_meta, held_out_metrics, lgb_para
 
 
 class FitHung(RuntimeError):
-    """A distributed LightGBM fit did not finish within its watchdog's time."""
+    """A distributed step (the LightGBM fit, or gathering the workers' results) did not
+    finish within its watchdog's time."""
+
+
+def _gather(client, futures: Any, timeout_s: float | None, what: str) -> Any:
+    """client.gather, watched: FitHung if the futures are not all done within `timeout_s`
+    (a worker stuck after a hung LightGBM network holds the tasks queued behind it)."""
+    if timeout_s is not None:
+        from distributed import wait
+
+        try:
+            wait(futures if isinstance(futures, list) else [futures], timeout=timeout_s)
+        except TimeoutError:  # distributed raises the builtin (asyncio's alias) on a timeout
+            raise FitHung(f"{what} did not finish within {timeout_s:g} s on the dask workers") from None
+    return client.gather(futures)
 
 
 def train_dask(
@@ -54,9 +68,10 @@ def train_on_client(client, paths: Sequence[str | Path], out: str | Path, config
                     *, log=print, fit_timeout_s: float | None = None) -> list[Path]:  # fmt: skip
     """Train with a connected distributed.Client (see the module docstring for the steps).
 
-    `fit_timeout_s`: a watchdog on each distributed LightGBM fit. LightGBM's socket network
-    between the workers can hang before the first tree (LightGBM issue 4942; seen here once
-    in several hundred fits); a fit not done by then is taken as hung: the workers are
+    `fit_timeout_s`: a watchdog on each distributed LightGBM fit and on each wait for the
+    workers' results. LightGBM's socket network between the workers can hang before the first
+    tree (LightGBM issue 4942; seen here once in several hundred fits), and once a gather of
+    the threshold scores after a fit sat for 300 s; a step not done by then is taken as hung: the workers are
     restarted (`client.restart()`: their memory goes) and the whole training is done once
     more, from the traces. None: no watchdog (a large fit may take long)."""
     if fit_timeout_s is None:
@@ -75,14 +90,15 @@ def _train_all(client, paths: Sequence[str | Path], out: str | Path, config: Tra
 
     config = config or TrainConfig()
     # absolute paths: the workers' working directory is not the client's
-    stems = client.submit(_find, [str(p) if is_uri(str(p)) else str(Path(p).absolute()) for p in paths],
-                          pure=False).result()  # fmt: skip
+    stems = _gather(client, client.submit(_find, [str(p) if is_uri(str(p)) else str(Path(p).absolute()) for p in paths],
+                                          pure=False), fit_timeout_s, "finding the traces")  # fmt: skip
     workers = sorted(client.scheduler_info()["workers"])
     loaded: list[Any] = [
         client.submit(_load, s, workers=[workers[i % len(workers)]], allow_other_workers=True, pure=False)
         for i, s in enumerate(stems)
     ]
-    infos = client.gather([client.submit(_describe, f, config.holdout_fraction, pure=False) for f in loaded])
+    infos = _gather(client, [client.submit(_describe, f, config.holdout_fraction, pure=False) for f in loaded],
+                    fit_timeout_s, "describing the traces")
     groups: dict[str, list[int]] = {}
     for i, info in enumerate(infos):
         groups.setdefault(info["architecture"], []).append(i)
@@ -146,7 +162,7 @@ def _train_group(client, arch: str, traces: list, infos: list[dict[str, Any]], c
 
     def counts_for(steps_of) -> TableCounts:
         futs = [client.submit(_counts, t, kf, steps_of(info), D, pure=False) for t, info in zip(traces, infos)]
-        return TableCounts.merge(client.gather(futs), keyinfo.size, D)
+        return TableCounts.merge(_gather(client, futs, fit_timeout_s, "counting contexts"), keyinfo.size, D)
 
     table_counts = counts_for(lambda info: info["train_steps"])
     table = table_counts.table(config.max_candidates)
@@ -162,7 +178,7 @@ def _train_group(client, arch: str, traces: list, infos: list[dict[str, Any]], c
     ff = client.scatter(fold_tables, broadcast=True) if fold_tables is not None else None
     rows = [client.submit(_rows, t, kf, tf, ff, info["train_steps"], h, config, pure=False)
             for t, info, h in zip(traces, infos, halves)]  # fmt: skip
-    shapes = client.gather([client.submit(_shape, r, pure=False) for r in rows])
+    shapes = _gather(client, [client.submit(_shape, r, pure=False) for r in rows], fit_timeout_s, "building rows")
     total = sum(n for n, _ in shapes)
     # the same subset as local training: one draw over the rows in trace order
     keeps: list[np.ndarray | None] = [None] * len(rows)
@@ -174,13 +190,13 @@ def _train_group(client, arch: str, traces: list, infos: list[dict[str, Any]], c
     params = lgb_params(config)
     Xs = [client.submit(_take, r, k, 0, pure=False) for r, k in zip(rows, keeps)]
     ys = [client.submit(_take, r, k, 1, pure=False) for r, k in zip(rows, keeps)]
-    y_sum = client.gather([client.submit(np.sum, y, pure=False) for y in ys])
+    y_sum = _gather(client, [client.submit(np.sum, y, pure=False) for y in ys], fit_timeout_s, "counting labels")
     n_rows, positives = sum(sizes), int(sum(y_sum))
     if positives == 0 or positives == n_rows:  # one class: predictor.train's constant model, locally
         from predictor.train import fit_booster
 
-        X = np.concatenate(client.gather(Xs)) if Xs else np.zeros((0, len(FEATURES)), np.float32)
-        y = np.concatenate(client.gather(ys)) if ys else np.zeros(0, np.int8)
+        X = np.concatenate(_gather(client, Xs, fit_timeout_s, "gathering rows")) if Xs else np.zeros((0, len(FEATURES)), np.float32)
+        y = np.concatenate(_gather(client, ys, fit_timeout_s, "gathering labels")) if ys else np.zeros(0, np.int8)
         static = static_columns(table, keyinfo)
         X = np.concatenate([X, static[:1], static[:1]]) if len(static) else np.zeros((2, len(FEATURES)), np.float32)
         y = np.concatenate([y, [0, 1]]).astype(np.int8)
@@ -239,8 +255,8 @@ def _train_group(client, arch: str, traces: list, infos: list[dict[str, Any]], c
     metrics: dict[str, Any] = {"scope": HELD_OUT_STEPS, "lookahead": D}
     if held:
         af = client.scatter(artifact, broadcast=True)
-        scores = client.gather([client.submit(_evaluate, t, af, list(config.thresholds), ho, D, pure=False)
-                                for t, ho in held])  # fmt: skip
+        scores = _gather(client, [client.submit(_evaluate, t, af, list(config.thresholds), ho, D, pure=False)
+                                  for t, ho in held], fit_timeout_s, "scoring the thresholds")  # fmt: skip
         learned = pick_threshold(artifact, config.thresholds, metrics, lambda thr: [s["learned"][thr] for s in scores])
         held_out_metrics(metrics, learned, [s["base"] for s in scores])
     finish_meta(artifact, meta, metrics, fit_s, t0)

@@ -36,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dask-timeout", type=positive_float, default=10.0, metavar="SECONDS",
                    help="how long to wait for the scheduler at --dask ADDRESS and its workers (default 10)")
     p.add_argument("--dask-fit-timeout", type=positive_float, default=None, metavar="SECONDS",
-                   help="--dask: a distributed LightGBM fit not done within SECONDS is taken as hung (LightGBM's "
-                        "worker network can hang, LightGBM issue 4942): the workers restart and the training runs "
-                        "once more (default: no watchdog)")
+                   help="--dask: a distributed LightGBM fit, or a wait for the workers' results, not done within "
+                        "SECONDS is taken as hung (LightGBM's worker network can hang, LightGBM issue 4942): the "
+                        "workers restart and the training runs once more (default: no watchdog)")
     p.set_defaults(func=run)
 
 

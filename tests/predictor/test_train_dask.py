@@ -123,8 +123,26 @@ def test_dask_training_across_two_workers(client, synthetic, tmp_path):
         assert abs(dask[metric] - local[metric]) <= 0.01, (metric, dask, local)
 
 
+def test_the_watchdogs_name_the_step_that_hung(client):
+    """The fit's watchdog and the gathers' each raise a one-line FitHung naming what did not finish."""
+    import time
+
+    from predictor.train_dask import FitHung, _fit, _gather
+
+    class SlowModel:
+        def fit(self, X, y, feature_name=None):
+            time.sleep(2.0)
+
+    with pytest.raises(FitHung, match=r"^the distributed LightGBM fit did not finish within 0.05 s$"):
+        _fit(SlowModel(), None, None, 0.05)
+    slow = client.submit(time.sleep, 3.0, pure=False)
+    with pytest.raises(FitHung, match=r"^scoring the thresholds did not finish within 0.2 s on the dask workers$"):
+        _gather(client, [slow], 0.2, "scoring the thresholds")
+    assert _gather(client, client.submit(sum, [1, 2], pure=False), 30.0, "a sum") == 3
+
+
 def test_a_hung_fit_restarts_the_workers_and_trains_once_more(client, synthetic, tmp_path):
-    """The fit watchdog: a fit not done within its time (here a timeout no fit can meet) is
+    """The watchdog: a step not done within its time (here a timeout nothing can meet) is
     taken as hung, the workers restart and the training runs once more; hung again, it fails
     with a one-line FitHung naming the timeout, and the client still works afterwards."""
     from predictor.train_dask import FitHung
