@@ -250,7 +250,7 @@ def check_policy(policy: object) -> Policy:
 
 
 _HOOKS = ("name", "served_by", "note", "variant", "start", "observe", "predicted_next_use", "upcoming", "extend",
-          "admit_prefetch", "next_read_key", "rekeyed", "bind_clock", "bind_tier", "close")
+          "admit_prefetch", "next_read_key", "rekeyed", "bind_clock", "bind_tier", "close", "paced")
 
 
 class PolicyError(ValueError):

@@ -405,6 +405,7 @@ class Prefetcher:
         step_time = statistics.median(measured_times) if measured_times else None  # median: robust to noise
         base = self.config.baseline_step_time_s
         identity = dict(self.identity)
+        extra = self.store.measured_extra()
         return RunReport(
             policy=self.config.policy,
             device=self.device.name,
@@ -421,9 +422,9 @@ class Prefetcher:
             baseline_step_time_s=base,
             slowdown=(step_time / base) if (step_time and base) else None,
             prefetch_refused=self.store.refused,
-            prefetch_held=self.store.measured_extra()["prefetch_held"],
+            prefetch_held=extra["prefetch_held"],
             overcommits=self.store.overcommits,
-            optimizer_wait_ns=self.store.measured_extra()["optimizer_wait_ns"],
+            optimizer_wait_ns=extra["optimizer_wait_ns"],
             **self.store.traffic_fields(),
             live=LiveCounters(
                 policy_served_by=self.store.policy.served_by or self.store.policy.name,

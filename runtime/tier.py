@@ -151,7 +151,7 @@ class DeviceTier:
             policy.bind_tier(self)  # read-only: budget and counters (predictor.interface.TierView)
         self.observe = policy.observe
         self.pnu: Callable[[int], float] = policy.predicted_next_use
-        self._paced = bool(getattr(policy, "paced", False))  # sets its own window (the oracle)
+        self._paced = policy.paced  # sets its own window (the oracle)
         self.use_heap = overrides(policy, "next_read_key")  # the oracle: the scan's victims, in O(log n)
         self.key = policy.next_read_key
         self.rekeyed = policy.rekeyed if overrides(policy, "rekeyed") else None
@@ -304,10 +304,7 @@ class DeviceTier:
                     self.prefetch_used += 1
                 else:
                     self.carried += 1  # issued in warm-up, used after it: credited to warm-up
-                pref[t] = 0
-                if self.inwin[t]:
-                    self.ahead -= self.inwin[t]
-                    self.inwin[t] = 0
+                self.unpref(t)
             self.current = t
             self.queued.pop(t, None)  # read: a pending request for it is moot
             self.reads += 1
@@ -601,8 +598,7 @@ class DeviceTier:
         while ah and ah[0][0] < self.reads:  # overdue: a wrong guess leaves the window (it stays resident)
             d, v = heappop(ah)
             if self.inwin[v] and self.wdue[v] == d:
-                self.ahead -= self.inwin[v]
-                self.inwin[v] = 0
+                self._leave_window(v)
         while pending:
             due, p = heappop(pending)
             if queued.get(p) != due:
@@ -771,11 +767,15 @@ class DeviceTier:
                 heappush(self._heap, (-k, self._tick, t))
 
     def unpref(self, t: int) -> None:
-        """`t` no longer holds an unread prefetch (freed, evicted, dropped, made stale)."""
+        """`t` no longer holds an unread prefetch (read, freed, evicted, dropped, made stale)."""
         self.pref[t] = 0
         if self.inwin[t]:
-            self.ahead -= self.inwin[t]
-            self.inwin[t] = 0
+            self._leave_window(t)
+
+    def _leave_window(self, t: int) -> None:
+        """`t`'s bytes stop counting in the prefetch window (read, gone, or overdue)."""
+        self.ahead -= self.inwin[t]
+        self.inwin[t] = 0
 
     def evict(self, v: int, far: float) -> None:
         """Evict a resident `v` (predicted `far` reads away): an activation is written back,
