@@ -153,6 +153,15 @@ class Policy(Protocol):
         policy (before start() and again on a policy swap). Default: nothing."""
         ...
 
+    def hint(self, want: Sequence[int], skip: Sequence[int]) -> Sequence[int] | None:
+        """A router has chosen, or predicted, the experts a routed layer runs next
+        (runtime.routers): `want`, the parameters of those that will run; `skip`, those of the
+        layer's other experts. Return the ids to request now, soonest needed first (the executor
+        then also drops its queued requests for `skip`), or None to take no hints. Called between
+        accesses, in forward; a live run's trace keeps them and its simulation replays them.
+        Default None: the simple policies stay what their names say."""
+        ...
+
     def close(self) -> None:
         """The run is over (live runs call it at Prefetcher.close): release sockets and
         threads. Idempotent. Default: nothing."""
@@ -229,6 +238,9 @@ class BasePolicy:
     def bind_tier(self, tier: "TierView") -> None:
         pass
 
+    def hint(self, want: Sequence[int], skip: Sequence[int]) -> Sequence[int] | None:
+        return None
+
     def close(self) -> None:
         pass
 
@@ -250,7 +262,7 @@ def check_policy(policy: object) -> Policy:
 
 
 _HOOKS = ("name", "served_by", "note", "variant", "start", "observe", "predicted_next_use", "upcoming", "extend",
-          "admit_prefetch", "next_read_key", "rekeyed", "bind_clock", "bind_tier", "close", "paced")
+          "admit_prefetch", "next_read_key", "rekeyed", "bind_clock", "bind_tier", "close", "paced", "hint")
 
 
 class PolicyError(ValueError):

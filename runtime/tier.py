@@ -51,10 +51,10 @@ def _quiet(step: int, micro_step: int, phase: int, access: int, t: int) -> tuple
     return ()
 
 _EXTRA = ("overcommits", "write_stall_ns", "prefetch_requested", "prefetch_refused", "optimizer_wait_ns",
-          "grad_wait_ns", "grad_moves", "grad_holds", "prefetch_held")
+          "grad_wait_ns", "grad_moves", "grad_holds", "prefetch_held", "router_hints", "hint_cancelled")
 """The tier's own counters beyond AccessStats (measured_extra), by attribute name below."""
 _EXTRA_ATTR = ("overcommits", "write_stall_ns", "requested", "refused", "optimizer_wait_ns",
-               "grad_wait_ns", "grad_moves", "grad_holds", "held_ahead")
+               "grad_wait_ns", "grad_moves", "grad_holds", "held_ahead", "hints_taken", "hint_cancelled")
 
 GRAD_HOLD_SHARE = 0.25
 """Most of the budget gradients held on the device across micro-steps may take. Holding a
@@ -104,6 +104,7 @@ class DeviceTier:
         self.queued: dict[int, float] = {}  # id -> its live entry's due
         self.deferred: dict[int, float] = {}  # parameter requests held until the optimizer ran
         self.reads = 0  # managed reads so far: the clock predictions are relative to
+        self.hints_taken = self.hint_cancelled = 0  # router hints the policy took; queued requests they dropped
         self.step_start = 0  # reads when the current optimizer step began
         self.step_prev = 0  # reads in the previous optimizer step
         self.in_optimizer = False
@@ -344,6 +345,29 @@ class DeviceTier:
                 continue  # resident, in flight, not produced yet, or not managed
             d = pnu(p)
             self.want(p, reads + (d if d != _INF else j + 1))
+
+    def hint(self, want: Sequence[int], skip: Sequence[int]) -> None:
+        """A router's word on which experts run next (runtime.routers; Policy.hint): if the
+        policy takes it, its requests are queued and the queued (or deferred) requests for the
+        experts that will not run are dropped, then the queue drains. Between events, in forward."""
+        reqs = self._policy.hint(want, skip)
+        if reqs is not None:
+            self.take_hint(reqs, skip)
+
+    def take_hint(self, reqs: Sequence[int], skip: Sequence[int]) -> None:
+        """Act on a hint the policy took (hint); the guard's shadow tiers are given theirs directly."""
+        self.hints_taken += 1
+        queued, deferred = self.queued, self.deferred
+        for t in skip:
+            if queued.pop(t, None) is not None:
+                self.hint_cancelled += 1
+            deferred.pop(t, None)
+        if self.in_optimizer or self.resident_mode:
+            return
+        if reqs:
+            self.request(reqs)
+        if self.pending:
+            self.drain()
 
     def write(self, t: int, nbytes: int) -> None:
         """An activation is produced on the device: its previous value goes, room is made
@@ -846,7 +870,7 @@ class DeviceTier:
         h2d, d2h = self.measured_traffic()
         x = self.measured_extra()
         return dict(bytes_h2d=h2d, bytes_d2h=d2h, grad_wait_ns=x["grad_wait_ns"], grad_moves=x["grad_moves"],
-                    grad_holds=x["grad_holds"])
+                    grad_holds=x["grad_holds"], router_hints=x["router_hints"], hint_cancelled=x["hint_cancelled"])
 
     def describe(self, tid: int) -> str:
         """How errors name a tensor id (subclasses know keys)."""

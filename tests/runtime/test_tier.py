@@ -13,7 +13,7 @@ from runtime.trace_format import Access, Kind
 RULES = ("event", "request", "write", "free", "optimizer_begin", "optimizer_end", "want", "drain", "make_room",
          "_room_from_heap", "_rekey", "_place", "evict", "begin_measurement", "measured", "totals",
          "drop_params", "grad_write", "grad_release", "grad_backward_end", "grads_finish", "grad_on_host",
-         "grad_last_micro", "measured_traffic", "go_resident", "_hold", "_params_for_step")
+         "grad_last_micro", "measured_traffic", "go_resident", "_hold", "_params_for_step", "hint", "take_hint")
 """The tier's rules: written once, in DeviceTier."""
 ENGINE = ("_start_copy", "_land", "_fetch", "_finish", "_write_back", "_drop", "_busy", "_eta", "describe",
           "_grad_out", "_grad_done", "_grad_wait", "_keep_ready", "_kept", "_park")
@@ -188,3 +188,28 @@ def test_a_paced_policy_is_exempt():
     tier = _window_tier(policy, 0.3)
     tier.event(0, 0, 0, R, 0)
     assert set(_in_flight(tier)) == {1, 2, 3, 4, 5} and tier.held_ahead == 0
+
+
+class Hinted(Ahead):
+    """Ahead, and takes router hints: requests what will run."""
+
+    def hint(self, want, skip):
+        return list(want)
+
+
+def test_a_router_hint_requests_what_runs_and_drops_what_will_not():
+    """A policy that takes hints: the experts the router chose are requested, the queued
+    requests for those it did not choose are dropped; a policy that takes none changes nothing."""
+    tier = _window_tier(Hinted([1, 2], [5, 6]), 0.1)  # the window lets one prefetch go: 2 waits in the queue
+    tier.event(0, 0, 0, R, 0)
+    assert _in_flight(tier) == [1] and 2 in tier.queued
+    tier.hint([3], [2, 4])  # 3 runs, 2 and 4 do not
+    assert 2 not in tier.queued and 3 in tier.queued and tier.hint_cancelled == 1 and tier.hints_taken == 1
+    tier.now += 100
+    tier.event(0, 0, 0, R, 1)  # 1 read: the window opens for 3, not 2
+    assert 3 in tier.resident and 2 not in tier.resident
+
+    plain = _window_tier(Ahead([1, 2], [5, 6]), 0.1)  # BasePolicy.hint: None, hints ignored
+    plain.event(0, 0, 0, R, 0)
+    plain.hint([3], [2, 4])
+    assert 2 in plain.queued and 3 not in plain.queued and plain.hints_taken == plain.hint_cancelled == 0
