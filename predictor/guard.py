@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Sequence
 
-from predictor.interface import BasePolicy, Policy, TensorInfo, TierView, overrides
+from predictor.interface import NO_PREDICTION, BasePolicy, Policy, TensorInfo, TierView, overrides
 from runtime.link import LinkModel
 from runtime.tier import DeviceTier
 from runtime.trace_format import Access, Kind
@@ -200,10 +200,13 @@ class GuardedPolicy(BasePolicy):
         self._resume = False  # the active candidate just changed: re-request its window once
         self._written = -1  # an activation written at the last event: shadows place it at the next
         self._observers = [c.observe for c in self.candidates]
+        self._skip: set[int] = set()  # experts a router said will not run, until they are read
 
     def observe(self, step: int, micro_step: int, phase: int, access: int, tensor_id: int) -> Sequence[int]:
         if step != self._step:
             self._new_step(step)
+        if self._skip:
+            self._skip.discard(tensor_id)
         active = self.active
         out = self._observers[active](step, micro_step, phase, access, tensor_id)
         if self._started:
@@ -246,7 +249,19 @@ class GuardedPolicy(BasePolicy):
             self._written = t
 
     def predicted_next_use(self, tensor_id: int) -> float:
+        if tensor_id in self._skip:
+            return NO_PREDICTION  # its router chose other experts: the first to give way
         return self.candidates[self.active].predicted_next_use(tensor_id)
+
+    def hint(self, want: Sequence[int], skip: Sequence[int]) -> Sequence[int]:
+        """Router hints (runtime.routers) serve whichever candidate serves: the learned model
+        cannot see a router's choice coming, the hook can. The shadows take them too, so each
+        rival is scored as it would serve. Experts to skip give way first until read."""
+        self._skip.difference_update(want)
+        self._skip.update(skip)
+        for sh in self.shadows:
+            sh.take_hint(want, skip)
+        return want
 
     def upcoming(self, k: int) -> list[int] | None:
         return self.candidates[self.active].upcoming(k)

@@ -21,6 +21,7 @@ import numpy as np
 from predictor.interface import Policy, TensorInfo, overrides
 from prefetch.oracle import managed_stream
 from prefetch.sim_report import SimReport
+from runtime import hint_schedule
 from runtime.budget import Budget
 from runtime.link import LinkModel
 from runtime.defaults import AHEAD_SHARE
@@ -268,6 +269,9 @@ def _run_trace(
     outcome = bytearray(n)  # per managed event: HIT (0), LATE, MISS, WRITE
     tier.steps = warmup_steps
     t_measure = 0
+    hints = _hints(trace)  # router hints the run took, by the managed event they came before
+    hint_at = iter(sorted(hints))
+    nh = next(hint_at, -1)
     chunks = [(0, measure_start)] + [(lo, min(lo + chunk, n)) for lo in range(measure_start, n, chunk)]
     warm_missed = 0
     for lo, hi in chunks:
@@ -291,6 +295,12 @@ def _run_trace(
                 _act(tier, opt)
             tier.comp = c
             tier.running = run
+            if i == nh:  # the run's router hints before this event, in forward (the optimizer's steps came first)
+                for when, want, skip in hints[i]:
+                    tier.comp = when  # when it came: the copies it starts start then
+                    tier.hint(want, skip)
+                tier.comp = c
+                nh = next(hint_at, -1)
             outcome[i] = event(s, m, ph, a, t)
             if is_act[t]:
                 if a == _READ:
@@ -316,6 +326,31 @@ def _run_trace(
         optimizer_wait_ns=extra["optimizer_wait_ns"], trace=trace.stem.name, variant=policy.variant,
         outcomes=np.frombuffer(bytes(outcome), dtype=np.int8), **tier.traffic_fields(),
     )
+
+
+def _hints(trace: Trace) -> dict[int, list[tuple[int, list[int], list[int]]]]:
+    """The router hints the trace kept (runtime.hint_schedule) by the managed event they came
+    before, each with its compute time: the time of the event before it plus the time since
+    (never past the next event's). Hints after the last managed event are dropped."""
+    obj = trace.manifest.get(hint_schedule.MANIFEST_KEY)
+    if obj is None:
+        return {}
+    return trace.derived(("router_hints",), lambda: _place_hints(trace, hint_schedule.from_manifest(
+        obj, str(trace.stem), trace.num_events, trace.num_tensors)))
+
+
+def _place_hints(trace: Trace, entries: list[hint_schedule.Entry]) -> dict[int, list[tuple[int, list[int], list[int]]]]:
+    ms = managed_stream(trace)
+    idx, csum = ms["index"], ms["csum"]
+    t = np.asarray(trace.column("time_ns"), dtype=np.int64)
+    out: dict[int, list[tuple[int, list[int], list[int]]]] = {}
+    for at, at_ns, want, skip in entries:
+        pos = int(np.searchsorted(idx, at))  # the first managed event at or after it
+        if pos >= len(idx):
+            continue
+        when = int(csum[at - 1]) + max(0, at_ns - int(t[at - 1])) if at else 0
+        out.setdefault(pos, []).append((min(when, int(csum[idx[pos]])), want, skip))
+    return out
 
 
 def _act(tier: _TraceTier, acts: list[tuple[int, ...]]) -> None:

@@ -10,6 +10,9 @@ very run it came from:
   (runtime.link.ComputeClock.compute_ns: the device clock less its waits), not wall time;
   on CUDA it is wall time (time.monotonic_ns), as in a recorded trace.
 
+A run whose policy takes router hints (runtime.routers) keeps them under `router_hints`
+(runtime.hint_schedule), so its simulation gives each where this run took it.
+
 A learned run served by the daemon also keeps, in the manifest under `daemon_replies`, the
 event each daemon reply was read at (predictor.daemon_path.ReplySchedule.as_manifest,
 from runtime.daemon_policy.DaemonPolicy), so its simulation reads each reply where this
@@ -25,8 +28,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from runtime import hint_schedule
 from runtime.recorder import unique_stem
 from runtime.trace_format import SCHEMA_VERSION
 from runtime.trace_writer import TraceWriter, check_output_dir
@@ -64,6 +68,16 @@ class LiveTrace:
                 events.append((step, micro_step, seq, phase, kind, acc, tensor_id, nbytes, time_ns, module_id, layer))
 
         store.new_tensor, store.access = new_tensor, access  # type: ignore[method-assign]
+        self.now: Callable[[], int] = time.monotonic_ns
+        """The clock of the events' time_ns (the prefetcher sets the tracker's), for the hints."""
+        self.hints = hint_schedule.HintLog(lambda: len(events), lambda: self.now())
+        inner_hint, log = store.hint, self.hints.log
+
+        def hint(want: list[int], skip: list[int]) -> None:
+            log(want, skip)
+            inner_hint(want, skip)
+
+        store.hint = hint  # type: ignore[method-assign]
         self._store = store
 
     def write(self, *, name: str, manifest: dict[str, Any], daemon_replies: dict[str, Any] | None = None) -> Path:
@@ -72,6 +86,8 @@ class LiveTrace:
         `daemon_replies`: the daemon's reply schedule (ReplySchedule.as_manifest), kept in the manifest."""
         sizes = self._store.nb
         extra = {DAEMON_REPLIES_KEY: daemon_replies} if daemon_replies is not None else {}
+        if self.hints.entries:
+            extra[hint_schedule.MANIFEST_KEY] = self.hints.as_manifest()
         writer = TraceWriter(unique_stem(self.out, name), {
             "schema_version": SCHEMA_VERSION, "created_unix_s": time.time(), "managed_only": True,
             "time_ns_clock": self.clock, **manifest, **extra})

@@ -22,11 +22,11 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from predictor.interface import BasePolicy, Policy, TensorInfo, check_policy
+from predictor.interface import BasePolicy, Policy, TensorInfo, check_policy, overrides
 from runtime.defaults import AHEAD_SHARE, DAEMON_BATCH_EVENTS, LIVE_LOOKAHEAD
 from runtime.device import CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
@@ -35,6 +35,7 @@ from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
 from runtime.budget import footprint_extra, fraction_bytes
 from runtime.device_stepping import has_closure
 from runtime.placement import OptimizerPlacement, check_placement
+from runtime.routers import AUTO, DEFAULT_DEPTH, RouterLookahead, find_routers
 from runtime.run_report import Identity, LiveCounters, RunReport
 from runtime.store import StoreConfig, TensorStore, check_budget
 from runtime.tier import check_ahead_share
@@ -103,6 +104,12 @@ class PrefetchConfig:
     guard: bool = True
     """A learned policy runs under predictor.guard (it leans on replay, markov or none in
     steps where it stalls more than they do); False: the learned policy alone."""
+    routers: str | Sequence[str] | None = AUTO
+    """Router lookahead for mixture-of-experts models (runtime.routers): "auto" finds the
+    routers, "off" (or None) uses none, or the router modules' paths (`PATH` or `PATH:K`).
+    Used when the policy takes hints (the guarded learned policy); others ignore them."""
+    router_depth: int = DEFAULT_DEPTH
+    """Routed layers ahead predicted at each router, besides its own layer's choice."""
     trace_out: str | Path | None = None
     """Keep this run's own trace here (runtime.live_trace: managed events; on the simulated
     device timed by its compute clock), for `simulate_like_run(report, pf.trace_stem)`."""
@@ -113,6 +120,8 @@ class PrefetchConfig:
             raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
         check_placement(self.optimizer_placement)
         check_ahead_share(self.ahead_share)
+        if self.router_depth < 0:
+            raise ValueError(f"router_depth must be >= 0, got {self.router_depth}")
         if not self.link_ratio > 0:
             raise ValueError(f"link_ratio must be > 0, got {self.link_ratio}")
         if self.device not in ("auto", "simulated") and not self.device.startswith("cuda"):
@@ -159,6 +168,7 @@ class Prefetcher:
         self.policy_note: str | None = None
         self.identity: dict[str, Any] = {}  # compare_state(...)'s result, carried by report()
         self.gradients_note: str | None = None  # why gradients are not offloaded during backward, if not
+        self.routers = find_routers(model, config.routers)  # first: a bad name is refused before anything starts
         budget_bytes, fraction = parse_budget(config.budget)
         first = next(model.parameters(), None)
         self.device = make_device(config.device, config.link or _WARMUP_LINK, first.device if first is not None else None)
@@ -173,6 +183,8 @@ class Prefetcher:
         if self.live_trace is not None and isinstance(self.device, SimulatedDevice):
             self.tracker.clock = self.device.clock.compute_ns  # the trace times what the copy engine saw
             self.live_trace.clock = CLOCK_COMPUTE
+        if self.live_trace is not None:
+            self.live_trace.now = lambda: self.tracker.clock()  # its router hints, on its events' clock
         if not config.reference_tensors and config.policy.startswith("learned:") and policy is None:
             config.reference_tensors = _artifact_rows(config.policy, self.tracker.architecture)
         if config.reference_tensors:
@@ -224,6 +236,11 @@ class Prefetcher:
         if config.policy.startswith("learned:") and config.seed is None:
             self._track_step_orders()  # the seed cannot tell whether this run is in sample: the order will
         self._wrap_step_end()
+        self.router_lookahead: RouterLookahead | None = None
+        if self.routers and overrides(self.store.policy, "hint"):
+            self.router_lookahead = RouterLookahead(
+                self.routers, self.tracker.param_ids, self.store.hint, config.router_depth,
+                clock=lambda: self.tracker.clock()).attach(self.hooks.wrap)
         self.tracker.attach()
 
     # -- setup ---------------------------------------------------------------------------
@@ -441,8 +458,18 @@ class Prefetcher:
             cuda=cuda,
             provenance=self.provenance().as_dict() if self.config.policy.startswith("learned:") else None,
             optimizer=self.placement.report() if self.optimizer is not None else None,
-            extra={**self._trace_extra(), **({"gradients": self.gradients_note} if self.gradients_note else {})},
+            extra={**self._trace_extra(), **({"gradients": self.gradients_note} if self.gradients_note else {}),
+                   **self._routers_extra()},
         )
+
+    def _routers_extra(self) -> dict[str, Any]:
+        """The report's `routers`: the routed layers found and whether the policy took their hints."""
+        if not self.routers:
+            return {}
+        return {"routers": {"layers": len(self.routers), "found": "auto" if self.config.routers == AUTO else "named",
+                            "depth": self.config.router_depth,
+                            "hints_taken": self.router_lookahead is not None,
+                            "first": self.routers[0].path, "top_k": self.routers[0].top_k}}
 
     def _daemon_policy(self) -> Any:
         """The store's DaemonPolicy (a learned run served by the daemon), else None."""
@@ -518,6 +545,8 @@ class Prefetcher:
             return
         self._closed = True
         self.tracker.detach()
+        if self.router_lookahead is not None:
+            self.router_lookahead.detach()
         for h in self._handles:
             h.remove()
         if self.cuda_monitor is not None:

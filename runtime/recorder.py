@@ -18,11 +18,13 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from runtime.architecture import model_config_dict
+from runtime.hint_schedule import MANIFEST_KEY, HintLog
+from runtime.routers import AUTO, RouterLookahead, find_routers
 from runtime.trace_format import SCHEMA_VERSION
 from runtime.tracker import AccessTracker, TrackerConfig
 from runtime.trace_writer import TraceWriter, TraceWriterConfig, check_output_dir
@@ -59,8 +61,10 @@ class Recorder:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, out: str | os.PathLike[str],
                  *, workload: str | None = None, seed: int | None = None, config: dict[str, Any] | None = None,
                  tracker_config: TrackerConfig | None = None, writer_config: TraceWriterConfig | None = None,
-                 extra_manifest: dict[str, Any] | None = None, progress: Any = None):
+                 extra_manifest: dict[str, Any] | None = None, progress: Any = None,
+                 routers: str | Sequence[str] | None = AUTO):
         out_dir = check_output_dir(out)
+        layers = find_routers(model, routers)  # a bad name is refused before any file is written
         self._pending_tensors: list[dict[str, Any]] = []
         # the tracker appends event tuples here directly (its fast path); flushed per step
         self.event_buffer: list[tuple] = []
@@ -94,6 +98,11 @@ class Recorder:
         self.steps_completed = 0
         self.progress = progress  # anything with update(n): a tqdm bar
         self._closed = False
+        # Router hints (runtime.routers), kept in the manifest so a simulation of this trace
+        # gives them to a policy that takes them where a live run would have.
+        self.hints = HintLog(lambda: self.writer.events_added + len(self.event_buffer), lambda: self.tracker.clock())
+        self.routers = RouterLookahead(layers, self.tracker.param_ids, self.hints.log,
+                                       clock=lambda: self.tracker.clock()) if layers else None
 
     @property
     def stem(self) -> Path:
@@ -132,6 +141,8 @@ class Recorder:
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, *, saved_tensor_hooks: bool = True) -> "Recorder":
         self.tracker.attach(saved_tensor_hooks=saved_tensor_hooks)
+        if self.routers is not None:
+            self.routers.attach()
         return self
 
     def close(self, **manifest_updates: Any) -> None:
@@ -140,9 +151,13 @@ class Recorder:
             return
         self._closed = True
         self.tracker.detach()
+        if self.routers is not None:
+            self.routers.detach()
         if self.event_buffer:
             self.writer.add_events(self.event_buffer)
             self.event_buffer.clear()
+        if self.hints.entries:
+            manifest_updates = {MANIFEST_KEY: self.hints.as_manifest(), **manifest_updates}
         self.writer.close(steps=self.steps_completed, **manifest_updates)
 
 

@@ -118,6 +118,11 @@ class TraceWriter:
         if len(self._events) >= self.config.flush_every:
             self.flush()
 
+    @property
+    def events_added(self) -> int:
+        """Events handed to the writer so far (written or pending): the next one's index."""
+        return self.num_events + len(self._events)
+
     def add_events(self, events: list[tuple]) -> None:
         """Many events at once (the tracker's buffer); handed over as they are."""
         self._events.extend(events)

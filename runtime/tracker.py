@@ -195,6 +195,11 @@ class AccessTracker:
         self._storage_param[new] = tid
         self._param_storage[tid] = new
 
+    def param_ids(self, module: torch.nn.Module) -> list[int]:
+        """The tensor ids of `module`'s parameters (its children's included)."""
+        tids = self._param_tid
+        return [tids[id(p)] for p in module.parameters() if id(p) in tids]
+
     @property
     def tensor_keys(self) -> list[str]:
         return list(self._keys)

@@ -26,14 +26,14 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("contracts", (
         "runtime.trace_format", "runtime.trace_validate", "runtime.trace_identity", "runtime.architecture",
         "runtime.link", "runtime.stats", "runtime.budget", "runtime.wire", "runtime.wire_decode", "runtime.defaults",
-        "runtime.run_report",
+        "runtime.run_report", "runtime.hint_schedule",
         "predictor.interface",
     )),
     ("runtime core", (
         "runtime.overhead", "runtime.device", "runtime.trace_writer", "runtime.tracker", "runtime.recorder", "runtime.live_trace",
         "runtime.launch", "runtime.cuda_monitor", "runtime.host_stepping", "runtime.state_compare",
         "runtime.tier", "runtime.store", "runtime.grad_offload", "runtime.daemon_client", "runtime.daemon_launch",
-        "runtime.optimizer_cost", "runtime.device_stepping", "runtime.placement",
+        "runtime.optimizer_cost", "runtime.device_stepping", "runtime.placement", "runtime.routers",
     )),
     ("predictor", ("predictor", "predictor.*")),
     ("runtime top", (
