@@ -42,28 +42,30 @@ def _baseline(workload, seed: int, steps: int, warmup: int) -> tuple[float, floa
     return statistics.median(wall[warmup:]), statistics.median(cpu[warmup:])
 
 
-def _recorded(workload, seed: int, steps: int, out: Path) -> tuple[list[dict[str, Any]], Path]:
+def _recorded(workload, seed: int, steps: int, out: Path,
+              routers: str | None = "auto") -> tuple[list[dict[str, Any]], Path]:
     """The recorded pass's tensor table (the live ids and the budget follow from it) and trace stem."""
     from prefetch.recording import record_workload
     from runtime.trace_format import load_trace
 
-    stem = record_workload(workload, steps, out, seed=seed, progress=False)
+    stem = record_workload(workload, steps, out, seed=seed, progress=False, routers=routers)
     return load_trace(stem).tensors.to_pylist(), stem
 
 
 def live_run(workload, policy: str, *, seed: int, steps: int, budget: float, link_ratio: float, warmup: int,
              baseline: tuple[float, float], reference: list[dict[str, Any]], out: Path,
-             wall_clock: bool = False) -> tuple[dict[str, Any], Path]:
+             wall_clock: bool = False, routers: str | None = "auto") -> tuple[dict[str, Any], Path]:
     """One prefetched run on the simulated device that keeps its own trace: (report, trace stem).
     `wall_clock`: the trace is timed in wall time instead (how it was before the compute
     clock; for the benchmark's before/after). The report gains `clock_slowdown` (device clock over its compute, measured steps) and
-    `wall_slowdown` (median step over the baseline's)."""
+    `wall_slowdown` (median step over the baseline's). `routers`: PrefetchConfig.routers."""
     from runtime.prefetcher import PrefetchConfig, Prefetcher
 
     job = workload.build(seed)
     cfg = PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, warmup_steps=warmup, device="simulated",
                          baseline_step_time_s=baseline[0], baseline_step_cpu_s=baseline[1],
-                         reference_tensors=reference, seed=seed, workload=workload.name, trace_out=out)
+                         reference_tensors=reference, seed=seed, workload=workload.name, trace_out=out,
+                         routers=routers)
     pf = Prefetcher(job.model, job.optimizer, cfg)
     if wall_clock:
         pf.tracker.clock = time.monotonic_ns
@@ -107,7 +109,7 @@ def compare(live: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
 def live_and_simulated(workload_name: str, policies: list[str], *, seed: int, steps: int, out: str | Path | None = None,
                        budget: float = 0.4, link_ratio: float = DEFAULT_LINK_RATIO, warmup: int = 1,
                        trace_clock: str = "compute", keep_outcomes: bool = False,
-                       modelled_too: bool = False) -> list[dict[str, Any]]:
+                       modelled_too: bool = False, routers: str | None = "auto") -> list[dict[str, Any]]:
     """One row per policy (see `compare`), with `workload`, `policy`, `seed`, `trace` and
     `in_sample` (a learned model trained on this seed). `trace_clock` says which trace is
     simulated: "compute" (the run's own, timed by the device clock: the check), "wall"
@@ -135,7 +137,7 @@ def live_and_simulated(workload_name: str, policies: list[str], *, seed: int, st
             label = policy.partition(":")[0]
             live, stem = live_run(workload, policy, seed=seed, steps=steps, budget=budget, link_ratio=link_ratio,
                                   warmup=warmup, baseline=baseline, reference=reference, out=out / label,
-                                  wall_clock=trace_clock == "wall")
+                                  wall_clock=trace_clock == "wall", routers=routers)
             trace = recorded if trace_clock == "recorded" else stem
             sims = [simulate_like_run(live, trace)]
             if modelled_too and sims[0].extra.get("daemon_replies") == "recorded":

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
 
 
 def record_workload(workload: "str | Workload", steps: int, out: str | os.PathLike[str], *, seed: int = 0,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, routers: str | None = "auto") -> Path:
     """Build `workload` (a reference workload's name, or a Workload such as a generated one)
-    with `seed`, run `steps` steps under the recorder; return the trace stem."""
+    with `seed`, run `steps` steps under the recorder; return the trace stem. `routers`:
+    the router hints the trace keeps (runtime.routers; "off": none)."""
     from prefetch.workloads import get_workload
 
     if steps < 1:
@@ -31,7 +32,8 @@ def record_workload(workload: "str | Workload", steps: int, out: str | os.PathLi
     check_output_dir(out)
     job = workload.build(seed)
     bar = tqdm(total=steps, desc=f"record {name}", unit="step", file=sys.stderr, disable=not progress)
-    rec = Recorder(job.model, job.optimizer, out, workload=name, seed=seed, config=job.config, progress=bar)
+    rec = Recorder(job.model, job.optimizer, out, workload=name, seed=seed, config=job.config, progress=bar,
+                   routers=routers)
     rec.start()
     losses: list[float] = []
     try:

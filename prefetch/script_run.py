@@ -154,7 +154,7 @@ def run_script(command: list[str], *, policy: str, budget: str, lookahead: int, 
                device: str, daemon: str | None, json_out: Path | None, timeline: Path | None, compare: bool,
                threads: int, seed: int | None = None, name: str | None = None,
                guard: bool = True, optimizer_placement: str = "auto",
-               ahead_share: float = AHEAD_SHARE) -> tuple[int, list[dict[str, Any]]]:
+               ahead_share: float = AHEAD_SHARE, routers: str = "auto") -> tuple[int, list[dict[str, Any]]]:
     """Run `command` prefetched (and all resident first with `compare`); (exit code, per-rank reports)."""
     cmd = parse_command(command, "run")
     env = dict(os.environ)
@@ -170,7 +170,7 @@ def run_script(command: list[str], *, policy: str, budget: str, lookahead: int, 
         env["PREFETCH_DAEMON_ENDPOINT"] = daemon
     opts = ["--policy", policy, "--budget", str(budget), "--lookahead", str(lookahead), "--link-ratio",
             str(link_ratio), "--warmup", str(warmup), "--device", device, "--optimizer", optimizer_placement,
-            "--ahead-share", str(ahead_share)]
+            "--ahead-share", str(ahead_share), "--routers", routers]
     if seed is not None:
         opts += ["--seed", str(seed)]
     if not guard:

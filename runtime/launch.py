@@ -85,9 +85,10 @@ def _run(run: Callable[[], Any], passthrough: tuple[type[BaseException], ...]) -
 class GlobalRecorder:
     """Adopts the first model and optimizer the script uses, and records them."""
 
-    def __init__(self, out: str, name: str | None = None, progress: bool = True):
+    def __init__(self, out: str, name: str | None = None, progress: bool = True, routers: str = "auto"):
         self.out = out
         self.name = name
+        self.routers = routers
         self.recorder: Recorder | None = None
         self._depth = 0
         self._progress = progress
@@ -108,7 +109,7 @@ class GlobalRecorder:
 
                 self._bar = tqdm(desc="recording", unit="step", file=sys.stderr, leave=True)
             self.recorder = Recorder(module, None, self.out, workload=self.name, progress=self._bar,
-                                     extra_manifest={"launcher": True})
+                                     extra_manifest={"launcher": True}, routers=self.routers)
             self.recorder.start(saved_tensor_hooks=False)
             self.recorder.tracker.enter_root(module, args)  # this call's hooks have already fired
 
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--name", default=None, help="trace name (default: the model class)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--routers", default="auto", help="router hints kept in the trace (runtime.routers)")
     parser.add_argument("target", nargs=argparse.REMAINDER, help="script.py ARGS or -m module ARGS")
     args = parser.parse_args(argv)
     target = args.target[1:] if args.target[:1] == ["--"] else args.target
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     run, what, _ = found
     from runtime.recorder import _rank
 
-    rec = GlobalRecorder(args.out, args.name, progress=not args.no_progress and _rank() == 0)  # one bar per job
+    rec = GlobalRecorder(args.out, args.name, progress=not args.no_progress and _rank() == 0,  # one bar per job
+                         routers=args.routers)
     try:
         code, error = run_script(run)
     finally:

@@ -312,7 +312,7 @@ def build_config(args: argparse.Namespace) -> Any:
                           link_ratio=args.link_ratio, warmup_steps=args.warmup, device=args.device,
                           daemon=args.daemon or os.environ.get(DAEMON_ENV) or None,
                           timeline=args.timeline is not None, seed=args.seed, guard=not args.no_guard,
-                          optimizer_placement=args.optimizer, ahead_share=args.ahead_share)
+                          optimizer_placement=args.optimizer, ahead_share=args.ahead_share, routers=args.routers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lookahead", type=int, default=LIVE_LOOKAHEAD)
     parser.add_argument("--link-ratio", type=float, default=DEFAULT_LINK_RATIO)
     parser.add_argument("--ahead-share", type=float, default=AHEAD_SHARE)
+    parser.add_argument("--routers", default="auto")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--optimizer", default="auto", choices=("auto", "host", "device"))

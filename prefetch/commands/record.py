@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=output_dir, help="output folder (created if missing)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--name", default=None, help="trace name for a script (default: the model class)")
+    p.add_argument("--routers", default="auto", metavar="auto|off|PATH[:K],...",
+                   help="mixture-of-experts routers whose hints the trace keeps for the simulator (runtime.routers): "
+                        "found (auto, the default), none (off), or the router modules named")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- python SCRIPT ARGS, or -- torchrun ... SCRIPT ARGS (a trace per rank)")
     p.set_defaults(func=run)
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         from runtime.trace_format import load_trace
 
         torch.set_num_threads(args.threads)
-        stem = record_workload(args.workload, args.steps, args.out, seed=args.seed, progress=not args.no_progress)
+        stem = record_workload(args.workload, args.steps, args.out, seed=args.seed, progress=not args.no_progress,
+                               routers=args.routers)
         print(format_summary(summarize(load_trace(stem))))
         return 0
     return _record_script(command, args)
@@ -62,7 +66,7 @@ def _record_script(command: list[str], args: argparse.Namespace) -> int:
     cmd = parse_command(command, "record")  # python SCRIPT|-m MODULE, or torchrun ... SCRIPT (a trace per rank)
     # The launcher runs under this interpreter (which has this package), with the
     # script's own arguments untouched.
-    opts = ["--out", str(args.out)]
+    opts = ["--out", str(args.out), "--routers", args.routers]
     if args.name:
         opts += ["--name", args.name]
     if args.no_progress:

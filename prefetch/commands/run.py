@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ahead-share", type=float, default=AHEAD_SHARE, metavar="S",
                    help="prefetch window: prefetches issued and not yet read hold at most this share of the "
                         f"budget, 0 for none (default {AHEAD_SHARE}; runtime.defaults.AHEAD_SHARE)")
+    p.add_argument("--routers", default="auto", metavar="auto|off|PATH[:K],...",
+                   help="mixture-of-experts router lookahead (runtime.routers): find the routers (auto, the "
+                        "default), none (off), or the router modules named; the guarded learned policy takes "
+                        "their hints, the simple policies ignore them")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps excluded from the figures")
     p.add_argument("--no-guard", action="store_true",
                    help="learned:MODEL_DIR alone, without the guard that leans on mirror, scan, markov or none "
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                           link_ratio=args.link_ratio, lookahead=args.lookahead, warmup_steps=args.warmup,
                           device=args.device, daemon=args.daemon, trace_out=args.trace_out,
                           timeline_dir=args.timeline, progress=not args.no_progress, guard=not args.no_guard,
-                          optimizer_placement=args.optimizer, ahead_share=args.ahead_share)
+                          optimizer_placement=args.optimizer, ahead_share=args.ahead_share, routers=args.routers)
     text = json.dumps(report, indent=2)
     print(text)
     print(summary_line(report))
@@ -129,14 +133,14 @@ def _run_script(command: list[str], args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     PrefetchConfig(policy=args.policy, budget=args.budget, link_ratio=args.link_ratio, lookahead=args.lookahead,
-                   device=args.device, ahead_share=args.ahead_share)
+                   device=args.device, ahead_share=args.ahead_share, routers=args.routers)
     parse_command(command, "run")  # a missing script, a non-Python program
     code, reports = run_script(command, policy=args.policy, budget=args.budget, lookahead=args.lookahead,
                                link_ratio=args.link_ratio, warmup=args.warmup, device=args.device,
                                daemon=args.daemon, json_out=args.json, timeline=args.timeline,
                                compare=args.compare, threads=args.threads, seed=args.seed, name=args.name,
                                guard=not args.no_guard, optimizer_placement=args.optimizer,
-                               ahead_share=args.ahead_share)
+                               ahead_share=args.ahead_share, routers=args.routers)
     if reports:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, default=str))
     for r in reports:
