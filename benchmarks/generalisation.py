@@ -68,7 +68,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def evaluate_architecture(gen_seed: int, *, steps: int, budget: float, link_ratio: float, out: Path,
-                          warmup: int = 1, train_seeds: tuple[int, ...] = TRAIN_SEEDS) -> dict[str, Any]:
+                          warmup: int = 1, train_seeds: tuple[int, ...] = TRAIN_SEEDS,
+                          routers: str = "auto") -> dict[str, Any]:
     """Record, train, and evaluate one architecture live and simulated (module docstring); one result dict."""
     from predictor.train import TrainConfig, train
     from prefetch.live_vs_sim import _baseline, _recorded, live_run
@@ -90,14 +91,15 @@ def evaluate_architecture(gen_seed: int, *, steps: int, budget: float, link_rati
     t_train = time.monotonic() - t0 - t_record
 
     baseline = _baseline(workload, EVAL_SEED, steps, warmup)
-    reference, recorded = _recorded(workload, EVAL_SEED, steps, base / "eval-recorded")
+    reference, recorded = _recorded(workload, EVAL_SEED, steps, base / "eval-recorded", routers=routers)
     live: dict[str, dict[str, Any]] = {}
     sim: dict[str, dict[str, Any]] = {}
     in_sample = None
     for policy in (*BASELINES, f"learned:{models}"):
         label = policy.partition(":")[0]
         report, _ = live_run(workload, policy, seed=EVAL_SEED, steps=steps, budget=budget, link_ratio=link_ratio,
-                             warmup=warmup, baseline=baseline, reference=reference, out=base / f"live-{label}")
+                             warmup=warmup, baseline=baseline, reference=reference, out=base / f"live-{label}",
+                             routers=routers)
         live[label] = report
         s = simulate_like_run(report, recorded).as_dict()
         sim[label] = s
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-seeds", default=",".join(map(str, TRAIN_SEEDS)),
                     help=f"run seeds recorded for training per architecture (default {','.join(map(str, TRAIN_SEEDS))}; "
                          f"never {EVAL_SEED}, the evaluated one)")
+    ap.add_argument("--routers", default="auto", choices=("auto", "off"),
+                    help="router hints for the learned policy (runtime.routers; default auto, off for the ablation)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
@@ -254,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         shutil.rmtree(out / f"gen-{seed}", ignore_errors=True)  # traces and models of an earlier run
         r = evaluate_architecture(seed, steps=steps, budget=args.budget, link_ratio=args.link_ratio, out=out,
-                                  train_seeds=train_seeds)
+                                  train_seeds=train_seeds, routers=args.routers)
         rows.append(r)
         print(f"  {r['name']} ({r['arch']}): live learned {_pct(r['live']['learned']['hit_rate'])}% vs best "
               f"{r['best_live']} {r['learned_minus_best_live_pt']:+.1f} pt; sim oracle-learned "
@@ -267,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(map(str, seeds))}{'; TUNING seeds, not for reporting' if tuning else ''}); per architecture "
           f"recorded on run seeds {', '.join(map(str, train_seeds))}, trained, evaluated on run seed {EVAL_SEED} "
           f"(in_sample False: {'all' if not leaks else 'NOT ' + ', '.join(leaks)}); {steps} steps per run, warm-up 1, "
-          f"budget {args.budget}, link ratio {args.link_ratio}; hit rates live/simulated (the recorded seed-{EVAL_SEED} "
+          f"budget {args.budget}, link ratio {args.link_ratio}, router hints {args.routers}; hit rates live/simulated (the recorded seed-{EVAL_SEED} "
           f"trace), slowdown the device clock's (live) and the simulator's; torch threads {torch.get_num_threads()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average before {load_before}, after "
           f"{load_average()}; {elapsed:.0f} s.")

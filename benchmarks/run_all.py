@@ -26,6 +26,9 @@ device, and a table per benchmark with the exact command that produced it:
                       the rest, for gpt2, llama, vit at budgets 0.4 and 1.0 (none, replay, learned)
   live_vs_sim         benchmarks/live_vs_sim.py: each workload x policy live on the simulated device against
                       the simulation of that run's own trace (issue 10's check: hit rates within 1 pt)
+  router_lookahead    benchmarks/router_lookahead.py: moe's router hooks, how well they predict the next
+                      layers' experts and what they cost; learned with and without them live on the
+                      unseen seeds, beside none, replay and markov
   oracle_search       benchmarks/oracle_search.py: random dynamic traces where a policy might beat the oracle
   daemon_flood        benchmarks/daemon_flood.py: another client's round trip while one client floods
   daemon_ranks        benchmarks/daemon_ranks.py: one daemon serving 1, 2 and 4 local ranks
@@ -67,7 +70,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("record_overhead", "predictor_latency", "simulate_speed", "daemon_latency", "offline_eval", "live",
-              "overhead", "live_vs_sim", "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite",
+              "overhead", "live_vs_sim", "router_lookahead", "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite",
               "host_optimizer", "optimizer_placement", "cuda")
 OPT_IN = ("generalisation",)
 """Benchmarks run only when --only names them: too long for the default set."""
@@ -281,6 +284,13 @@ def plan_live_vs_sim(p: Plan) -> list[Command]:
     return [Command(argv + (["--quick"] if p.quick else []), j)]
 
 
+def plan_router_lookahead(p: Plan) -> list[Command]:
+    """benchmarks/router_lookahead.py: router hints on moe, learned with and without them, on the unseen seeds."""
+    j = p.path("router_lookahead.json")
+    return [Command([p.py, "benchmarks/router_lookahead.py", "--models", str(p.models), "--seeds",
+                     ",".join(map(str, p.seeds)), "--out", str(p.path("router_lookahead")), "--json", str(j)], j)]
+
+
 def plan_generalisation(p: Plan) -> list[Command]:
     """benchmarks/generalisation.py: generated architectures, learned vs the baselines on an unseen seed (trains its own models)."""
     j = p.path("generalisation.json")
@@ -305,6 +315,7 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
     "live": plan_live,
     "overhead": plan_overhead,
     "live_vs_sim": plan_live_vs_sim,
+    "router_lookahead": plan_router_lookahead,
     "oracle_search": _script("oracle_search", "--cases", "4000"),
     "daemon_flood": _script("daemon_flood", "--seconds", "4"),
     "daemon_ranks": _script("daemon_ranks"),
@@ -317,7 +328,8 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
 
 
 def needs_models(name: str, p: Plan) -> bool:
-    if name in ("predictor_latency", "daemon_latency", "offline_eval", "cuda", "overhead", "live_vs_sim"):
+    if name in ("predictor_latency", "daemon_latency", "offline_eval", "cuda", "overhead", "live_vs_sim",
+                "router_lookahead"):
         return True
     return name == "live" and any(pol.startswith("learned:") for pol in p.policies)
 
@@ -534,6 +546,7 @@ TITLES = {
     "live": "Live hit rate and slowdown",
     "overhead": "Where the slowdown goes",
     "live_vs_sim": "Live run vs the simulation of its own trace",
+    "router_lookahead": "Router lookahead (mixture of experts)",
     "oracle_search": "How good a bound the oracle is",
     "daemon_flood": "Daemon under a flooding client",
     "daemon_ranks": "One daemon, several local ranks",
@@ -571,7 +584,7 @@ def section_markdown(s: Section, out_dir: Path) -> list[str]:
         body = {"record_overhead": md_record_overhead, "predictor_latency": md_predictor_latency,
                 "simulate_speed": md_simulate_speed, "daemon_latency": md_daemon_latency,
                 "offline_eval": md_offline_eval, "cuda": md_cuda, "oracle_search": md_printed,
-                "overhead": md_printed, "live_vs_sim": md_printed, "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed, "generalisation": md_printed,
+                "overhead": md_printed, "live_vs_sim": md_printed, "router_lookahead": md_printed, "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed, "generalisation": md_printed,
                 "host_optimizer": md_printed, "optimizer_placement": md_printed}.get(s.name)
         content = md_live(s, out_dir) if s.name == "live" else body(s) if body else []
     except Exception as exc:  # noqa: BLE001 - a changed JSON layout must not lose the other sections
