@@ -112,7 +112,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
         check_policy_spec(policy, daemon=daemon)
         PrefetchConfig(policy=policy, budget=budget, link_ratio=link_ratio, lookahead=lookahead, device=device,
                        optimizer_placement=optimizer_placement, ahead_share=ahead_share, routers=routers)
-    check_budget_fits(workload, seed, budget)
+    check_budget_fits(workload, seed, budget, routers)
     dev = compute_device(device)  # where the model, its inputs and all compute live
     bar = tqdm(total=(2 + 2 * len(policies) + (dev.type == "cuda")) * steps, desc=f"run {name}", unit="step",
                file=sys.stderr, disable=not progress)
@@ -258,15 +258,17 @@ def check_device(spec: str) -> None:
         raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
-def check_budget_fits(workload, seed: int, budget: float | int | str) -> None:
-    """ValueError if the budget is below the largest managed tensor of the job's first step.
+def check_budget_fits(workload, seed: int, budget: float | int | str, routers: str | None = "auto") -> None:
+    """ValueError if the budget is below the largest managed tensor of the job's first step
+    (or a named router is not one: runtime.routers.RouterError).
 
     One step is recorded (a fresh job, a temporary trace) to learn the managed tensors'
     sizes: saved activations are only known once a step has run. The store checks again
     against the whole run's tensor table before the prefetched pass."""
     job = workload.build(seed)
     with tempfile.TemporaryDirectory(prefix="prefetch-probe-") as tmp:
-        rec = Recorder(job.model, job.optimizer, tmp, workload=workload.name, seed=seed, config=job.config).start()
+        rec = Recorder(job.model, job.optimizer, tmp, workload=workload.name, seed=seed, config=job.config,
+                       routers=routers).start()
         try:
             job.step(0)
         finally:

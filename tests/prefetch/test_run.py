@@ -167,3 +167,14 @@ def test_budget_below_largest_tensor_refused_after_one_probe_step(budget, monkey
     rc, out, err = _cli(capsys, "--budget", budget)
     assert rc == 2 and out == "" and err.count("\n") == 1
     assert f"--budget {budget}:" in err and "below the largest managed tensor" in err and "param:" in err
+
+
+def test_a_named_router_that_is_not_one_is_refused_before_the_passes(monkeypatch, capsys):
+    """--routers naming a module that is not a router: one line saying which and why, before the all-resident pass."""
+    def boom(*a, **k):
+        raise AssertionError("the all-resident pass ran before the router was refused")
+
+    monkeypatch.setattr(run_mod, "_plain", boom)
+    rc, out, err = _cli(capsys, "--routers", "vit.layers.0.attention")
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "router 'vit.layers.0.attention': it has no 2-D weight" in err
