@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime import hint_schedule
 from runtime.trace_format import Kind, Phase, Trace
 
 
@@ -65,8 +66,16 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "distinct_step_orders": len(set(sigs[1:])) if len(sigs) > 1 else len(sigs),
         "distinct_step_tensor_sets": len(sets),
         "step_order_signatures": sigs,
+        "router_hints": _hint_count(m.get(hint_schedule.MANIFEST_KEY)),
         "error": m.get("error"),
     }
+
+
+def _hint_count(obj: Any) -> int:
+    """Router hints a manifest keeps (runtime.hint_schedule); 0 for none or a malformed entry
+    (the simulator names what is wrong with one when it reads it)."""
+    at = obj.get("at") if isinstance(obj, dict) else None
+    return len(at) if isinstance(at, list) else 0
 
 
 def _mib(n: int) -> str:
@@ -93,4 +102,6 @@ def format_summary(s: dict[str, Any]) -> str:
         f"(1 = static), {s['distinct_step_tensor_sets']} distinct sets of tensors read"
     )
     lines.append("              " + " ".join(s["step_order_signatures"]))
+    if s.get("router_hints"):
+        lines.append(f"router hints  {s['router_hints']} (runtime.routers: which experts each router chose or predicted)")
     return "\n".join(lines)

@@ -214,6 +214,9 @@ def test_a_recorded_trace_keeps_hints_that_only_hint_takers_use(tmp_path):
     assert hints["at"] == sorted(hints["at"]) and hints["at"][-1] < trace.num_events
     assert simulate(trace, _hinted()).router_hints > 0
     assert simulate(trace, "replay").router_hints == 0
+    from prefetch.trace_summary import format_summary, summarize
+
+    assert "router hints  21 " in format_summary(summarize(trace))  # `prefetch trace info` says so
 
 
 def test_a_malformed_hint_list_is_named(tmp_path):
