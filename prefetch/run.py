@@ -127,7 +127,7 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             tmp = tempfile.TemporaryDirectory(prefix="prefetch-run-")
         job = workload.build(seed, device=dev)
         rec = Recorder(job.model, job.optimizer, trace_out or tmp.name, workload=name, seed=seed,
-                       config=job.config).start()
+                       config=job.config, routers=routers).start()  # the hints its simulation gives, as the run's
         try:
             for i in range(steps):
                 job.step(i)
