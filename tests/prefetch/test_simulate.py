@@ -427,26 +427,25 @@ def test_cli_json_writes_the_report_keys(cycle, tmp_path, capsys):
     assert "hit" in capsys.readouterr().out
 
 
+def _replay_report(cycle, tmp_path, *flags: str) -> dict:
+    """`prefetch simulate` of the cycle trace with replay and `flags`: its JSON report."""
+    out = tmp_path / "r.json"
+    assert cli_main(["simulate", str(cycle.stem.parent), "--policy", "replay", *flags, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
 def test_cli_lookahead_reaches_the_policy(cycle, tmp_path):
     """`--lookahead N` builds named policies with N (default 64, as `prefetch run`)."""
     pytest.importorskip("predictor.policies")
-    out = tmp_path / "r.json"
-    assert cli_main(["simulate", str(cycle.stem.parent), "--policy", "replay", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["lookahead"] == 64
-    assert cli_main(["simulate", str(cycle.stem.parent), "--policy", "replay", "--lookahead", "4",
-                     "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["lookahead"] == 4
+    assert _replay_report(cycle, tmp_path)["lookahead"] == 64
+    assert _replay_report(cycle, tmp_path, "--lookahead", "4")["lookahead"] == 4
 
 
 def test_the_prefetch_window_share_reaches_the_tier_and_the_report(cycle, tmp_path, capsys):
     """--ahead-share (and a run report's ahead_share, for simulate_like_run) sets the tier's window; out of [0, 1] is one line."""
     pytest.importorskip("predictor.policies")
-    out = tmp_path / "r.json"
-    assert cli_main(["simulate", str(cycle.stem.parent), "--policy", "replay", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["ahead_share"] == 0.5
-    assert cli_main(["simulate", str(cycle.stem.parent), "--policy", "replay", "--ahead-share", "0",
-                     "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["ahead_share"] == 0
+    assert _replay_report(cycle, tmp_path)["ahead_share"] == 0.5
+    assert _replay_report(cycle, tmp_path, "--ahead-share", "0")["ahead_share"] == 0
     report = {"policy": "replay", "budget_bytes": 200 * K, "warmup_steps": 1, "trace": str(cycle.stem),
               "link": {"bandwidth_GBps": 1.0, "latency_us": 0.0, "ratio": None}, "ahead_share": 0.25}
     assert simulate_like_run(report).ahead_share == 0.25
