@@ -9,7 +9,7 @@ layer's experts (depth 0: the router's own choice) and predicts the next two lay
 this layer's input (depth 1, 2). Recall and precision of each prediction are counted
 against the choice that layer's router then makes in the same forward, over expert sets;
 the cost is the hooks' own time (per router call, per step, and as a share of the step's
-compute), each hook timed with perf_counter.
+compute), each hook timed as a prefetched run times its hooks (runtime.overhead.HookTimer).
 
 Part 2, the effect, live on the simulated device (budget 0.4, link ratio 0.5): per seed (the
 repeats; the learned model must not have been trained on them, and the row says in_sample),
@@ -42,24 +42,16 @@ COST_TARGET_PCT = 1.0
 def accuracy_and_cost(workload: str, seed: int, steps: int, warmup: int = 1) -> dict[str, Any]:
     """Part 1 for one workload and seed (module docstring)."""
     from prefetch.workloads import get_workload
+    from runtime.overhead import HookTimer
     from runtime.routers import RouterLookahead, find_routers
 
     job = get_workload(workload).build(seed)
     layers = find_routers(job.model)
     if not layers:
         return {"workload": workload, "seed": seed, "layers": 0}
-    spent = [0]
+    timer = HookTimer()  # wall time in the hooks, as a prefetched run times its bookkeeping
 
-    def timed(fn):
-        def hook(*args):
-            t0 = time.perf_counter_ns()
-            try:
-                return fn(*args)
-            finally:
-                spent[0] += time.perf_counter_ns() - t0
-        return hook
-
-    look = RouterLookahead(layers, lambda m: [], lambda want, skip: None, depth=2).attach(timed)
+    look = RouterLookahead(layers, lambda m: [], lambda want, skip: None, depth=2).attach(timer.wrap)
     own: dict[int, set[int]] = {}  # this forward's choice per layer
     predicted: list[tuple[int, int, set[int]]] = []  # (layer, depth, experts) this forward
     scores: dict[int, list[tuple[int, int, int]]] = {1: [], 2: []}  # depth -> (hit, predicted, actual)
@@ -82,12 +74,12 @@ def accuracy_and_cost(workload: str, seed: int, steps: int, warmup: int = 1) -> 
     look.on_choice = on_choice
     times, hook_ns, calls = [], [], []
     for i in range(steps):
-        spent[0], h0 = 0, look.hints
+        timer.ns, h0 = 0, look.hints
         t0 = time.perf_counter()
         job.step(i)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-            hook_ns.append(spent[0])
+            hook_ns.append(timer.ns)
             calls.append(look.hints - h0)
     settle()
     look.detach()
