@@ -62,12 +62,6 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def has_closure(args: tuple, kwargs: dict) -> bool:
-    """Whether a step pre-hook's call has a closure: torch passes `step`'s own arguments,
-    the optimizer first (`args[0]` is self)."""
-    return (len(args) > 1 and args[1] is not None) or kwargs.get("closure") is not None
-
-
 def raw_step(optimizer: torch.optim.Optimizer) -> None:
     """The optimizer's step without its pre/post hooks (torch patches the class's step with a
     hook-running wrapper: `__wrapped__` is the step itself, grad mode handled) and without an
@@ -84,8 +78,6 @@ class DeviceStepCounters:
     params_stepped: int = 0
     host_fallback: int = 0
     """Parameter updates left to the host because their step could not fit the budget."""
-    closure_steps: int = 0
-    """Steps given a closure, left to the host whole."""
 
 
 class DeviceStepper:
@@ -122,14 +114,9 @@ class DeviceStepper:
         n += sum(_nbytes(v) for _, v in have) if have else int(STATE_RESERVE * st.nb[tid])
         return n
 
-    def step(self, optimizer: torch.optim.Optimizer, closure: bool = False) -> None:
-        """Step the managed parameters that fit, chunk by chunk. With a closure the optimizer's
-        own call must run it (it re-evaluates the loss and the gradients): nothing is stepped
-        here, and the parked copies of parameters it will update on the host go."""
-        if closure:
-            self.counters.closure_steps += 1
-            self._settle_parked()
-            return
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Step the managed parameters that fit, chunk by chunk. A step given a closure gets
+        here after it ran (runtime.closure_step: the closure comes first, or is refused)."""
         st = self.store
         tid_of = {id(p): tid for tid, p in st.tracker.params_by_tid.items() if st.managed[tid]}
         fused = moves_scalars(optimizer)
@@ -249,4 +236,4 @@ class DeviceStepper:
     def report(self) -> dict[str, Any]:
         c = self.counters
         return {"device_steps": c.steps, "chunks": c.chunks, "params_stepped": c.params_stepped,
-                "host_fallback": c.host_fallback, "closure_steps": c.closure_steps}
+                "host_fallback": c.host_fallback}

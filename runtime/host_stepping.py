@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from runtime.closure_step import ClosureFirst
 from runtime.trace_format import Kind, is_managed
 
 
@@ -38,7 +39,8 @@ class HostStepping:
         # note: CPU-GPU sync point (one copy per parameter, once, before training)
         self.masters = {id(p): p.detach().to("cpu") for p in self.params}
         self.devices = {id(p): p.device for p in self.params}
-        self._handles = [optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
+        self._handles = [optimizer.register_step_pre_hook(ClosureFirst()),  # a closure's forward on the device copies
+                         optimizer.register_step_pre_hook(self._before), optimizer.register_step_post_hook(self._after)]
 
     def _before(self, *args) -> None:
         for p in self.params:

@@ -33,7 +33,7 @@ from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.live_trace import CLOCK_COMPUTE, LiveTrace
 from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
 from runtime.budget import footprint_extra, fraction_bytes
-from runtime.device_stepping import has_closure
+from runtime.closure_step import ClosureFirst, check_optimizer
 from runtime.placement import OptimizerPlacement, check_placement
 from runtime.routers import AUTO, DEFAULT_DEPTH, RouterLookahead, find_routers
 from runtime.run_report import Identity, LiveCounters, RunReport
@@ -168,6 +168,7 @@ class Prefetcher:
         self.policy_note: str | None = None
         self.identity: dict[str, Any] = {}  # compare_state(...)'s result, carried by report()
         self.gradients_note: str | None = None  # why gradients are not offloaded during backward, if not
+        check_optimizer(optimizer)  # LBFGS (a closure evaluated again) is refused before anything starts
         self.routers = find_routers(model, config.routers)  # first: a bad name is refused before anything starts
         budget_bytes, fraction = parse_budget(config.budget)
         first = next(model.parameters(), None)
@@ -212,7 +213,9 @@ class Prefetcher:
         self._warm_counters: OverheadCounters | None = None
         self.placement = OptimizerPlacement(config.optimizer_placement, self.store, self.device)
         self.store.on_step_end = lambda: self.optimizer is not None and self.placement.step_end(self.optimizer)
+        self.closures = ClosureFirst()  # step(closure): the closure's forward and backward before our pre-step work
         if optimizer is not None:  # registered before the tracker's hooks: runs first
+            self._handles.append(optimizer.register_step_pre_hook(self.closures))
             self._handles.append(optimizer.register_step_pre_hook(
                 self.hooks.wrap(lambda *a: self.store.before_optimizer_step())))
             self._handles.append(optimizer.register_step_pre_hook(self.place_step))
@@ -342,7 +345,7 @@ class Prefetcher:
         then the device step if it runs there. Not timed as bookkeeping: the device step's
         optimizer compute is the step's compute."""
         self.placement.pre(optimizer)
-        self.store.device_step(optimizer, closure=has_closure(args, kwargs))
+        self.store.device_step(optimizer)
 
     def offload_gradients(self) -> None:
         """Gradients leave the device as backward produces them (runtime.grad_offload): the
@@ -459,7 +462,8 @@ class Prefetcher:
             provenance=self.provenance().as_dict() if self.config.policy.startswith("learned:") else None,
             optimizer=self.placement.report() if self.optimizer is not None else None,
             extra={**self._trace_extra(), **({"gradients": self.gradients_note} if self.gradients_note else {}),
-                   **self._routers_extra()},
+                   **self._routers_extra(),
+                   **({"closures_run_first": self.closures.ran} if self.closures.ran else {})},
         )
 
     def _routers_extra(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from runtime.closure_step import ClosureFirst
 from runtime.defaults import AHEAD_SHARE, LIVE_LOOKAHEAD
 from runtime.launch import run_script, script_target
 from runtime.link import DEFAULT_LINK_RATIO
@@ -150,9 +151,11 @@ class GlobalPrefetcher:
         self.step_times: list[float] = []
         self._t_step = 0.0
         self._depth = 0
+        self.closures = ClosureFirst()
         self._handles = [
             register_module_forward_pre_hook(self._pre),
             register_module_forward_hook(self._post, always_call=True),
+            register_optimizer_step_pre_hook(self._closure_pre),  # first: step(closure)'s forward and backward
             register_optimizer_step_pre_hook(self._opt_pre),
             register_optimizer_step_post_hook(self._opt_post),
         ]
@@ -207,6 +210,7 @@ class GlobalPrefetcher:
                 raise Refused(str(exc)) from None
 
         pf.store.step_end = step_end  # type: ignore[method-assign]
+        pf.closures = self.closures  # the report counts the launcher's
         self.pf = pf
         tracker.enter_root(module, args)  # this call's pre-hooks have already run
 
@@ -219,11 +223,21 @@ class GlobalPrefetcher:
         mine = {id(p) for p in self.model.parameters()}
         return any(id(p) in mine for g in optimizer.param_groups for p in g["params"])
 
+    def _manages(self, optimizer: torch.optim.Optimizer) -> bool:
+        """The optimizer adopted, or the first one stepping the adopted model's parameters."""
+        if optimizer is self.optimizer or optimizer is self._first_optimizer:
+            return True
+        return self._first_optimizer is None and self._owns(optimizer)
+
+    def _closure_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple | None:
+        """The managed optimizer's closure runs before `_opt_pre` (runtime.closure_step); so does
+        any closure before the model is adopted: its forward is the first, and adopts it."""
+        return self.closures(optimizer, args, kwargs) if self.model is None or self._manages(optimizer) else None
+
     def _opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        managed = optimizer is self.optimizer or optimizer is self._first_optimizer
-        if not managed and self._first_optimizer is None and self._owns(optimizer):
+        managed = self._manages(optimizer)
+        if managed and self._first_optimizer is None and optimizer is not self.optimizer:
             self._first_optimizer = optimizer  # adopted in its post-hook, once this step is done
-            managed = True
         if not managed:
             self.other_optimizers.setdefault(id(optimizer), type(optimizer).__name__)
             return

@@ -412,17 +412,17 @@ class TensorStore(DeviceTier):
                 # per managed parameter per step)
                 p.grad = p.grad.to(self._host[tid].device)
 
-    def device_step(self, optimizer: torch.optim.Optimizer, closure: bool = False) -> None:
+    def device_step(self, optimizer: torch.optim.Optimizer) -> None:
         """After before_optimizer_step, with device stepping on: the managed parameters step
         on the device, chunk by chunk (runtime.device_stepping). A pre-hook of its own, not
         timed as bookkeeping: the optimizer's compute in it is the step's compute. A step
-        given a closure (which re-runs forward and backward inside it) is left to the host."""
+        given a closure comes here after its closure ran (runtime.closure_step)."""
         if self.resident_mode:  # a parameter evicted meanwhile (a peak over the estimate) is bound again
             for tid, p in self.tracker.params_by_tid.items():
                 if self.managed[tid] and p.grad is not None and not self._bound_dev[tid]:
                     self._hold(tid)
         elif self.stepper is not None:
-            self.stepper.step(optimizer, closure=closure)
+            self.stepper.step(optimizer)
 
     def after_optimizer_step(self) -> None:
         if self.resident_mode:  # the optimizer wrote the bound device copies: dirty, whatever their version

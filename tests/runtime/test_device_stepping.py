@@ -107,9 +107,10 @@ def test_device_stepping_with_gradient_accumulation_is_bit_identical():
     assert r["optimizer"]["device_stepping"]["params_stepped"] > 0
 
 
-def test_a_step_with_a_closure_is_left_to_the_host():
-    """optimizer.step(closure) re-runs forward and backward inside the step: device stepping
-    leaves such a step to the optimizer's own call, on the host, and the run stays bit-identical."""
+def test_a_step_with_a_closure_steps_on_the_device():
+    """optimizer.step(closure) runs forward and backward inside the step. AdamW calls its closure
+    once: it runs before the store's pre-step work (runtime.closure_step), the step runs on the
+    device, and the run stays bit-identical."""
     def train(placement):
         model, optimizer = _job("adamw")
         pf = Prefetcher(model, optimizer, PrefetchConfig(budget="4MiB", optimizer_placement=placement)) \
@@ -136,7 +137,8 @@ def test_a_step_with_a_closure_is_left_to_the_host():
     losses, got, r = train("device")
     cmp = compare(ref, got)
     assert losses == ref_losses and cmp.params_identical and cmp.optimizer_state_identical, cmp.state_mismatches
-    assert r["optimizer"]["device_stepping"]["closure_steps"] > 0
+    assert r["closures_run_first"] == 4
+    assert r["optimizer"]["device_stepping"]["params_stepped"] > 0
 
 
 def test_chunks_stay_within_the_budget():

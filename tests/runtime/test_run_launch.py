@@ -103,6 +103,27 @@ def test_second_model_and_optimizer_are_named_not_managed(tmp_path):
     assert r["optimizer_steps"] == 3 and r["steps"] == 2 and r["accesses"] > 0  # steps: after the warm-up
 
 
+def test_a_closure_script_is_adopted_and_prefetched(tmp_path):
+    """A script stepping with optimizer.step(closure) (as Lightning does): its first forward runs
+    inside the first step, the model and optimizer are still adopted, and every closure runs before
+    the store's pre-step work (runtime.closure_step)."""
+    proc, r = _launch(tmp_path, """
+        model = mlp()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(4):
+            x = torch.randn(64, 128)
+            def closure():
+                opt.zero_grad()
+                loss = model(x).pow(2).mean()
+                loss.backward()
+                return loss
+            opt.step(closure)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert r["managed_model"] == "Sequential" and r["managed_optimizer"] == "AdamW"
+    assert r["optimizer_steps"] == 4 and r["closures_run_first"] == 4 and r["accesses"] > 0
+
+
 def test_budget_below_largest_tensor_refused_before_training(tmp_path):
     """An absolute budget below the largest parameter: exit 2, one line, before the first forward ran."""
     proc, r = _launch(tmp_path, """
