@@ -120,6 +120,10 @@ class AccessTracker:
         # step state (plain attributes: read on every event)
         self._step = 0
         self._micro = -1  # root forwards so far in this step, minus one
+        self._need_root = True
+        """No root call since the last backward or step: a forward of a submodule called from
+        outside the model (`model.layers(x)` instead of `model(x)`) begins a micro-step (_pre),
+        as does one that trains after an evaluation pass, or evaluates after training."""
         self._seq = 0
         self._train_pass = True
         self._calls: dict[int, int] = {}  # module index -> grad-enabled calls this step
@@ -258,10 +262,14 @@ class AccessTracker:
     def _root_pre(self, module: torch.nn.Module, args: Any) -> None:
         if _graph_task_id() != -1:
             return  # recompute of the root inside backward: same micro-step
+        self._need_root = False
         self._micro += 1
         self._train_pass = torch.is_grad_enabled() and module.training
 
     def _pre(self, module: torch.nn.Module, args: Any) -> None:
+        if not self._stack and module is not self.model and (
+                self._need_root or self._train_pass != (torch.is_grad_enabled() and module.training)):
+            self._root_pre(module, args)  # called from outside the model (model.layers(x)): a new pass
         idx = self._module_index.get(id(module), -1)
         self._stack.append(idx)
         phase = self._forward_phase()
@@ -309,6 +317,7 @@ class AccessTracker:
         tag, tid, inner = packed
         kind = _PARAMETER if tag == "p" else _ACTIVATION
         phase = _BACKWARD if _graph_task_id() != -1 else _RECOMPUTE
+        self._need_root = True  # the next forward from outside the model is a new micro-step
         self._emit(phase, kind, _READ, tid, self._tensor_module[tid])
         return self.sink.unpack(kind, tid, inner)
 
@@ -350,6 +359,7 @@ class AccessTracker:
         self.sink.step_end(self._step)
         self._step += 1
         self._micro = -1
+        self._need_root = True
         self._seq = 0
         self._calls.clear()
         self._pack_counts.clear()
