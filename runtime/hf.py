@@ -26,9 +26,7 @@ loop do not need it (`pip install 'learned-prefetch[zoo]'` installs it).
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,9 +36,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("runtime.hf needs transformers: pip install 'learned-prefetch[zoo]'") from exc
 
-from runtime.policy_spec import check_policy_spec
-from runtime.prefetcher import PrefetchConfig, Prefetcher
-from runtime.recorder import Recorder
+from runtime.trainer_session import PrefetchSession, RecordSession
 
 __all__ = ["PrefetchCallback", "RecordCallback", "torch_optimizer", "torch_model"]
 
@@ -69,19 +65,7 @@ def torch_model(model: Any) -> torch.nn.Module:
     return model
 
 
-def _check_json_path(path: str | os.PathLike[str] | None, what: str) -> Path | None:
-    """Refuse an unwritable report path now, not after training."""
-    if path is None:
-        return None
-    p = Path(path)
-    if p.exists() and p.is_dir():
-        raise ValueError(f"{what}={str(p)!r} is a directory, not a file")
-    if p.parent.exists() and not p.parent.is_dir():
-        raise ValueError(f"{what}={str(p)!r}: {p.parent} is not a directory")
-    return p
-
-
-class PrefetchCallback(TrainerCallback):
+class PrefetchCallback(TrainerCallback, PrefetchSession):
     """Runs `trainer.train()` under `runtime.prefetching(...)`: see the module doc.
 
     Arguments are `runtime.prefetching`'s (`policy`, `budget`, and any PrefetchConfig
@@ -93,55 +77,17 @@ class PrefetchCallback(TrainerCallback):
     def __init__(self, policy: str = "replay", budget: float | int | str = 0.4, *,
                  json: str | os.PathLike[str] | None = None, timeline: str | os.PathLike[str] | None = None,
                  **config: Any):
-        try:
-            check_policy_spec(policy, daemon=config.get("daemon"))  # unknown names, learned: without a folder
-        except ValueError as exc:  # its messages name prefetch run's flag
-            raise ValueError(f"PrefetchCallback: {str(exc).replace('--policy', 'policy', 1)}") from None
-        # validated now (PrefetchConfig.__post_init__): a bad budget is refused at construction
-        self._config_kwargs = dict(policy=policy, budget=budget, timeline=timeline is not None, **config)
-        try:
-            PrefetchConfig(**self._config_kwargs)
-        except (TypeError, ValueError) as exc:  # an unknown keyword is a TypeError
-            raise ValueError(f"PrefetchCallback: {exc}") from None
-        self.json_path = _check_json_path(json, "PrefetchCallback: json")
-        self.timeline_path = _check_json_path(timeline, "PrefetchCallback: timeline")
-        self.prefetcher: Prefetcher | None = None
-        self.report: dict[str, Any] | None = None
-        """The last train() call's report (`Prefetcher.report()` keys), set at its end."""
+        PrefetchSession.__init__(self, "PrefetchCallback", policy, budget, json=json, timeline=timeline, **config)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
-        self.close()  # a previous train() that raised
-        opt = torch_optimizer(optimizer)
-        if opt is None:
-            raise ValueError("PrefetchCallback: the Trainer has no optimizer at on_train_begin; nothing to prefetch")
-        kw = dict(self._config_kwargs)
-        kw.setdefault("seed", getattr(args, "seed", None))
-        self.report = None
-        self.prefetcher = Prefetcher(torch_model(model), opt, PrefetchConfig(**kw))
+        self.start(torch_model(model), torch_optimizer(optimizer), seed=getattr(args, "seed", None))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.close()
 
-    def close(self) -> dict[str, Any] | None:
-        """Stop prefetching (parameters back on their host masters), write the report and
-        timeline files, return the report. Idempotent; None when nothing was running."""
-        pf, self.prefetcher = self.prefetcher, None
-        if pf is None:
-            return None
-        pf.close()
-        self.report = pf.report()
-        if self.timeline_path is not None:
-            self.timeline_path.parent.mkdir(parents=True, exist_ok=True)
-            self.timeline_path.write_text(json.dumps(pf.chrome_trace()))
-            self.report["timeline"] = str(self.timeline_path)
-        if self.json_path is not None:
-            self.json_path.parent.mkdir(parents=True, exist_ok=True)
-            self.json_path.write_text(json.dumps(self.report, indent=2, default=str))
-        return self.report
 
-
-class RecordCallback(TrainerCallback):
+class RecordCallback(TrainerCallback, RecordSession):
     """Records `trainer.train()`'s tensor accesses to a trace in `out` (as `runtime.record`).
 
     `workload` names the trace (default: the model's class); `seed` defaults to the
@@ -149,32 +95,11 @@ class RecordCallback(TrainerCallback):
     """
 
     def __init__(self, out: str | os.PathLike[str] = "traces", *, workload: str | None = None, **recorder: Any):
-        from runtime.trace_writer import check_output_dir
-
-        check_output_dir(out)  # refuse an unusable folder before training
-        self.out = out
-        self.workload = workload
-        self._recorder_kwargs = recorder
-        self.recorder: Recorder | None = None
-        self.stem: Path | None = None
-        """The last train() call's trace (`<stem>.events.arrow`, `.manifest.json`)."""
+        RecordSession.__init__(self, out, workload=workload, **recorder)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
-        self.close()
-        kw = dict(self._recorder_kwargs)
-        kw.setdefault("seed", getattr(args, "seed", None))
-        self.recorder = Recorder(torch_model(model), torch_optimizer(optimizer), self.out,
-                                 workload=self.workload, **kw).start()
-        self.stem = self.recorder.stem
+        self.start(torch_model(model), torch_optimizer(optimizer), seed=getattr(args, "seed", None))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.close()
-
-    def close(self, **manifest_updates: Any) -> Path | None:
-        """Finish the trace files; return their stem. Idempotent."""
-        rec, self.recorder = self.recorder, None
-        if rec is None:
-            return None
-        rec.close(**manifest_updates)
-        return rec.stem

@@ -34,11 +34,12 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "runtime.launch", "runtime.cuda_monitor", "runtime.host_stepping", "runtime.state_compare",
         "runtime.tier", "runtime.store", "runtime.grad_offload", "runtime.daemon_client", "runtime.daemon_launch",
         "runtime.optimizer_cost", "runtime.device_stepping", "runtime.placement", "runtime.routers",
+        "runtime.closure_step",
     )),
     ("predictor", ("predictor", "predictor.*")),
     ("runtime top", (
         "runtime", "runtime.policy_spec", "runtime.daemon_policy", "runtime.prefetcher", "runtime.run_launch",
-        "runtime.hf",
+        "runtime.trainer_session", "runtime.hf", "runtime.lightning",
     )),
     ("prefetch", ("prefetch", "prefetch.*")),
 )
