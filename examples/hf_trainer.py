@@ -13,7 +13,6 @@ must match bit for bit (exit code 1 if not). Needs `pip install 'learned-prefetc
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +28,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from runtime import state_compare
 from runtime.hf import PrefetchCallback, RecordCallback, torch_optimizer
+from runtime.trainer_session import compare_with_resident
 
 VOCAB, SEQ = 256, 32  # hidden states (4, 32, 128) fp32 = 64 KiB: managed, as are the weights
 
@@ -84,20 +84,9 @@ def main() -> int:
             return 2
         ref, ref_logged = train(out / "resident", args)
         run, logged = train(out / "prefetched", args, cb)
-        report = dict(cb.report or {})
-        report.update(state_compare.identity_report(
-            state_compare.snapshot(ref.model, torch_optimizer(ref.optimizer)),
-            state_compare.snapshot(run.model, torch_optimizer(run.optimizer)),
-            losses=logged, reference_losses=ref_logged))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-    ok = report["losses_identical"] and report["params_identical"] and report["optimizer_state_identical"]
-    print(f"policy {report['policy']}: hit rate {report['hit_rate']:.1%}, {report['misses']} misses, "
-          f"stall {report['stall_s']:.3f}s, {report['bytes_copied'] / 2**20:.1f} MiB copied, "
-          f"budget {report['budget_bytes'] / 2**20:.2f} of {report['managed_bytes'] / 2**20:.2f} MiB managed")
-    print("losses, parameters and optimizer state " + ("bit-identical to all resident" if ok else
-          f"DIFFER from all resident: {report.get('state_mismatches')}"))
+        ok = compare_with_resident(cb.report, state_compare.snapshot(ref.model, torch_optimizer(ref.optimizer)),
+                                   state_compare.snapshot(run.model, torch_optimizer(run.optimizer)),
+                                   losses=logged, reference_losses=ref_logged, json_path=args.json)
     return 0 if ok else 1
 
 

@@ -14,7 +14,6 @@ for bit (exit code 1 if not). Needs `pip install 'learned-prefetch[zoo]'`.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from runtime import state_compare
 from runtime.lightning import PrefetchCallback, RecordCallback
+from runtime.trainer_session import compare_with_resident
 
 WIDTH, BATCH, BATCHES = 256, 512, 8  # 256 KiB weights and (512, 256) activations: managed
 
@@ -100,20 +100,9 @@ def main() -> int:
         return 2
     ref, ref_trainer = fit(args)
     run, trainer = fit(args, cb)
-    report = dict(cb.report or {})
-    report.update(state_compare.identity_report(
-        state_compare.snapshot(ref, ref_trainer.optimizers[0]), state_compare.snapshot(run, trainer.optimizers[0]),
-        losses=run.losses, reference_losses=ref.losses))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-    ok = report["losses_identical"] and report["params_identical"] and report["optimizer_state_identical"]
-    print(f"policy {report['policy']}: hit rate {report['hit_rate']:.1%}, {report['misses']} misses, "
-          f"stall {report['stall_s']:.3f}s, {report['bytes_copied'] / 2**20:.1f} MiB copied, "
-          f"budget {report['budget_bytes'] / 2**20:.2f} of {report['managed_bytes'] / 2**20:.2f} MiB managed, "
-          f"{report.get('closures_run_first', 0)} closures run before the store's pre-step work")
-    print("losses, parameters and optimizer state " + ("bit-identical to all resident" if ok else
-          f"DIFFER from all resident: {report.get('state_mismatches')}"))
+    ok = compare_with_resident(cb.report, state_compare.snapshot(ref, ref_trainer.optimizers[0]),
+                               state_compare.snapshot(run, trainer.optimizers[0]), losses=run.losses,
+                               reference_losses=ref.losses, json_path=args.json)
     return 0 if ok else 1
 
 

@@ -132,3 +132,25 @@ class RecordSession:
             return None
         rec.close(**manifest_updates)
         return rec.stem
+
+
+def compare_with_resident(report: dict[str, Any] | None, reference: Any, run: Any, *, losses: list[float],
+                          reference_losses: list[float], json_path: Path | None = None) -> bool:
+    """A callback run checked against the same run all resident (the examples' last act): the
+    report plus `state_compare.identity_report` of the two final states (`StateSnapshot`s) and
+    losses, written to `json_path`, summed up in two printed lines. True when bit-identical."""
+    from runtime import state_compare
+
+    out = dict(report or {})
+    out.update(state_compare.identity_report(reference, run, losses=losses, reference_losses=reference_losses))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(out, indent=2, default=str))
+    ok = bool(out["losses_identical"] and out["params_identical"] and out["optimizer_state_identical"])
+    closures = f", {out['closures_run_first']} closures run first" if out.get("closures_run_first") else ""
+    print(f"policy {out['policy']}: hit rate {out['hit_rate']:.1%}, {out['misses']} misses, "
+          f"stall {out['stall_s']:.3f}s, {out['bytes_copied'] / 2**20:.1f} MiB copied, "
+          f"budget {out['budget_bytes'] / 2**20:.2f} of {out['managed_bytes'] / 2**20:.2f} MiB managed{closures}")
+    print("losses, parameters and optimizer state " + ("bit-identical to all resident" if ok else
+          f"DIFFER from all resident: {out.get('state_mismatches')}"))
+    return ok

@@ -161,3 +161,23 @@ def test_example_runs(tmp_path):
     r = json.loads(out.read_text())
     assert r["losses_identical"] and r["params_identical"] and r["optimizer_state_identical"]
     assert r["closures_run_first"] == 4 and "bit-identical" in proc.stdout
+
+
+@pytest.mark.slow  # two launches of a Lightning script: ~15 s on a loaded 2-core machine
+def test_an_unmodified_lightning_script_runs_prefetched(tmp_path):
+    """`prefetch run --compare -- python script.py` on a Lightning fit: the layers its steps call
+    and its optimizer are adopted, every closure runs first, and it is bit-identical to all resident."""
+    script = tmp_path / "fit.py"
+    script.write_text(
+        "import argparse, sys, torch\n"
+        f"sys.path.insert(0, {str(ROOT / 'examples')!r})\n"
+        "import lightning_trainer as E\n"
+        "torch.set_num_threads(1)\n"
+        "E.fit(argparse.Namespace(epochs=1, seed=0))\n")
+    out = tmp_path / "run.json"
+    proc = subprocess.run([sys.executable, "-m", "prefetch", "run", "--compare", "--json", str(out), "--",
+                           "python", str(script)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["managed_optimizer"] == "AdamW" and r["optimizer_steps"] == 4 and r["closures_run_first"] == 4
+    assert r["losses_identical"] and r["params_identical"] and r["optimizer_state_identical"], r["state_mismatches"]
