@@ -61,6 +61,10 @@ class GuardConfig:
     noise: float = 0.01
     """Stall differences under this share of the compute time of the scored steps count as
     none: a few milliseconds on a step of hundreds decide nothing."""
+    cheaper_within: float = 0.005
+    """At the decision (`decide_steps`), a rival whose stall is near the learned one's and whose
+    hits are within this share of its hits takes over: the learned candidate costs bookkeeping
+    on every access (a daemon round trip), a simple rival far less (0: never)."""
     drop_over: float = 2.0
     """After `min_steps`, a rival whose stall is over this many times the least stops being
     shadowed (it could never serve: the shadows cost bookkeeping on every access). Never the
@@ -75,6 +79,8 @@ class GuardConfig:
             raise ValueError(f"decide_steps must be 0 or >= min_steps ({self.min_steps}), got {self.decide_steps}")
         if not 0 <= self.noise < 1:
             raise ValueError(f"noise must be in [0, 1), got {self.noise}")
+        if not 0 <= self.cheaper_within < 1:
+            raise ValueError(f"cheaper_within must be in [0, 1), got {self.cheaper_within}")
         if not self.drop_over > 1 + self.margin:
             raise ValueError(f"drop_over must be > 1 + margin, got {self.drop_over}")
 
@@ -355,6 +361,8 @@ class GuardedPolicy(BasePolicy):
         if best != self.active:
             self._switch(best)
         if self.config.decide_steps and self.scored >= self.config.decide_steps:
+            if self.active == 0 and self.config.cheaper_within:
+                self._prefer_cheaper()
             self._stop_shadows()
         else:
             self._drop_hopeless()
@@ -393,6 +401,20 @@ class GuardedPolicy(BasePolicy):
         if self.active in near:
             return self.active
         return max(near, key=lambda i: (self.hits.get(i, 0), i == 0, -i))
+
+    def _prefer_cheaper(self) -> None:
+        """The learned candidate serves at the decision: a rival as good serves on instead."""
+        i = self._cheaper()
+        if i is not None:
+            self._switch(i)
+
+    def _cheaper(self) -> int | None:
+        """The shadowed rival with the most hits among those whose stall is near the least and
+        whose hits are within `cheaper_within` of the learned one's; None if there is none."""
+        least = min(self.stall[i] for i in (self.active, *self._slot))
+        floor = (1 - self.config.cheaper_within) * self.hits.get(0, 0)
+        good = [i for i in self._slot if self.stall[i] <= least + self._slack(least) and self.hits.get(i, 0) >= floor]
+        return max(good, key=lambda i: (self.hits.get(i, 0), -self.stall[i], -i)) if good else None
 
     def _switch(self, i: int) -> None:
         """Candidate `i` serves the executor from the next event; the one it replaces takes

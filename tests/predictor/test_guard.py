@@ -166,8 +166,32 @@ def test_after_deciding_for_a_rival_the_shadows_stop_and_the_learned_one_is_not_
     assert "decided, shadows stopped" in g.describe()
 
 
+@pytest.mark.parametrize("within, serves", [(0.05, "replay-rival"), (0.0, "learned")])
+def test_at_the_decision_a_rival_as_good_serves_instead_of_the_learned_one(trace, within, serves):
+    """The learned candidate costs bookkeeping on every access (a daemon round trip): at the
+    decision, a rival whose stall is near and whose hits are within `cheaper_within` of its
+    hits serves on instead (here the same policy, so as good); with 0 the learned one stays."""
+    rival = Replay(lookahead=64)
+    rival.name = "replay-rival"
+    g = guard(Replay(lookahead=64), [rival, NoPrefetch()], decide_steps=2, cheaper_within=within, margin=0.2)
+    run(trace, g)
+    assert g.decided and g.candidates[g.active].name == serves.replace("learned", "replay"), g.describe()
+    assert (g.active != 0) == (serves != "learned")
+
+
+def test_a_rival_with_fewer_hits_than_the_share_does_not_take_over():
+    """Near in stall but more than `cheaper_within` short of the learned one's hits: it stays."""
+    g = guard(Replay(lookahead=8), [NoPrefetch(), Markov(lookahead=8)], cheaper_within=0.01)
+    g.active, g.compute_scored, g._slot = 0, 0, {1: 0, 2: 1}
+    g.stall, g.hits = {0: 100, 1: 100, 2: 300}, {0: 1000, 1: 989, 2: 1000}
+    assert g._cheaper() is None  # 1 is 1.1% short, 2 is far off in stall
+    g.hits[1] = 991
+    assert g._cheaper() == 1
+
+
 @pytest.mark.parametrize("bad", [dict(margin=1.0), dict(margin=-0.1), dict(min_steps=0), dict(drop_over=1.0),
-                                 dict(noise=-0.01), dict(noise=1.0), dict(decide_steps=1)])
+                                 dict(noise=-0.01), dict(noise=1.0), dict(decide_steps=1),
+                                 dict(cheaper_within=-0.1), dict(cheaper_within=1.0)])
 def test_config_refuses_values_out_of_range(bad):
     """GuardConfig validates its fields at construction."""
     with pytest.raises(ValueError):
