@@ -20,6 +20,9 @@ for the same accesses, the learned policy's real stall and the stall each simple
   the most hits serves from the next step (the learned one on a tie); the one it replaces
   takes its shadow. The first
   step is not scored: it is every policy's warm-up (mirror, scan and markov know nothing yet).
+- At the decision (`decide_steps`), a rival as good as the serving learned candidate (stall
+  near, hits within `cheaper_within`) serves on instead: the model costs bookkeeping on every
+  access (a daemon round trip), a simple rival far less.
 - Only the serving candidate's requests reach the tier, and it answers
   `predicted_next_use` (eviction); the others are observed by their shadows only.
 - Without a link model or a compute clock (CUDA today) there are no shadows and the

@@ -16,7 +16,10 @@ The call index counts a module's grad-enabled calls within the step, so a variab
 number of no-grad forwards (generate(), evaluation) does not shift activation keys.
 
 Steps: the optimizer's step ends one. Each root forward starts a micro-step; a root
-forward without grad (or in eval mode) is an EVAL pass, not a training micro-step.
+forward without grad (or in eval mode) is an EVAL pass, not a training micro-step. A loop
+that calls the model's submodules and never the model itself (a LightningModule's
+`self.layers(x)`) gets the same passes: a forward from outside the model after a backward
+or a step, or one switching between training and evaluation, begins one.
 Everything here runs on the training thread; hooks only append to lists (no syncs).
 """
 
