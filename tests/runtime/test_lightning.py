@@ -181,3 +181,49 @@ def test_an_unmodified_lightning_script_runs_prefetched(tmp_path):
     r = json.loads(out.read_text())
     assert r["managed_optimizer"] == "AdamW" and r["optimizer_steps"] == 4 and r["closures_run_first"] == 4
     assert r["losses_identical"] and r["params_identical"] and r["optimizer_state_identical"], r["state_mismatches"]
+
+
+class TwoOptimizers(L.LightningModule):
+    """Manual optimization with two optimizers over two halves of the module (a GAN's shape)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Sequential(torch.nn.Linear(WIDTH, WIDTH), torch.nn.GELU(), torch.nn.Linear(WIDTH, WIDTH))
+        self.b = torch.nn.Sequential(torch.nn.Linear(WIDTH, WIDTH), torch.nn.GELU(), torch.nn.Linear(WIDTH, WIDTH))
+        self.automatic_optimization = False
+        self.losses: list[float] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        opt_a, opt_b = self.optimizers()
+        loss = self.b(self.a(batch[0])).pow(2).mean()
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+        self.manual_backward(loss)
+        opt_b.step()  # the unmanaged one first: it reads the gradients before the managed one's pre-hook
+        opt_a.step()
+        self.losses.append(loss.item())
+
+    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        return torch.optim.AdamW(self.a.parameters(), lr=1e-2), torch.optim.SGD(self.b.parameters(), lr=1e-2)
+
+
+def test_two_optimizers_the_first_is_managed_and_the_report_names_the_other():
+    """Manual optimization with two optimizers: the first is managed, the report names the other,
+    and the fit is bit-identical (the second steps parameters the store also holds)."""
+    def fit(callback: Any) -> TwoOptimizers:
+        net = TwoOptimizers()
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[callback] if callback is not None else [])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(net, _loader())
+        return net
+
+    ref = fit(None)
+    cb = PrefetchCallback(budget=0.4)
+    run = fit(cb)
+    assert run.losses == ref.losses
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), run.parameters()))
+    assert cb.report["unmanaged_optimizers"] == ["SGD"] and cb.report["accesses"] > 0
