@@ -69,7 +69,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
-    budget = float(args.budget) if args.budget.replace(".", "", 1).isdigit() else args.budget
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         if args.record is not None:
@@ -78,7 +77,7 @@ def main() -> int:
             print(f"trace: {rec.stem}.events.arrow")
             return 0
         try:
-            cb = PrefetchCallback(policy=args.policy, budget=budget)
+            cb = PrefetchCallback(policy=args.policy, budget=args.budget)  # "0.4", "40%", "2MiB": all parsed
         except ValueError as exc:
             print(f"hf_trainer: error: {exc}", file=sys.stderr)
             return 2

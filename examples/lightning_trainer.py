@@ -87,14 +87,13 @@ def main() -> int:
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     torch.set_num_threads(1)
-    budget = float(args.budget) if args.budget.replace(".", "", 1).isdigit() else args.budget
     if args.record is not None:
         rec = RecordCallback(out=args.record, workload="lightning-mlp")
         fit(args, rec)
         print(f"trace: {rec.stem}.events.arrow")
         return 0
     try:
-        cb = PrefetchCallback(policy=args.policy, budget=budget)
+        cb = PrefetchCallback(policy=args.policy, budget=args.budget)  # "0.4", "40%", "2MiB": all parsed
     except ValueError as exc:
         print(f"lightning_trainer: error: {exc}", file=sys.stderr)
         return 2
