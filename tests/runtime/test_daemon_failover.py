@@ -34,9 +34,13 @@ def test_daemon_killed_mid_run_then_back(models, tmp_path):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            # The model alone (guard=False) asks its daemon on every access. Under the guard, a
+            # rival may serve from the decision on (predictor.guard: a stall or a `cheaper_within`
+            # switch), and then the daemon is no longer asked: its death would go unnoticed.
             with runtime.prefetching(model, opt, policy=f"learned:{models}", daemon=endpoint, budget=0.5,
-                                     device="simulated", link=LinkModel(bandwidth_bytes_per_s=5e9)) as pf:
-                client = pf.store.policy.primary.client
+                                     device="simulated", link=LinkModel(bandwidth_bytes_per_s=5e9),
+                                     guard=False) as pf:
+                client = pf.store.policy.client
                 for _ in range(3):
                     losses.append(step())
                 assert client.connected and client.served_policy.startswith("learned")
