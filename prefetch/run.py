@@ -35,6 +35,7 @@ from runtime.defaults import AHEAD_SHARE, LIVE_LOOKAHEAD
 from runtime.host_stepping import host_stepping
 from runtime.link import DEFAULT_LINK_RATIO
 from runtime.policy_spec import check_policy_spec
+from runtime.device import SIMULATED
 from runtime.prefetcher import PrefetchConfig, Prefetcher, compute_device
 from runtime.recorder import Recorder
 from runtime.state_compare import identity_report, losses_identical, snapshot
@@ -229,7 +230,7 @@ def summary_line(r: dict[str, Any]) -> str:
         + (f" ({', '.join(r['state_mismatches'])})" if r.get("state_mismatches") else ""))
     line = (f"{r['workload']:<15} {r['policy']:<22} hit {r['hit_rate']:7.2%}  late {r['late']:>5}  miss {r['misses']:>5}  "
             f"stall {r['stall_s']:.3f}s  slowdown {slow}  copied {r['bytes_copied'] / 2**20:8.1f} MiB  "
-            f"{ident}  [{r['device']}]")
+            f"{ident}  [{r['device']}{', no real copies' if (r.get('link') or {}).get('copies') == 'alias' else ''}]")
     return line + ("\n" + overhead_line(r["overhead"]) if r.get("overhead") else "")
 
 
@@ -245,12 +246,12 @@ def overhead_line(o: dict[str, Any]) -> str:
 
 # -- validation: every refusal happens before a training step runs ----------------------------
 def check_device(spec: str) -> None:
-    """ValueError unless `spec` is auto, simulated, or a CUDA device this machine has."""
-    if spec in ("auto", "simulated"):
+    """ValueError unless `spec` is auto, simulated (or simulated:alias), or a CUDA device this machine has."""
+    if spec in ("auto", *SIMULATED):
         return
     name, sep, index = spec.partition(":")
     if name != "cuda" or (sep and not index.isdigit()):
-        raise ValueError(f"--device {spec!r}: use auto, simulated, cuda or cuda:N")
+        raise ValueError(f"--device {spec!r}: use auto, simulated, simulated:alias, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise ValueError(f"--device {spec}: CUDA is not available here (torch.cuda.is_available() is False); "
                          "use --device simulated")

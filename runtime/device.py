@@ -19,6 +19,14 @@ the prefetcher's own bookkeeping, plus stalls), so neither overhead nor a busy m
 buys copies time. A consumer that needs a copy early sleeps (in wall time) until
 then, so a late prefetch really stalls the step and hit rates mean what they mean on a
 GPU. docs/simulated-device.md has the rules and their measured effect.
+
+Those real clones are the emulation's largest cost on a small machine: the copy-engine
+thread takes a core and memory bandwidth from the job, which a GPU's DMA engines do not.
+`SimulatedDevice(copies="alias")` (device spec `simulated:alias`) keeps every rule and
+time of the link model but makes no real copy: a copy's result is its source tensor. It is
+a measurement mode, for telling that cost apart (benchmarks/overhead.py runs both); the
+default `clone` is what the correctness tests run, since only distinct copies can show a
+stale or lost write.
 """
 
 from __future__ import annotations
@@ -104,6 +112,17 @@ def _work_clock(engine_cpu_ns: Callable[[], int] | None) -> Callable[[], int]:
     return work
 
 
+SIMULATED = ("simulated", "simulated:alias")
+"""Device specs of the simulated device: real copies, or none (a measurement mode)."""
+SIM_COPIES = ("clone", "alias")
+"""How the simulated device copies: real clones on its copy-engine thread, or none (SimulatedDevice)."""
+
+
+def check_copies(copies: str) -> None:
+    if copies not in SIM_COPIES:
+        raise ValueError(f"simulated device copies must be one of {', '.join(SIM_COPIES)}, got {copies!r}")
+
+
 class SimCopy:
     """One copy on the simulated device: done on the clock at `done_at_ns`; its real clone
     is `result` once the engine has made it (None before)."""
@@ -139,8 +158,11 @@ class SimulatedDevice:
 
     name = "simulated"
 
-    def __init__(self, link: LinkModel, clock: ComputeClock | None = None):
+    def __init__(self, link: LinkModel, clock: ComputeClock | None = None, copies: str = "clone"):
+        check_copies(copies)
         self.link = link
+        self.copies = copies
+        """clone: real copies on the copy-engine thread; alias: none (a copy's result is its source)."""
         self._free_at_ns = {"H2D": 0, "D2H": 0}  # clock time each direction's FIFO finishes its last queued copy
         self.copy_lag_ns = 0
         """Wall time waits spent on real clones running behind the model (a busy CPU)."""
@@ -154,6 +176,7 @@ class SimulatedDevice:
         self.clock_read_ns = clock_read_cost_ns(self.clock._work)
         """What one read of the clock's work counter costs here (emulation overhead, runtime.overhead)."""
         self._closed = False
+        self._alias = copies == "alias"
         self.timeline: list[tuple[int, int, int, str]] | None = None
         """When a list: (start_ns, end_ns, nbytes, direction) of every copy, for timelines
         (monotonic ns, placed as if no bookkeeping followed the submit)."""
@@ -175,7 +198,11 @@ class SimulatedDevice:
         if self.timeline is not None:
             wall = time.monotonic_ns() - now
             self.timeline.append((start + wall, end + wall, nbytes, direction))
-        self._jobs.put(c)
+        if self._alias:
+            c.result = src.result if isinstance(src, SimCopy) else src.detach()
+            c.src = None  # type: ignore[assignment]
+        else:
+            self._jobs.put(c)
         return c
 
     def host_copy(self, t: torch.Tensor) -> torch.Tensor:
@@ -264,7 +291,7 @@ class SimulatedDevice:
 
     def describe_link(self) -> dict:
         """The link and the clock its copies run on (the report's `link`)."""
-        return {**self.link.describe(),
+        return {**self.link.describe(), "copies": self.copies,
                 "clock": "compute: CPU time less the prefetcher's bookkeeping, plus stalls (runtime.link.ComputeClock)",
                 "clock_rate": self.clock.rate, "off_clock_cpu_s": self.clock.off_clock_ns / 1e9,
                 "copy_lag_s": self.copy_lag_ns / 1e9}

@@ -28,7 +28,7 @@ import torch
 
 from predictor.interface import BasePolicy, Policy, TensorInfo, check_policy, overrides
 from runtime.defaults import AHEAD_SHARE, DAEMON_BATCH_EVENTS, LIVE_LOOKAHEAD
-from runtime.device import CudaDevice, Device, SimulatedDevice
+from runtime.device import SIMULATED, CudaDevice, Device, SimulatedDevice
 from runtime.link import DEFAULT_LINK_RATIO, LinkModel
 from runtime.live_trace import CLOCK_COMPUTE, LiveTrace
 from runtime.overhead import HookTimer, OverheadCounters, OverheadSplit, split
@@ -75,7 +75,9 @@ class PrefetchConfig:
     """Simulated device: an explicit link (overrides link_ratio)."""
     warmup_steps: int = 1
     device: str = "auto"
-    """auto (CUDA when the model is on a GPU, else simulated), cuda[:N], or simulated."""
+    """auto (CUDA when the model is on a GPU, else simulated), cuda[:N], simulated, or
+    simulated:alias (the simulated device making no real copies: a measurement mode,
+    runtime.device)."""
     daemon: str | None = None
     """Endpoint of a running daemon for learned policies (default: start one locally)."""
     daemon_keys: str | None = None
@@ -124,14 +126,14 @@ class PrefetchConfig:
             raise ValueError(f"router_depth must be >= 0, got {self.router_depth}")
         if not self.link_ratio > 0:
             raise ValueError(f"link_ratio must be > 0, got {self.link_ratio}")
-        if self.device not in ("auto", "simulated") and not self.device.startswith("cuda"):
-            raise ValueError(f"device must be auto, simulated or cuda[:N], got {self.device!r}")
+        if self.device not in ("auto", *SIMULATED) and not self.device.startswith("cuda"):
+            raise ValueError(f"device must be auto, simulated, simulated:alias or cuda[:N], got {self.device!r}")
 
 
 def compute_device(spec: str) -> torch.device:
     """The torch device a job's model and data live on for a device spec: the GPU for
     cuda[:N] (and auto with CUDA), the CPU for the simulated device."""
-    if spec == "simulated" or (spec == "auto" and not torch.cuda.is_available()):
+    if spec in SIMULATED or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", int(spec.split(":")[1]) if ":" in spec else torch.cuda.current_device())
 
@@ -143,8 +145,8 @@ def make_device(spec: str, link: LinkModel, model_device: torch.device | None = 
     if spec == "auto":
         on_gpu = model_device.type == "cuda" if model_device is not None else torch.cuda.is_available()
         spec = f"cuda:{model_device.index or 0}" if on_gpu and model_device is not None else ("cuda" if on_gpu else "simulated")
-    if spec == "simulated":
-        return SimulatedDevice(link)
+    if spec in SIMULATED:
+        return SimulatedDevice(link, copies="alias" if spec == "simulated:alias" else "clone")
     if not torch.cuda.is_available():
         raise ValueError(f"device {spec!r}: CUDA is not available here (torch.cuda.is_available() is False); "
                          "use device='simulated'")

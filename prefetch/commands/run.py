@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the optimizer steps the managed parameters: host masters, the device (its state "
                         "streamed in and out), or auto: the cost model's pick from the first step (default auto; "
                         "the report's `optimizer` says which ran and why)")
-    p.add_argument("--device", default="auto", help="auto | simulated | cuda[:N]")
+    p.add_argument("--device", default="auto", help="auto | simulated | simulated:alias (no real copies: "
+                   "measures the emulation's cost, docs/overhead.md) | cuda[:N]")
     p.add_argument("--daemon", default=None, help="endpoint of a running daemon (learned policies)")
     p.add_argument("--daemon-keys", default=None, metavar="DIR",
                    help="CURVE keys for a remote --daemon: DIR holds its server.key and your client.key_secret "

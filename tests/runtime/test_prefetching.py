@@ -43,7 +43,8 @@ def _train(policy: str | None, steps: int = 6, accum: int = 1, **kwargs) -> tupl
         loop()
         return losses, None, model
     kwargs.setdefault("link", LinkModel(bandwidth_bytes_per_s=2e9))
-    with prefetching(model, opt, policy=policy, budget=kwargs.pop("budget", 0.4), device="simulated", **kwargs) as pf:
+    with prefetching(model, opt, policy=policy, budget=kwargs.pop("budget", 0.4),
+                     device=kwargs.pop("device", "simulated"), **kwargs) as pf:
         loop()
     return losses, pf.report(), model
 
@@ -64,6 +65,19 @@ def test_losses_identical_with_accumulation():
     base, _, _ = _train(None, steps=4, accum=3)
     got, _, _ = _train("replay", steps=4, accum=3)
     assert got == base
+
+
+@pytest.mark.parametrize("placement", ["host", "device"])
+def test_no_real_copies_mode_is_bit_identical(placement):
+    """`simulated:alias` (no real copies: a measurement mode) keeps training bit-identical,
+    with host and with device stepping, and says so in the report's link."""
+    base, _, m0 = _train(None, steps=5, accum=2)
+    got, report, m1 = _train("replay", steps=5, accum=2, device="simulated:alias", optimizer_placement=placement)
+    assert got == base
+    for (n, a), (_, b) in zip(m0.named_parameters(), m1.named_parameters()):
+        assert torch.equal(a, b), n
+    assert report["link"]["copies"] == "alias" and report["bytes_copied"] > 0
+    assert report["optimizer"]["ran"] == placement
 
 
 def test_report_keys_and_budget():

@@ -106,6 +106,30 @@ def test_copy_done_at_start_plus_link_time_on_the_clock():
         dev.close()
 
 
+def test_alias_copies_keep_the_link_times_and_make_no_copy():
+    """copies="alias" (benchmarks/overhead.py's measure of the copy engine's cost): each copy
+    is done when the link model says, as with real clones, but its result is the source
+    itself and the copy-engine thread does no work; an unknown mode is refused."""
+    work = Counter()
+    link = LinkModel(bandwidth_bytes_per_s=1e9, latency_s=1e-6)
+    devs = [SimulatedDevice(link, clock=ComputeClock(work, work), copies=c) for c in ("clone", "alias")]
+    try:
+        src = torch.randn(MB // 4)
+        (c_clone, c_alias) = (d.copy_in(src) for d in devs)
+        assert c_alias.done_at_ns == c_clone.done_at_ns
+        devs[0].wait_copied(c_clone)
+        assert c_clone.result.data_ptr() != src.data_ptr()
+        assert c_alias.copied() and c_alias.result.data_ptr() == src.data_ptr()
+        back = devs[1].copy_in(devs[1].pending_host(devs[1].copy_out(c_alias.result)))  # a write-back, fetched again
+        assert back.result.data_ptr() == src.data_ptr()
+        assert devs[1].describe_link()["copies"] == "alias" and devs[0].describe_link()["copies"] == "clone"
+    finally:
+        for d in devs:
+            d.close()
+    with pytest.raises(ValueError, match="copies"):
+        SimulatedDevice(link, copies="dma")
+
+
 def test_late_read_stalls_wall_time_for_the_copy_time_left():
     """Bookkeeping after a prefetch leaves its copy in flight (late, not a hit); the wait
     then blocks in wall time for the whole copy and the copy is done after it."""
