@@ -18,7 +18,9 @@ At the budgets in --alias-budgets (default 0.4) each run is repeated on the simu
 device with no real copies (`--device simulated:alias`: the same link times, no clones,
 runtime.device): the difference is what the copy engine's real copies cost the job on this
 machine, which a GPU's DMA engines do not (the `copies ms` column). The target is judged
-on the default run; the no-copies slowdown is printed beside it.
+on the default run; the no-copies slowdown is printed beside it. A learned row also gives
+the median slowdown from the step its guard decided on (predictor.guard: before, its
+shadows and the daemon run beside the serving policy), the cost a long run settles at.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def _row(workload: str, budget: float, policy: str, reports: list[dict[str, Any]
     for key in ("step_s", "baseline_step_s", "extra_s", "stall_s", "bookkeeping_s", "emulation_s", "unattributed_s",
                 "copy_engine_cpu_s", "managed_accesses", "hook_calls", "bookkeeping_us_per_access"):
         row[key] = _med([o.get(key) for o in ov])
+    row["slowdown_after_guard"] = _med([r.get("slowdown_after_guard") for r in reports])
+    row["guard_decided_steps"] = sorted({r["guard_decided_step"] for r in reports if r.get("guard_decided_step") is not None})
     target = TARGETS.get(budget) if workload in STATIC and policy.startswith("learned") else None
     if policy == "none" and budget == 1.0:
         target = NONE_AT_ONE
@@ -83,16 +87,24 @@ def _row(workload: str, budget: float, policy: str, reports: list[dict[str, Any]
     return row
 
 
+def _after_guard_cell(row: dict[str, Any] | None) -> str:
+    """A guarded learned row: the median slowdown from the step its guard decided on."""
+    if not row or row.get("slowdown_after_guard") is None:
+        return ""
+    steps = row["guard_decided_steps"]
+    return f"{row['slowdown_after_guard']:.3f}x (from step {'/'.join(map(str, steps))})"
+
+
 def _no_copies_cells(row: dict[str, Any], ms: Any) -> list[str]:
     """The no-real-copies run's slowdown (and whether it meets the row's target), and what
     the real copies cost per step: extra time with them less extra time without."""
     nc = row.get("no_copies")
     if not nc:
-        return ["", "", ""]
+        return ["", "", "", ""]
     ok = "" if row["slowdown_target"] is None else (" ok" if nc["slowdown"] <= row["slowdown_target"] else " **miss**")
     cost = None if row["extra_s"] is None or nc["extra_s"] is None else row["extra_s"] - nc["extra_s"]
     return [f"{nc['slowdown']:.3f}x [{nc['slowdown_min']:.3f}-{nc['slowdown_max']:.3f}]{ok}"
-            + ("" if nc["bit_identical"] else " NOT IDENTICAL"), ms(nc["bookkeeping_s"]), ms(cost)]
+            + ("" if nc["bit_identical"] else " NOT IDENTICAL"), _after_guard_cell(nc), ms(nc["bookkeeping_s"]), ms(cost)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(
         ["workload", "budget", "policy", "optimizer", "hit rate", "slowdown [min-max]", "step ms", "resident ms", "stall ms",
          "bookkeeping ms", "emulation ms", "unattributed ms", "copy engine CPU ms", "managed accesses", "us/access",
-         "target", "no real copies: slowdown [min-max]", "bookkeeping ms", "copies ms"],
+         "target", "after the guard decided", "no real copies: slowdown [min-max]", "after the guard decided",
+         "bookkeeping ms", "copies ms"],
         [[r["workload"], r["budget"], r["policy"].split(":")[0], "/".join(r["optimizer"]), f"{r['hit_rate']:.2%}",
           f"{r['slowdown']:.3f}x [{r['slowdown_min']:.3f}-{r['slowdown_max']:.3f}]", ms(r["step_s"]),
           ms(r["baseline_step_s"]), ms(r["stall_s"]), ms(r["bookkeeping_s"]), ms(r["emulation_s"]),
@@ -159,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
           ("" if r["slowdown_ok"] is None else ("ok" if r["slowdown_ok"] else "**miss**"))
           + ("" if r["bookkeeping_ok"] else " (us/access **miss**)")
           + (" IN SAMPLE" if r["in_sample"] else "") + ("" if r["bit_identical"] else " NOT IDENTICAL"),
-          *_no_copies_cells(r, ms)]
+          _after_guard_cell(r), *_no_copies_cells(r, ms)]
          for r in rows],
     ))
     write_json(args.json, {"machine": machine_info(), "load_before": load_before, "load_after": load_average(),

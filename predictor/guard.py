@@ -201,6 +201,8 @@ class GuardedPolicy(BasePolicy):
         self._slot: dict[int, int] = {}  # candidate -> its shadow
         self._started = False  # shadows started: from then on a candidate observes only through its shadow
         self.decided = False  # the shadows have stopped (GuardConfig.decide_steps)
+        self.decided_step: int | None = None
+        """The first step served without shadows (decided as it began), for a run's steady-state figures."""
         self.dropped: list[int] = []  # rivals no longer shadowed (hopeless)
         self._step: int | None = None
         self._steps_seen = 0
@@ -318,6 +320,8 @@ class GuardedPolicy(BasePolicy):
             if self._mark and self._steps_seen >= 2:
                 self.compute_scored += self._compute_now() - self._mark_compute
                 self._score([(w - w0, h - h0) for (w, h), (w0, h0) in zip(now, self._mark)])
+                if self.decided:
+                    self.decided_step = step
             if not self._started:
                 self._start_shadows()
             self._mark = self._counters()

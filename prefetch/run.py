@@ -179,8 +179,10 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
             del twin
             report = pf.report()
             measured = slice(warmup_steps, None)
-            slowdown = statistics.median([p / b for p, b in zip(t_pf[measured], t_twin[measured])])
+            ratios = [p / b for p, b in zip(t_pf, t_twin)]
+            slowdown = statistics.median(ratios[measured])
             base_step = statistics.median(t_twin[measured])
+            decided = getattr(pf.store.policy, "decided_step", None)  # a guarded learned policy's decision
             report.update(
                 # the split's extra time is the headline slowdown's: (slowdown - 1) x the twin's median step
                 overhead=pf.overhead(slowdown * base_step, base_step).as_dict(),
@@ -189,6 +191,8 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                 slowdown=slowdown,
                 slowdown_note="median over measured steps of (prefetched step / all-resident twin step), "
                               "stepped alternately",
+                step_slowdowns=[round(r, 4) for r in ratios],
+                **_after_guard(ratios, decided, warmup_steps),
             )
             if gpu_times is not None:  # CUDA: the twin steps on host masters too; this is the full cost
                 report.update(device_optimizer_step_time_s=statistics.median(gpu_times[measured]),
@@ -242,6 +246,17 @@ def overhead_line(o: dict[str, Any]) -> str:
             f"{ms(o.get('bookkeeping_s'))}" + (f" ({per:.1f} us/managed access)" if per is not None else "")
             + f" + emulation {ms(o.get('emulation_s'))} + unattributed {ms(o.get('unattributed_s'))} "
             f"(docs/overhead.md)")
+
+
+def _after_guard(ratios: list[float], decided: int | None, warmup_steps: int) -> dict[str, Any]:
+    """A guarded learned run: the step its guard decided at, and the median slowdown of the
+    measured steps from then on (the steady state of a long run: the guard's shadows and the
+    daemon of a rival's steps cost nothing more), when at least 3 steps are left."""
+    if decided is None:
+        return {}
+    rest = ratios[max(decided, warmup_steps):]
+    return {"guard_decided_step": decided,
+            "slowdown_after_guard": statistics.median(rest) if len(rest) >= 3 else None}
 
 
 # -- validation: every refusal happens before a training step runs ----------------------------

@@ -156,13 +156,14 @@ def test_after_deciding_for_a_rival_the_shadows_stop_and_the_learned_one_is_not_
 
     class Counting(Thrash):
         def observe(self, step, micro_step, phase, access, tensor_id):
-            seen.append(tensor_id)
+            seen.append(step)
             return super().observe(step, micro_step, phase, access, tensor_id)
 
     g = guard(Counting(), [Replay(lookahead=64), NoPrefetch()], decide_steps=2)
     r = run(trace, g)
     assert g.decided and not g.shadows and not g._tier.followers, g.describe()
     assert g.active != 0 and 0 < len(seen) < r.events  # up to the decision, not after
+    assert max(seen) == g.decided_step - 1  # `decided_step`: the first step served without it (prefetch run's steady state)
     assert "decided, shadows stopped" in g.describe()
 
 

@@ -45,6 +45,18 @@ def test_cli_run_report_keys_and_identity(tmp_path, capsys):
     # the split's stall: reads' stalls and the backward's waits for gradient copies
     assert o["stall_s"] == pytest.approx((r["stall_s"] + r["grad_wait_s"]) / r["steps"]) and o["managed_accesses"] > 0
     assert split.strip().startswith("per step:") and f"stall {1e3 * o['stall_s']:.2f}" in split
+    assert len(r["step_slowdowns"]) == 2 and r["step_slowdowns"][1] == pytest.approx(r["slowdown"], abs=1e-4)
+    assert "guard_decided_step" not in r  # replay: no guard
+
+
+def test_slowdown_after_the_guard_decided():
+    """The steady state of a guarded run: the median of the measured steps from the decision
+    on; nothing without a decision, None with fewer than 3 steps left."""
+    ratios = [2.0, 1.5, 1.4, 1.3, 1.1, 1.0, 1.2]
+    assert run_mod._after_guard(ratios, None, 1) == {}
+    assert run_mod._after_guard(ratios, 4, 1) == {"guard_decided_step": 4, "slowdown_after_guard": 1.1}
+    assert run_mod._after_guard(ratios, 0, 2) == {"guard_decided_step": 0, "slowdown_after_guard": 1.2}  # from the warm-up's end
+    assert run_mod._after_guard(ratios, 5, 1)["slowdown_after_guard"] is None
 
 
 def _serve_stale_copies(monkeypatch) -> None:
