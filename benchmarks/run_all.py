@@ -73,10 +73,10 @@ BENCHMARKS = ("record_overhead", "predictor_latency", "simulate_speed", "daemon_
               "overhead", "live_vs_sim", "router_lookahead", "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite",
               "host_optimizer", "optimizer_placement", "cuda")
 OPT_IN = ("generalisation",)
+"""Benchmarks run only when --only names them: too long for the default set."""
 TIMEOUT_SCALE = {"overhead": 2.5}
 """Benchmarks whose one command runs longer than the others: their timeout is scaled
 (overhead runs every budget-0.4 row twice, with and without real copies: 11.5 min here)."""
-"""Benchmarks run only when --only names them: too long for the default set."""
 EVAL_SEEDS = (2, 3, 4)
 """Seeds of the live and offline evaluation runs: never recorded for training (samples are seeds 0, 1)."""
 DEFAULT_OUT = Path("out/benchmarks")

@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 from runtime.budget import parse_budget
 from runtime.defaults import AHEAD_SHARE, LIVE_LOOKAHEAD
+from runtime.device import SIMULATED
 from runtime.host_stepping import host_stepping
 from runtime.link import DEFAULT_LINK_RATIO
 from runtime.policy_spec import check_policy_spec
-from runtime.device import SIMULATED
 from runtime.prefetcher import PrefetchConfig, Prefetcher, compute_device
 from runtime.recorder import Recorder
 from runtime.state_compare import identity_report, losses_identical, snapshot
@@ -250,8 +250,8 @@ def overhead_line(o: dict[str, Any]) -> str:
 
 def _after_guard(ratios: list[float], decided: int | None, warmup_steps: int) -> dict[str, Any]:
     """A guarded learned run: the step its guard decided at, and the median slowdown of the
-    measured steps from then on (the steady state of a long run: the guard's shadows and the
-    daemon of a rival's steps cost nothing more), when at least 3 steps are left."""
+    measured steps from then on, when at least 3 steps are left: the steady state of a long
+    run (the guard's shadows have stopped, and once a rival serves the daemon is not asked)."""
     if decided is None:
         return {}
     rest = ratios[max(decided, warmup_steps):]
