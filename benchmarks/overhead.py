@@ -87,6 +87,10 @@ def _row(workload: str, budget: float, policy: str, reports: list[dict[str, Any]
     return row
 
 
+def _slowdown_cell(row: dict[str, Any]) -> str:
+    return f"{row['slowdown']:.3f}x [{row['slowdown_min']:.3f}-{row['slowdown_max']:.3f}]"
+
+
 def _after_guard_cell(row: dict[str, Any] | None) -> str:
     """A guarded learned row: the median slowdown from the step its guard decided on."""
     if not row or row.get("slowdown_after_guard") is None:
@@ -103,7 +107,7 @@ def _no_copies_cells(row: dict[str, Any], ms: Any) -> list[str]:
         return ["", "", "", ""]
     ok = "" if row["slowdown_target"] is None else (" ok" if nc["slowdown"] <= row["slowdown_target"] else " **miss**")
     cost = None if row["extra_s"] is None or nc["extra_s"] is None else row["extra_s"] - nc["extra_s"]
-    return [f"{nc['slowdown']:.3f}x [{nc['slowdown_min']:.3f}-{nc['slowdown_max']:.3f}]{ok}"
+    return [_slowdown_cell(nc) + ok
             + ("" if nc["bit_identical"] else " NOT IDENTICAL"), _after_guard_cell(nc), ms(nc["bookkeeping_s"]), ms(cost)]
 
 
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
          "target", "after the guard decided", "no real copies: slowdown [min-max]", "after the guard decided",
          "bookkeeping ms", "copies ms"],
         [[r["workload"], r["budget"], r["policy"].split(":")[0], "/".join(r["optimizer"]), f"{r['hit_rate']:.2%}",
-          f"{r['slowdown']:.3f}x [{r['slowdown_min']:.3f}-{r['slowdown_max']:.3f}]", ms(r["step_s"]),
+          _slowdown_cell(r), ms(r["step_s"]),
           ms(r["baseline_step_s"]), ms(r["stall_s"]), ms(r["bookkeeping_s"]), ms(r["emulation_s"]),
           ms(r["unattributed_s"]), ms(r["copy_engine_cpu_s"]), round(r["managed_accesses"] or 0),
           round(r["bookkeeping_us_per_access"] or 0.0, 1),

@@ -112,15 +112,14 @@ def _work_clock(engine_cpu_ns: Callable[[], int] | None) -> Callable[[], int]:
     return work
 
 
-SIMULATED = ("simulated", "simulated:alias")
-"""Device specs of the simulated device: real copies, or none (a measurement mode)."""
-SIM_COPIES = ("clone", "alias")
-"""How the simulated device copies: real clones on its copy-engine thread, or none (SimulatedDevice)."""
+SIMULATED = {"simulated": "clone", "simulated:alias": "alias"}
+"""Device spec of the simulated device -> how it copies: real clones on its copy-engine
+thread, or none (a measurement mode; SimulatedDevice's `copies`)."""
 
 
 def check_copies(copies: str) -> None:
-    if copies not in SIM_COPIES:
-        raise ValueError(f"simulated device copies must be one of {', '.join(SIM_COPIES)}, got {copies!r}")
+    if copies not in SIMULATED.values():
+        raise ValueError(f"simulated device copies must be one of {', '.join(SIMULATED.values())}, got {copies!r}")
 
 
 class SimCopy:

@@ -146,7 +146,7 @@ def make_device(spec: str, link: LinkModel, model_device: torch.device | None = 
         on_gpu = model_device.type == "cuda" if model_device is not None else torch.cuda.is_available()
         spec = f"cuda:{model_device.index or 0}" if on_gpu and model_device is not None else ("cuda" if on_gpu else "simulated")
     if spec in SIMULATED:
-        return SimulatedDevice(link, copies="alias" if spec == "simulated:alias" else "clone")
+        return SimulatedDevice(link, copies=SIMULATED[spec])
     if not torch.cuda.is_available():
         raise ValueError(f"device {spec!r}: CUDA is not available here (torch.cuda.is_available() is False); "
                          "use device='simulated'")
