@@ -72,6 +72,7 @@ def evaluate_architecture(gen_seed: int, *, steps: int, budget: float, link_rati
                           routers: str = "auto") -> dict[str, Any]:
     """Record, train, and evaluate one architecture live and simulated (module docstring); one result dict."""
     from predictor.train import TrainConfig, train
+    from prefetch.guard_prior_fit import fit_priors
     from prefetch.live_vs_sim import _baseline, _recorded, live_run
     from prefetch.recording import record_workload
     from prefetch.simulate import simulate_like_run
@@ -87,7 +88,8 @@ def evaluate_architecture(gen_seed: int, *, steps: int, budget: float, link_rati
         record_workload(workload, steps, train_dirs[-1], seed=seed, progress=False)
     t_record = time.monotonic() - t0
     models = base / "models"
-    train(train_dirs, models, TrainConfig(num_threads=1), progress=False, log=lambda *a, **k: None)
+    folders = train(train_dirs, models, TrainConfig(num_threads=1), progress=False, log=lambda *a, **k: None)
+    fit_priors(folders, train_dirs, progress=False, log=lambda *a, **k: None)  # as `prefetch train` does
     t_train = time.monotonic() - t0 - t_record
 
     baseline = _baseline(workload, EVAL_SEED, steps, warmup)
@@ -119,6 +121,7 @@ def evaluate_architecture(gen_seed: int, *, steps: int, budget: float, link_rati
         "live": {k: pick(v, "clock_slowdown") for k, v in live.items()},
         "sim": {k: pick(v, "slowdown") for k, v in sim.items()},
         "in_sample": in_sample, "seconds": {"record": t_record, "train": t_train, "total": t_total},
+        "guard": live["learned"].get("policy_note"),  # which candidate served from which step, live
     }
     row.update(summarise_row(row))
     return row
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {r['name']} ({r['arch']}): live learned {_pct(r['live']['learned']['hit_rate'])}% vs best "
               f"{r['best_live']} {r['learned_minus_best_live_pt']:+.1f} pt; sim oracle-learned "
               f"{r['oracle_minus_learned_sim_pt']:+.1f} pt; in_sample {r['in_sample']}; "
-              f"{r['seconds']['total']:.0f} s (train {r['seconds']['train']:.0f} s)", file=sys.stderr)
+              f"{r['seconds']['total']:.0f} s (train {r['seconds']['train']:.0f} s); {r['guard']}", file=sys.stderr)
     elapsed = time.monotonic() - t0
     dist = distribution(rows)
     leaks = [r["name"] for r in rows if any((r["in_sample"] or {}).values())]

@@ -130,6 +130,17 @@ def save_artifact(artifact: Artifact, model_dir: str | os.PathLike[str]) -> Path
     return out
 
 
+def update_meta(folder: str | os.PathLike[str], key: str, value: Any) -> None:
+    """Set one key of an artifact folder's meta.json (what is measured after training, such as
+    the guard's prior), atomically; the model and table files and their checksums are untouched."""
+    path = Path(folder) / META_FILE
+    meta = _read_meta(path)
+    meta[key] = value
+    tmp = path.with_name(META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())

@@ -15,9 +15,12 @@ and the same optimizer steps and gradients (`DeviceTier.followers`). So every st
 for the same accesses, the learned policy's real stall and the stall each simple policy
 (`DEFAULT_ALTERNATES`: mirror, scan, markov, none) would have had.
 
-- The learned candidate serves first. After `min_steps` scored steps, of the candidates
-  whose stall summed over the scored steps is within `margin` of the least, the one with
-  the most hits serves from the next step (the learned one on a tie); the one it replaces
+- The learned candidate serves the warm-up; from the first scored step, the one the
+  artifact's prior picks (predictor.guard_prior: the same rule on the training runs'
+  held-out steps, in the cell nearest this run), the learned one without a prior. After
+  `min_steps` scored steps, of the candidates whose stall summed over the scored steps is
+  within `margin` of the least, the one with the most hits serves from the next step (the
+  learned one on a tie); the one it replaces
   takes its shadow. The first
   step is not scored: it is every policy's warm-up (mirror, scan and markov know nothing yet).
 - At the decision (`decide_steps`), a rival as good as the serving learned candidate (stall
@@ -36,14 +39,18 @@ that decided it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Sequence
 
+from predictor.guard_prior import LEARNED, pick_best
 from predictor.interface import NO_PREDICTION, BasePolicy, Policy, TensorInfo, TierView, overrides
 from runtime.link import LinkModel
 from runtime.tier import DeviceTier
 from runtime.trace_format import Access, Kind
 
 _READ, _ACT = int(Access.READ), int(Kind.ACTIVATION)
+
+if TYPE_CHECKING:
+    from predictor.guard_prior import GuardPrior
 
 DEFAULT_ALTERNATES = ("mirror", "scan", "markov", "none")
 """The simple policies shadowed beside the learned one (scan is replay outside a loop bigger than the budget)."""
@@ -155,10 +162,13 @@ class GuardedPolicy(BasePolicy):
     name = "learned"
 
     def __init__(self, primary: Policy, alternates: Sequence[Policy], config: GuardConfig | None = None,
-                 link: Callable[[], LinkModel | None] | None = None, compute_ns: Callable[[], int] | None = None):
+                 link: Callable[[], LinkModel | None] | None = None, compute_ns: Callable[[], int] | None = None,
+                 prior: GuardPrior | None = None, names: Sequence[str] | None = None):
         """`link`: the executor's link model, when known (None: no shadows, the learned
         policy runs alone). `compute_ns`: the executor's compute time; default, the clock
-        given to `bind_clock` less the waits its tier counted (the simulator's)."""
+        given to `bind_clock` less the waits its tier counted (the simulator's). `prior`:
+        the artifact's (predictor.guard_prior): which candidate serves from the first scored step.
+        `names`: the alternates' specs (the note's and the prior's names; default, each policy's name)."""
         # Without a link there can be no shadows: the rivals would observe for nothing.
         self.candidates: list[Policy] = [primary, *alternates] if link is not None else [primary]
         self.config = config or GuardConfig()
@@ -167,7 +177,8 @@ class GuardedPolicy(BasePolicy):
         self._tier: Any = None
         self._clock: Callable[[], int] | None = None
         self._compute = compute_ns
-        self._names = [c.name for c in self.candidates]
+        self._names = [primary.name, *(names or [c.name for c in alternates])][: len(self.candidates)]
+        self.prior = prior
 
     @property
     def primary(self) -> Policy:
@@ -212,6 +223,7 @@ class GuardedPolicy(BasePolicy):
         self._written = -1  # an activation written at the last event: shadows place it at the next
         self._observers = [c.observe for c in self.candidates]
         self._skip: set[int] = set()  # experts a router said will not run, until they are read
+        self.prior_note: str | None = None  # what the prior chose, from which cell
 
     def observe(self, step: int, micro_step: int, phase: int, access: int, tensor_id: int) -> Sequence[int]:
         if step != self._step:
@@ -324,6 +336,8 @@ class GuardedPolicy(BasePolicy):
                     self.decided_step = step
             if not self._started:
                 self._start_shadows()
+            elif self._steps_seen == 1 and self.prior is not None:
+                self._apply_prior()
             self._mark = self._counters()
             self._mark_compute = self._compute_now()
         self._step = step
@@ -354,6 +368,33 @@ class GuardedPolicy(BasePolicy):
         tier.followers.extend(self.shadows)  # they take the executor's optimizer steps and gradients
         self._slot = {i: k for k, i in enumerate(others)}
         self._started = True
+
+    def _apply_prior(self) -> None:
+        """As the first scored step begins: the candidate the prior's nearest cell picks (by
+        `pick_best`, the rule of `_best`) serves from here. The run's budget share is of the
+        managed bytes the warm-up declared; its link ratio the link's own, else the warm-up
+        step's (copying those bytes once over the warm-up's compute time)."""
+        tier, link = self._tier, self._link() if self._link is not None else None
+        managed = sum(tier.nb[t] for t in range(len(tier.nb)) if tier.managed[t])
+        budget = tier.budget_bytes
+        step0 = self._compute_now() - self._mark_compute
+        ratio = (link.ratio or (link.copy_ns(managed) / step0 if step0 > 0 else 0)) if link is not None else 0
+        if managed <= 0 or not budget or not ratio or ratio <= 0:
+            return
+        cell = self.prior.nearest(budget / managed, ratio)  # type: ignore[union-attr]
+        names = [LEARNED, *self._names[1:]]
+        known = {i: n for i, n in enumerate(names) if n in cell.stall_ns}
+        if 0 not in known:
+            return
+        slack = lambda least: self.config.margin * least + self.config.noise * cell.compute_ns  # noqa: E731
+        pick = pick_best({i: cell.stall_ns[n] for i, n in known.items()}, {i: cell.hits[n] for i, n in known.items()},
+                         slack, prefer=0)
+        self.prior_note = f"prior {names[pick]} (budget {cell.budget:g}, link ratio {cell.link_ratio:g})"
+        if pick != self.active:
+            self._switch(pick)
+        least = min(cell.stall_ns[n] for n in known.values())  # rivals hopeless there are not shadowed
+        self._drop([i for i, n in known.items() if i in self._slot and i != 0
+                    and cell.stall_ns[n] > self.config.drop_over * least + self.config.noise * cell.compute_ns])
 
     def _score(self, step: list[tuple[int, int]]) -> None:
         """One scored step: (waited, hits) per tier, the executor's first."""
@@ -387,6 +428,10 @@ class GuardedPolicy(BasePolicy):
         least = min(self.stall[i] for i in (self.active, *self._slot))
         gone = [i for i in self._slot if i != 0  # the learned one always: it may come back
                 and self.stall[i] > self.config.drop_over * least + self.config.noise * self.compute_scored]
+        self._drop(gone)
+
+    def _drop(self, gone: list[int]) -> None:
+        """These rivals leave their shadows: no longer observed, scored or served."""
         if not gone:
             return
         keep = [(i, self.shadows[k]) for i, k in self._slot.items() if i not in gone]
@@ -402,12 +447,8 @@ class GuardedPolicy(BasePolicy):
         Otherwise, of the near ones, the one with the most hits (the learned one, then the
         first, on a tie): the stall is what the user waits for, and among near-equal stalls
         the hits are what the next step can build on."""
-        live = [self.active, *self._slot]  # a dropped rival's sum stopped growing: it is out
-        least = min(self.stall[i] for i in live)
-        near = [i for i in live if self.stall[i] <= least + self._slack(least)]
-        if self.active in near:
-            return self.active
-        return max(near, key=lambda i: (self.hits.get(i, 0), i == 0, -i))
+        live = sorted([self.active, *self._slot])  # a dropped rival's sum stopped growing: it is out
+        return pick_best({i: self.stall[i] for i in live}, self.hits, self._slack, keep=self.active, prefer=0)
 
     def _prefer_cheaper(self) -> None:
         """The learned candidate serves at the decision: a rival as good serves on instead."""
@@ -441,16 +482,18 @@ class GuardedPolicy(BasePolicy):
         runs = ", ".join(f"{self._names[i]} from step {s}" for s, i in self.history)
         scored = ", ".join(f"{self._names[i]} {ns / 1e6:.0f} ms" for i, ns in sorted(self.stall.items()))
         dropped = ", ".join(self._names[i] for i in self.dropped)
-        return (f"guard: {runs}" + (f" (stall over {self.scored} scored steps: {scored})" if scored else "")
+        return (f"guard: {runs}" + (f" ({self.prior_note})" if self.prior_note else "") + (f" (stall over {self.scored} scored steps: {scored})" if scored else "")
                 + (f"; no longer shadowed: {dropped}" if dropped else "")
                 + ("; decided, shadows stopped" if self.decided else ""))
 
 
 def guarded(primary: Policy, *, lookahead: int, alternates: Sequence[str] = DEFAULT_ALTERNATES,
             config: GuardConfig | None = None, link: Callable[[], LinkModel | None] | None = None,
-            compute_ns: Callable[[], int] | None = None) -> GuardedPolicy:
+            compute_ns: Callable[[], int] | None = None, prior: GuardPrior | None = None) -> GuardedPolicy:
     """`primary` (the learned policy, in process, through the daemon or its simulation)
-    under a guard with the simple policies named in `alternates` beside it."""
+    under a guard with the simple policies named in `alternates` beside it, and the
+    artifact's prior (predictor.guard_prior.load_prior) when it has one."""
     from predictor.policies import make_policy
 
-    return GuardedPolicy(primary, [make_policy(a, lookahead=lookahead) for a in alternates], config, link, compute_ns)
+    return GuardedPolicy(primary, [make_policy(a, lookahead=lookahead) for a in alternates], config, link, compute_ns,
+                         prior, names=list(alternates))

@@ -181,6 +181,7 @@ def run_demo(out: str | Path | None = None, *, config: DemoConfig | None = None,
     Raises DemoError (after writing what was measured) when a learned run is in sample."""
     from predictor.evaluate import evaluate
     from predictor.train import TrainConfig, train
+    from prefetch.guard_prior_fit import fit_priors
     from prefetch.recording import record_workload
     from prefetch.report import write_report
     from prefetch.run import run_policies
@@ -217,7 +218,8 @@ def run_demo(out: str | Path | None = None, *, config: DemoConfig | None = None,
     if cfg.learned:
         say("2/5 training one predictor per architecture on the training seeds only")
         _empty(models, recursive=True)
-        train(train_dirs, models, TrainConfig(), progress=cfg.progress, log=say)
+        folders = train(train_dirs, models, TrainConfig(), progress=cfg.progress, log=say)
+        fit_priors(folders, train_dirs, progress=cfg.progress, log=say)  # the guard's prior, held-out steps
     else:
         say("2/5 no learned policy: nothing to train")
     done("train")

@@ -111,8 +111,10 @@ def simulate(
             pols = [SimulatedDaemonPolicy(pol, lookahead=lookahead, path=path) for pol in pols]
         if guard and isinstance(policy, str) and policy.startswith("learned:"):
             from predictor.guard import guarded
+            from predictor.guard_prior import load_prior
 
-            pols = [guarded(pol, lookahead=lookahead, link=lambda link=trace_link: link) for pol in pols]
+            prior = load_prior(policy.partition(":")[2], trace.architecture or None)
+            pols = [guarded(pol, lookahead=lookahead, link=lambda link=trace_link: link, prior=prior) for pol in pols]
         # the oracle's portfolio: the best hit rate, then the shortest time (first wins ties)
         best = simulate_portfolio(
             trace, pols, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,

@@ -261,11 +261,13 @@ class Prefetcher:
             self.policy_note = pol.note
             if self.config.guard:
                 from predictor.guard import guarded
+                from predictor.guard_prior import load_prior
 
                 if isinstance(self.device, SimulatedDevice):  # shadows need the link and the compute clock
                     dev = self.device
+                    prior = load_prior(spec.partition(":")[2], self.tracker.architecture)  # a local model folder's
                     return guarded(pol, lookahead=self.config.lookahead, link=lambda: dev.link,
-                                   compute_ns=dev.clock.compute_ns)
+                                   compute_ns=dev.clock.compute_ns, prior=prior)
                 return guarded(pol, lookahead=self.config.lookahead)  # CUDA: no link model, no shadows yet
             return pol
         return make_policy(spec, lookahead=self.config.lookahead)

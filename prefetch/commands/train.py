@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="LightGBM training threads (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed for subsampling and LightGBM (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-guard-prior", action="store_true",
+                   help="do not simulate the model and the guard's rivals on the held-out steps (the guard's "
+                        "prior: which one serves a learned run from its first scored step; docs/predictor.md)")
     p.add_argument("--dask", type=_dask_target, default=None, metavar="local:N|ADDRESS",
                    help="train on Dask: local:N starts a LocalCluster of N worker processes here; an address "
                         "(tcp://host:8786) joins a running scheduler whose workers see the trace paths (docs/dask.md)")
@@ -80,10 +83,14 @@ def run(args: argparse.Namespace) -> int:
         from predictor.train_dask import train_dask
 
         try:
-            train_dask(args.traces, args.out, config, dask=args.dask, connect_timeout_s=args.dask_timeout,
-                       fit_timeout_s=args.dask_fit_timeout)
+            folders = train_dask(args.traces, args.out, config, dask=args.dask, connect_timeout_s=args.dask_timeout,
+                                 fit_timeout_s=args.dask_fit_timeout)
         except DaskError as exc:
             raise CommandError(str(exc)) from None
-        return 0
-    train(args.traces, args.out, config, progress=not args.no_progress)
+    else:
+        folders = train(args.traces, args.out, config, progress=not args.no_progress)
+    if not args.no_guard_prior:
+        from prefetch.guard_prior_fit import fit_priors
+
+        fit_priors(folders, args.traces, progress=not args.no_progress)
     return 0
