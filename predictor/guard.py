@@ -20,9 +20,8 @@ for the same accesses, the learned policy's real stall and the stall each simple
   held-out steps, in the cell nearest this run), the learned one without a prior. After
   `min_steps` scored steps, of the candidates whose stall summed over the scored steps is
   within `margin` of the least, the one with the most hits serves from the next step (the
-  learned one on a tie); the one it replaces
-  takes its shadow. The first
-  step is not scored: it is every policy's warm-up (mirror, scan and markov know nothing yet).
+  learned one on a tie); the one it replaces takes its shadow. The first step is not
+  scored: it is every policy's warm-up (mirror, scan and markov know nothing yet).
 - At the decision (`decide_steps`), a rival as good as the serving learned candidate (stall
   near, hits within `cheaper_within`) serves on instead: the model costs bookkeeping on every
   access (a daemon round trip), a simple rival far less.

@@ -30,9 +30,10 @@ def fit_priors(folders: Iterable[str | os.PathLike[str]], trace_paths: Iterable[
     `trace_paths` it was trained on; an artifact whose traces are not here (remote URIs) or
     have no held-out steps keeps none (its guard starts with the model, as before priors)."""
     from predictor.artifact import load_artifact
+    from predictor.dask_tasks import is_uri
     from predictor.evaluate import trace_fingerprint
 
-    paths = [p for p in trace_paths if "://" not in str(p)]
+    paths = [p for p in trace_paths if not is_uri(str(p))]
     traces = [load_trace(s) for s in find_traces(paths)] if paths else []
     # a training trace is named in meta.json by its fingerprint (of its managed stream)
     by_print = {trace_fingerprint(t.managed()): t for t in traces}
