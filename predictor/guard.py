@@ -352,9 +352,14 @@ class GuardedPolicy(BasePolicy):
         """The executor's compute time (0 where the guard has no clock: no shadows either)."""
         return self._compute() if self._compute is not None else 0
 
-    def _slack(self, least: int) -> float:
-        """How far above the least stall a candidate still counts as near."""
-        return self.config.margin * least + self.config.noise * self.compute_scored
+    def _slack(self, least: int, compute: int | None = None) -> float:
+        """How far above the least stall a candidate still counts as near (`compute`: the
+        compute time the stalls were summed over; default, the scored steps')."""
+        return self.config.margin * least + self.config.noise * (self.compute_scored if compute is None else compute)
+
+    def _hopeless(self, stall: int, least: int, compute: int) -> bool:
+        """Over `drop_over` times the least stall (plus `noise` of `compute`): never worth shadowing."""
+        return stall > self.config.drop_over * least + self.config.noise * compute
 
     def _start_shadows(self) -> None:
         link = self._link() if self._link is not None else None
@@ -389,15 +394,14 @@ class GuardedPolicy(BasePolicy):
         known = {i: n for i, n in enumerate(names) if n in cell.stall_ns}
         if 0 not in known:
             return
-        slack = lambda least: self.config.margin * least + self.config.noise * cell.compute_ns  # noqa: E731
-        pick = pick_best({i: cell.stall_ns[n] for i, n in known.items()}, {i: cell.hits[n] for i, n in known.items()},
-                         slack, prefer=0)
+        stall = {i: cell.stall_ns[n] for i, n in known.items()}
+        pick = pick_best(stall, {i: cell.hits[n] for i, n in known.items()},
+                         lambda least: self._slack(least, cell.compute_ns), prefer=0)
         self.prior_note = f"prior {names[pick]} (budget {cell.budget:g}, link ratio {cell.link_ratio:g})"
         if pick != self.active:
             self._switch(pick)
-        least = min(cell.stall_ns[n] for n in known.values())  # rivals hopeless there are not shadowed
-        self._drop([i for i, n in known.items() if i in self._slot and i != 0
-                    and cell.stall_ns[n] > self.config.drop_over * least + self.config.noise * cell.compute_ns])
+        least = min(stall.values())  # rivals hopeless there are not shadowed
+        self._drop([i for i in stall if i in self._slot and i != 0 and self._hopeless(stall[i], least, cell.compute_ns)])
 
     def _score(self, step: list[tuple[int, int]]) -> None:
         """One scored step: (waited, hits) per tier, the executor's first."""
@@ -430,7 +434,7 @@ class GuardedPolicy(BasePolicy):
         are no longer observed, scored or served (GuardConfig.drop_over)."""
         least = min(self.stall[i] for i in (self.active, *self._slot))
         gone = [i for i in self._slot if i != 0  # the learned one always: it may come back
-                and self.stall[i] > self.config.drop_over * least + self.config.noise * self.compute_scored]
+                and self._hopeless(self.stall[i], least, self.compute_scored)]
         self._drop(gone)
 
     def _drop(self, gone: list[int]) -> None:
@@ -485,7 +489,8 @@ class GuardedPolicy(BasePolicy):
         runs = ", ".join(f"{self._names[i]} from step {s}" for s, i in self.history)
         scored = ", ".join(f"{self._names[i]} {ns / 1e6:.0f} ms" for i, ns in sorted(self.stall.items()))
         dropped = ", ".join(self._names[i] for i in self.dropped)
-        return (f"guard: {runs}" + (f" ({self.prior_note})" if self.prior_note else "") + (f" (stall over {self.scored} scored steps: {scored})" if scored else "")
+        return (f"guard: {runs}" + (f" ({self.prior_note})" if self.prior_note else "")
+                + (f" (stall over {self.scored} scored steps: {scored})" if scored else "")
                 + (f"; no longer shadowed: {dropped}" if dropped else "")
                 + ("; decided, shadows stopped" if self.decided else ""))
 

@@ -2,7 +2,7 @@
 
     fit_priors(["models/GPT2LMHeadModel-..."], ["traces/gpt2"])   # what `prefetch train` does
 
-For each artifact, the traces it was trained on (matched by architecture and stem) are cut
+For each artifact, the traces it was trained on (matched by the fingerprint meta.json keeps) are cut
 to their held-out steps, the training step before them kept as a warm-up, and simulated at
 every cell of a small (budget share, link ratio) grid with the learned candidate served as
 live runs serve it (the daemon path's model) and with each of the guard's alternates. The
@@ -114,7 +114,8 @@ def measure_prior(traces: Sequence[Trace], holdout: Sequence[Sequence[int]], art
             compute = 0
             for tail in tails:
                 for name in names:
-                    pol = LearnedPolicy(artifact, lookahead) if name == LEARNED else make_policy(name, lookahead=lookahead)
+                    pol = (LearnedPolicy(artifact, lookahead) if name == LEARNED
+                           else make_policy(name, lookahead=lookahead))
                     rep = simulate(tail, pol, budget=b, link_ratio=r, warmup_steps=1, lookahead=lookahead,
                                    daemon=name == LEARNED, guard=False)
                     stall[name] += int(rep.stats.stall_ns + rep.grad_wait_ns)
