@@ -238,6 +238,13 @@ class Prefetcher:
         self._step_times: list[float] = []
         self._t_step = time.perf_counter()
         self._step_orders: StepOrderHasher | None = None
+        self._events_at_step_end = 0
+        self._events_per_step = 0
+        self._resident_from: int | None = None
+        self.hooks_off_from: int | None = None
+        """The first step run without the per-access hooks (everything resident: _quiet_step_end)."""
+        self.accesses_estimated = 0
+        """Managed accesses of the steps since, each counted as the last observed step's."""
         if config.policy.startswith("learned:") and config.seed is None:
             self._track_step_orders()  # the seed cannot tell whether this run is in sample: the order will
         self._wrap_step_end()
@@ -341,8 +348,33 @@ class Prefetcher:
             if not self._link_fixed:  # the first step is timed: the link follows from it
                 self._fix_link()
                 self._link_fixed = True
+            self._quiet_step_end()
 
         self.store.step_end = step_end  # type: ignore[method-assign]
+
+    def _quiet_step_end(self) -> None:
+        """Everything resident (runtime.placement) and one whole measured step observed that
+        way: no tensor moves any more, so the per-access hooks come off (`AccessTracker.go_quiet`,
+        the router hooks too) and the job runs at the cost of an optimizer hook. Each step after
+        counts the managed accesses of that last observed step (`accesses_estimated`); stall
+        and hits cannot change: nothing is offloaded. Not with a kept trace (`trace_out`),
+        which needs every access."""
+        st = self.store
+        events, self._events_at_step_end = st.managed_events - self._events_at_step_end, st.managed_events
+        if self.hooks_off_from is not None:
+            self.accesses_estimated += self._events_per_step
+            return
+        if not self.placement.resident or self.live_trace is not None:
+            return
+        if self._resident_from is None:
+            self._resident_from = st.steps  # the first step served all resident is this one
+            return
+        if st.steps > max(self._resident_from, self.config.warmup_steps):
+            self._events_per_step = events
+            self.hooks_off_from = st.steps
+            self.tracker.go_quiet()
+            if self.router_lookahead is not None:
+                self.router_lookahead.detach()
 
     def place_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         """The optimizer's pre-hook after the store's: where this step runs (runtime.placement),
@@ -404,7 +436,7 @@ class Prefetcher:
         return OverheadCounters(
             hook_ns=self.hooks.ns - (0 if sim else self.store.grad_wait_ns),  # CUDA: gradient waits block the host, in hooks
             hook_calls=self.hooks.calls, stall_ns=self.store.stall_ns + self.store.grad_wait_ns,
-            managed_accesses=self.store.managed_events, clock_reads=dev.clock.work_reads if sim else 0,
+            managed_accesses=self.store.managed_events + self.accesses_estimated, clock_reads=dev.clock.work_reads if sim else 0,
             copy_lag_ns=dev.copy_lag_ns if sim else 0, engine_cpu_ns=dev.engine_cpu_ns() if sim else 0)
 
     def overhead(self, step_s: float | None = None, baseline_step_s: float | None = None) -> OverheadSplit:
@@ -466,7 +498,7 @@ class Prefetcher:
             provenance=self.provenance().as_dict() if self.config.policy.startswith("learned:") else None,
             optimizer=self.placement.report() if self.optimizer is not None else None,
             extra={**self._trace_extra(), **({"gradients": self.gradients_note} if self.gradients_note else {}),
-                   **self._routers_extra(),
+                   **self._routers_extra(), **self._hooks_off_extra(),
                    **({"closures_run_first": self.closures.ran} if self.closures.ran else {})},
         )
 
@@ -478,6 +510,15 @@ class Prefetcher:
                             "depth": self.config.router_depth,
                             "hints_taken": self.router_lookahead is not None,
                             "first": self.routers[0].path, "top_k": self.routers[0].top_k}}
+
+    def _hooks_off_extra(self) -> dict[str, Any]:
+        """The report's `hooks_off`: from which step the per-access hooks were off, and why."""
+        if self.hooks_off_from is None:
+            return {}
+        return {"hooks_off": {"from_step": self.hooks_off_from, "accesses_estimated": self.accesses_estimated,
+                              "why": "everything resident (optimizer.resident): no tensor moves, so the per-access "
+                                     "hooks came off; hit rate, stall and traffic are counted over the steps before, "
+                                     "and the overhead's accesses count each step after as the last observed one"}}
 
     def _daemon_policy(self) -> Any:
         """The store's DaemonPolicy (a learned run served by the daemon), else None."""

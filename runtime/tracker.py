@@ -146,6 +146,8 @@ class AccessTracker:
             )
         self._stack: list[int] = []
         self._handles: list[Any] = []
+        self._module_handles: list[Any] = []  # the per-module hooks (quiet() removes them)
+        self._quiet = False
         self._saved_hooks: torch.autograd.graph.saved_tensors_hooks | None = None
         self._pack_counts: dict[tuple[int, int], int] = {}
         self._attached = False
@@ -287,7 +289,7 @@ class AccessTracker:
             self._stack.pop()
 
     def _pack(self, t: torch.Tensor) -> Any:
-        if not self._attached:
+        if not self._attached or self._quiet:
             return t
         ptid = self._storage_param.get(t.untyped_storage().data_ptr())
         if ptid is not None:
@@ -332,7 +334,9 @@ class AccessTracker:
         return self._tensor_id(f"grad:{self._param_name[id(p)]}", Kind.GRADIENT, p, self._param_module[id(p)])
 
     def _optimizer_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if self._managed is not None:  # the managed parameters' writes only, in the same order
+        if self._quiet:
+            pass  # no accesses observed any more (go_quiet): the step ends, nothing else
+        elif self._managed is not None:  # the managed parameters' writes only, in the same order
             managed, ptid = self._managed, self._param_tid
             for group in optimizer.param_groups:
                 for p in group["params"]:
@@ -383,8 +387,8 @@ class AccessTracker:
             # to their parent, which keeps keys stable and layer-specific.
             if mod is not self.model and not mod._parameters and not mod._modules:
                 continue
-            self._handles.append(mod.register_forward_pre_hook(pre))
-            self._handles.append(mod.register_forward_hook(post, always_call=True))
+            self._module_handles.append(mod.register_forward_pre_hook(pre))
+            self._module_handles.append(mod.register_forward_hook(post, always_call=True))
         managed = self._managed
         if managed is not None:  # the sink's parameter flags are set by now (TensorStore.attach)
             self._direct_params = {idx: tuple(t for t in tids if managed[t] is not False)
@@ -427,11 +431,35 @@ class AccessTracker:
     def step(self) -> int:
         return self._step
 
+    @property
+    def quiet(self) -> bool:
+        return self._quiet
+
+    def go_quiet(self) -> None:
+        """Stop observing tensor accesses; keep counting steps and micro-steps. For a sink
+        that no longer acts on accesses (the store once everything is resident): the
+        per-module hooks go, and saved tensors are no longer packed (our saved-tensor hooks
+        are popped when they are the innermost pair; else `_pack` passes tensors through).
+        The model's root pre-hook and the optimizer's post-hook stay. Idempotent."""
+        if self._quiet:
+            return
+        self._quiet = True
+        for h in self._module_handles:
+            h.remove()
+        self._module_handles.clear()
+        self._stack.clear()
+        hooks = self._saved_hooks
+        top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)  # private: may go
+        if hooks is not None and top is not None and top(False) == (hooks.pack_hook, hooks.unpack_hook):
+            hooks.__exit__(None, None, None)
+            self._saved_hooks = None
+
     def detach(self) -> None:
         """Remove every hook. Idempotent; safe on a half-attached tracker."""
-        for h in self._handles:
+        for h in (*self._handles, *self._module_handles):
             h.remove()
         self._handles.clear()
+        self._module_handles.clear()
         if self._saved_hooks is not None:
             self._saved_hooks.__exit__(None, None, None)
             self._saved_hooks = None
