@@ -21,7 +21,10 @@ for the same accesses, the learned policy's real stall and the stall each simple
   `min_steps` scored steps, of the candidates whose stall summed over the scored steps is
   within `margin` of the least, the one with the most hits serves from the next step (the
   learned one on a tie); the one it replaces takes its shadow. The first step is not
-  scored: it is every policy's warm-up (mirror, scan and markov know nothing yet).
+  scored: it is every policy's warm-up (mirror, scan and markov know nothing yet). Shadows
+  need the budget: when it is a fraction fixed by the warm-up (`runtime.prefetching` without
+  a sized tensor table), they start a step later and that step is their warm-up, not scored;
+  the prior still picks who serves it.
 - At the decision (`decide_steps`), a rival as good as the serving learned candidate (stall
   near, hits within `cheaper_within`) serves on instead: the model costs bookkeeping on every
   access (a daemon round trip), a simple rival far less.
@@ -220,6 +223,8 @@ class GuardedPolicy(BasePolicy):
         self.dropped: list[int] = []  # rivals no longer shadowed (hopeless)
         self._step: int | None = None
         self._steps_seen = 0
+        self._scored_from: int | None = None  # steps seen when the first scored step has ended
+        self._prior_applied = False
         self._mark: list[tuple[int, int]] = []  # (waited, hits) at the step's start: the executor's, then each shadow's
         self._mark_compute = 0
         self._resume = False  # the active candidate just changed: re-request its window once
@@ -332,14 +337,20 @@ class GuardedPolicy(BasePolicy):
         the executor, the others from their shadows), pick the best, start the next."""
         if self._tier is not None and not self.decided:
             now = self._counters()
-            if self._mark and self._steps_seen >= 2:
+            if self._mark and self._scored_from is not None and self._steps_seen >= self._scored_from:
                 self.compute_scored += self._compute_now() - self._mark_compute
                 self._score([(w - w0, h - h0) for (w, h), (w0, h0) in zip(now, self._mark)])
                 if self.decided:
                     self.decided_step = step
             if not self._started:
+                # At step 0 when the budget is known up front (a tensor table with sizes); else as
+                # the step after the warm-up begins, which is then the shadows' own warm-up:
+                # mirror, scan and markov know nothing yet, so it is not scored either.
                 self._start_shadows()
-            elif self._steps_seen == 1 and self.prior is not None:
+                if self._started:
+                    self._scored_from = self._steps_seen + 2
+            if self._started and self._steps_seen >= 1 and not self._prior_applied and self.prior is not None:
+                self._prior_applied = True  # the first step after the warm-up: the prior picks who serves it
                 self._apply_prior()
             self._mark = self._counters()
             self._mark_compute = self._compute_now()
