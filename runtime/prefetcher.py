@@ -209,6 +209,7 @@ class Prefetcher:
         if policy is None:
             self.store.policy = self._make_policy(config.policy)
         self.store.policy.start(self._tensor_info())
+        self.store.on_new_tensor = self._extend_policy  # activations, gradients, state: seen from step 0 on
         # Every hook is timed (bookkeeping) and, on the simulated device, off the copy clock.
         self.hooks = HookTimer(self.device.clock if isinstance(self.device, SimulatedDevice) else None)
         self.tracker.wrap = self.hooks.wrap
@@ -292,6 +293,18 @@ class Prefetcher:
             layers=np.asarray([self.tracker._module_layer[m] if m >= 0 else -1 for m in self.tracker._tensor_module], dtype=np.int16),
             modules=modules,
         )
+
+    def _extend_policy(self, row: dict[str, Any]) -> None:
+        """A tensor first seen after the policy started: its row reaches the policy
+        (`Policy.extend`), as a daemon's TENSORS message does. Without it a policy started on
+        the parameters alone (a fractional budget, no tensor table up front) never learns
+        which ids are activations: mirror then mirrored no saved tensor into the backward."""
+        import numpy as np
+
+        info = TensorInfo(keys=(row["key"],), kinds=np.asarray([row["kind"]], dtype=np.int8),
+                          nbytes=np.asarray([row["nbytes"]], dtype=np.int64),
+                          layers=np.asarray([row["layer"]], dtype=np.int16), modules=(row["module"],))
+        self.store.policy.extend(info, row["tensor_id"])
 
     def _track_step_orders(self) -> None:
         """Hash each step's managed access order (runtime.trace_identity) as a recorded

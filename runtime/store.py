@@ -116,6 +116,8 @@ class TensorStore(DeviceTier):
         """Called at each step's end once the budget is known (OptimizerPlacement.step_end)."""
         self.stepper: Any = None
         """runtime.device_stepping.DeviceStepper when the optimizer steps on the device (step_on_device)."""
+        self.on_new_tensor: Any = None
+        """Called with each tensor row seen after the policy started (Prefetcher: policy.extend)."""
 
     # -- setup -------------------------------------------------------------------------
     def attach(self, tracker: Any) -> None:
@@ -315,6 +317,8 @@ class TensorStore(DeviceTier):
         nbytes = row["nbytes"]
         # a preloaded artifact row has no size yet: managed is decided when seen
         self.declare(tid, row["kind"], nbytes, is_managed(row["kind"], nbytes) if nbytes > 0 else None)
+        if self.on_new_tensor is not None:
+            self.on_new_tensor(row)
 
     def access(self, step, micro_step, seq, phase, kind, access, tensor_id, nbytes, time_ns, module_id, layer) -> None:
         managed = self.managed[tensor_id]
