@@ -188,6 +188,7 @@ def test_a_policy_learns_tensors_first_seen_after_it_started():
     (`Policy.extend`). Mirror needs their kinds to mirror the forward's saved tensors into
     the backward: without them it missed every activation read (gpt2: 40% hits against
     replay's 98%); with them it hits as much as replay on this static model."""
-    _, replay, _ = _train("replay", budget=0.5)
-    _, report, _ = _train("mirror", budget=0.5)
-    assert report["hit_rate"] >= replay["hit_rate"] > 0.5, (report["hit_rate"], replay["hit_rate"])
+    fast = LinkModel(bandwidth_bytes_per_s=1e12)  # nothing late: hits are what was predicted, not timing
+    _, replay, _ = _train("replay", budget=0.5, link=fast)
+    _, report, _ = _train("mirror", budget=0.5, link=fast)
+    assert report["hit_rate"] >= replay["hit_rate"] - 0.02 and replay["hit_rate"] > 0.9, (report, replay)
