@@ -192,3 +192,31 @@ def test_a_policy_learns_tensors_first_seen_after_it_started():
     _, replay, _ = _train("replay", budget=0.5, link=fast)
     _, report, _ = _train("mirror", budget=0.5, link=fast)
     assert report["hit_rate"] >= replay["hit_rate"] - 0.02 and replay["hit_rate"] > 0.9, (report, replay)
+
+
+def test_the_link_is_fixed_from_the_warm_up_compute_not_the_policys_own_time():
+    """Without the all-resident step time, the first step's compute sets the link. A policy
+    slow in its warm-up (a daemon's first round trips, 2 ms an access here) must not get a
+    slower link for it: the link is the job's, the same for every policy it is compared with."""
+    import time as _time
+
+    from predictor.baselines import Replay
+
+    class SlowStart(Replay):
+        def observe(self, step, micro_step, phase, access, tensor_id):
+            if step == 0:
+                _time.sleep(0.002)
+            return super().observe(step, micro_step, phase, access, tensor_id)
+
+    links = []
+    for policy in (Replay(lookahead=64), SlowStart(lookahead=64)):
+        torch.manual_seed(0)
+        model = Net()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        with prefetching(model, opt, policy=policy, budget=0.5, device="simulated") as pf:
+            for _ in range(2):
+                opt.zero_grad()
+                model(torch.randn(64, 128)).pow(2).mean().backward()
+                opt.step()
+        links.append(pf.report()["link"]["bandwidth_GBps"])
+    assert links[1] > 0.6 * links[0], links  # wall time would make it ~5x slower (~40 ms of sleeps on ~10 ms)
