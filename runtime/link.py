@@ -211,6 +211,11 @@ class ComputeClock:
             self.now_ns()
         return off
 
+    def hot_so_far(self) -> int:
+        """Wall ns of bookkeeping in the hook interval still open (0 outside hooks): what
+        `hot_leave` will return for it, read before it closes (a step ends inside a hook)."""
+        return max(0, self._wall() - self._hot_t0 - self._hot_ext) if self._hot else 0
+
     def excluding(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """`fn` wrapped so that the time spent in it does not advance the clock."""
 

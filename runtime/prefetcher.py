@@ -345,16 +345,20 @@ class Prefetcher:
         compute = self.device.clock.compute_ns if sim else work
         self._step_cpu: list[float] = []
         self._step_compute: list[float] = []  # simulated: the compute clock (CPU less our own time)
-        w_step, c_step = [work()], [compute()]
+        self._step_own: list[float] = []  # wall seconds of our own: hooks, and waits for real clones
+        clock = self.device.clock if sim else None  # the step ends inside a hook: its time so far counts
+        own = (lambda: self.hooks.ns + clock.hot_so_far() + self.device.copy_lag_ns) if sim else (lambda: self.hooks.ns)
+        w_step, c_step, o_step = [work()], [compute()], [own()]
 
         def step_end(step: int) -> None:
             now = time.perf_counter()
             self._step_times.append(now - self._t_step)
             self._t_step = now
-            w, c = work(), compute()
+            w, c, o = work(), compute(), own()
             self._step_cpu.append((w - w_step[0]) / 1e9)
             self._step_compute.append((c - c_step[0]) / 1e9)
-            w_step[0], c_step[0] = w, c
+            self._step_own.append((o - o_step[0]) / 1e9)
+            w_step[0], c_step[0], o_step[0] = w, c, o
             if self.cuda_monitor is not None:
                 self.cuda_monitor.before_step_end(step)
             inner(step)
@@ -436,16 +440,19 @@ class Prefetcher:
         x the all-resident step time. The clock's rate turns the job's CPU time into that
         step's wall time: wall / CPU time of the all-resident step when both are given,
         else of this job's first step. Without the all-resident step time, the first step's
-        compute stands for it: its CPU time less the prefetcher's own (the compute clock), at
-        that rate. Its wall time did before, and with it each policy's own warm-up cost (a
-        daemon's first round trips, the guard's shadows) slowed that policy's link: on a
-        generated MoE (gen-2000) learned's link came out 13-28% slower than none's."""
+        wall time less the prefetcher's own (its hooks, waits for real clones) stands for it,
+        over its compute (CPU time less the hooks, the compute clock). Its whole wall time did
+        before, and with it each policy's own warm-up cost (a daemon's first round trips) slowed
+        that policy's link: on a generated MoE (gen-2000) learned's came out 13-28% slower
+        than none's."""
         cfg = self.config
         if cfg.baseline_step_time_s and cfg.baseline_step_cpu_s:
             rate = cfg.baseline_step_time_s / cfg.baseline_step_cpu_s
-        else:
-            rate = self._step_times[0] / max(self._step_cpu[0], 1e-9)
-        wall = cfg.baseline_step_time_s or self._step_compute[0] * rate
+            wall = cfg.baseline_step_time_s
+        else:  # the first step's wall time less our own (hooks, clone waits) over its compute
+            wall = max(self._step_times[0] - self._step_own[0], 1e-6)
+            rate = wall / max(self._step_compute[0], 1e-9)
+            wall = cfg.baseline_step_time_s or wall
         self.device.set_link(LinkModel.from_ratio(cfg.link_ratio, managed_bytes=self.store.managed_bytes(),
                                                   step_compute_s=wall))
         self.device.clock.set_rate(rate)

@@ -197,18 +197,22 @@ def test_a_policy_learns_tensors_first_seen_after_it_started():
 def test_the_link_is_fixed_from_the_warm_up_compute_not_the_policys_own_time():
     """Without the all-resident step time, the first step's compute sets the link. A policy
     slow in its warm-up (a daemon's first round trips, 2 ms an access here) must not get a
-    slower link for it: the link is the job's, the same for every policy it is compared with."""
+    slower link for it: the link is the job's, the same for every policy it is compared with
+    (the hooks' time is left out of the step, the hook the step ends in included)."""
     import time as _time
 
     from predictor.baselines import Replay
 
     class SlowStart(Replay):
         def observe(self, step, micro_step, phase, access, tensor_id):
-            if step == 0:
-                _time.sleep(0.002)
+            if step == 0:  # 2 ms of work an access (a policy's own CPU: bookkeeping)
+                end = _time.perf_counter() + 0.002
+                while _time.perf_counter() < end:
+                    pass
             return super().observe(step, micro_step, phase, access, tensor_id)
 
     links = []
+    _train(None, steps=2)  # the process's first calls (kernels, allocations) paid before either run
     for policy in (Replay(lookahead=64), SlowStart(lookahead=64)):
         torch.manual_seed(0)
         model = Net()
@@ -219,4 +223,4 @@ def test_the_link_is_fixed_from_the_warm_up_compute_not_the_policys_own_time():
                 model(torch.randn(64, 128)).pow(2).mean().backward()
                 opt.step()
         links.append(pf.report()["link"]["bandwidth_GBps"])
-    assert links[1] > 0.6 * links[0], links  # wall time would make it ~5x slower (~40 ms of sleeps on ~10 ms)
+    assert links[1] > 0.5 * links[0], links  # its whole wall time: ~4x slower (~80 ms of work on ~20 ms)
