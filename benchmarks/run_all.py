@@ -41,6 +41,8 @@ device, and a table per benchmark with the exact command that produced it:
                       replay and learned (step time and peak device memory vs all resident)
   generalisation      opt-in (--only generalisation; minutes): benchmarks/generalisation.py, 20 generated
                       architectures, each recorded, trained and judged live and simulated on an unseen seed
+  user_path           opt-in (--only user_path; minutes): benchmarks/user_path.py, generated architectures
+                      recorded with runtime.record, trained with `prefetch train`, run with runtime.prefetching
 
 The evaluation protocol is `prefetch demo`'s: the learned model is trained on the sample
 traces, recorded on seeds 0 (datasets/samples/*/train) and 1 (*/heldout), and scored live and
@@ -72,7 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ("record_overhead", "predictor_latency", "simulate_speed", "daemon_latency", "offline_eval", "live",
               "overhead", "live_vs_sim", "router_lookahead", "oracle_search", "daemon_flood", "daemon_ranks", "fault_suite",
               "host_optimizer", "optimizer_placement", "cuda")
-OPT_IN = ("generalisation",)
+OPT_IN = ("generalisation", "user_path")
 """Benchmarks run only when --only names them: too long for the default set."""
 TIMEOUT_SCALE = {"overhead": 2.5}
 """Benchmarks whose one command runs longer than the others: their timeout is scaled
@@ -327,6 +329,7 @@ PLANS: dict[str, Callable[[Plan], list[Command]]] = {
     "optimizer_placement": lambda p: _script("optimizer_placement", *(["--quick"] if p.quick else []))(p),
     "cuda": plan_cuda,
     "generalisation": plan_generalisation,
+    "user_path": _script("user_path"),
 }
 
 
@@ -558,6 +561,7 @@ TITLES = {
     "optimizer_placement": "Where the optimizer runs: host or device stepping",
     "cuda": "CUDA",
     "generalisation": "Generalisation suite (generated architectures, unseen seed)",
+    "user_path": "The user path (runtime.record, prefetch train, runtime.prefetching)",
 }
 
 
@@ -587,7 +591,7 @@ def section_markdown(s: Section, out_dir: Path) -> list[str]:
         body = {"record_overhead": md_record_overhead, "predictor_latency": md_predictor_latency,
                 "simulate_speed": md_simulate_speed, "daemon_latency": md_daemon_latency,
                 "offline_eval": md_offline_eval, "cuda": md_cuda, "oracle_search": md_printed,
-                "overhead": md_printed, "live_vs_sim": md_printed, "router_lookahead": md_printed, "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed, "generalisation": md_printed,
+                "overhead": md_printed, "live_vs_sim": md_printed, "router_lookahead": md_printed, "daemon_flood": md_printed, "daemon_ranks": md_printed, "fault_suite": md_printed, "generalisation": md_printed, "user_path": md_printed,
                 "host_optimizer": md_printed, "optimizer_placement": md_printed}.get(s.name)
         content = md_live(s, out_dir) if s.name == "live" else body(s) if body else []
     except Exception as exc:  # noqa: BLE001 - a changed JSON layout must not lose the other sections

@@ -145,6 +145,17 @@ def test_benchmark_refuses_tuning_seeds(capsys, tmp_path):
         generalisation.parse_seeds("10-x")
 
 
+def test_user_path_benchmark_refuses_the_other_suites_seeds(capsys, tmp_path):
+    """benchmarks/user_path.py runs only generator seeds neither tuned on nor reported elsewhere."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import user_path
+
+    for seeds in ("5", "1000-1001", "1999,2000"):
+        with pytest.raises(SystemExit) as exc:
+            user_path.main(["--seeds", seeds, "--out", str(tmp_path)])
+        assert exc.value.code == 2 and "2000 and up" in capsys.readouterr().err
+
+
 def test_each_micro_batch_trains_one_head():
     """A step gives gradients to at most accum_steps task heads, and over steps several heads are trained."""
     job = build_generated(dataclasses.replace(TINY, exit_after=0), 0)  # an exit would train no head
