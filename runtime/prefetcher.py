@@ -442,17 +442,19 @@ class Prefetcher:
         else of this job's first step. Without the all-resident step time, the first step's
         wall time less the prefetcher's own (its hooks, waits for real clones) stands for it,
         over its compute (CPU time less the hooks, the compute clock). Its whole wall time did
-        before, and with it each policy's own warm-up cost (a daemon's first round trips) slowed
-        that policy's link: on a generated MoE (gen-2000) learned's came out 13-28% slower
-        than none's."""
+        before, and with it each policy's own warm-up cost (a daemon's first round trips, the
+        daemon's process starting on the same cores) slowed that policy's link: on generated
+        MoEs (gen-2000, gen-2004) learned's came out 13-28% (up to 5x) slower than none's."""
         cfg = self.config
         if cfg.baseline_step_time_s and cfg.baseline_step_cpu_s:
             rate = cfg.baseline_step_time_s / cfg.baseline_step_cpu_s
             wall = cfg.baseline_step_time_s
         else:  # the first step's wall time less our own (hooks, clone waits) over its compute
-            wall = max(self._step_times[0] - self._step_own[0], 1e-6)
-            rate = wall / max(self._step_compute[0], 1e-9)
-            wall = cfg.baseline_step_time_s or wall
+            compute = max(self._step_compute[0], 1e-9)
+            # at most 1: a CPU second of compute never stands for more than a wall second; more
+            # is waiting for a core (another process: the daemon starting beside a learned run)
+            rate = min(1.0, max(self._step_times[0] - self._step_own[0], 1e-6) / compute)
+            wall = cfg.baseline_step_time_s or compute * rate
         self.device.set_link(LinkModel.from_ratio(cfg.link_ratio, managed_bytes=self.store.managed_bytes(),
                                                   step_compute_s=wall))
         self.device.clock.set_rate(rate)

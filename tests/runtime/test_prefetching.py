@@ -224,3 +224,26 @@ def test_the_link_is_fixed_from_the_warm_up_compute_not_the_policys_own_time():
                 opt.step()
         links.append(pf.report()["link"]["bandwidth_GBps"])
     assert links[1] > 0.5 * links[0], links  # its whole wall time: ~4x slower (~80 ms of work on ~20 ms)
+
+
+def test_waiting_in_the_first_step_does_not_slow_the_link():
+    """Wall time in the first step that is not compute (a data loader waiting on a disk, another
+    process holding the core) does not stand for compute: a CPU second of the job's step counts
+    as at most a wall second, so the link is the same with or without a 50 ms wait."""
+    import time as _time
+
+    links = []
+    _train(None, steps=2)  # the process's first calls paid before either run
+    for wait in (0.0, 0.05):
+        torch.manual_seed(0)
+        model = Net()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        with prefetching(model, opt, policy="replay", budget=0.5, device="simulated") as pf:
+            for i in range(2):
+                if i == 0:
+                    _time.sleep(wait)
+                opt.zero_grad()
+                model(torch.randn(64, 128)).pow(2).mean().backward()
+                opt.step()
+        links.append(pf.report()["link"]["bandwidth_GBps"])
+    assert links[1] > 0.5 * links[0], links  # counted as compute: ~4x slower (50 ms on ~15 ms)
