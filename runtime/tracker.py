@@ -146,7 +146,7 @@ class AccessTracker:
             )
         self._stack: list[int] = []
         self._handles: list[Any] = []
-        self._module_handles: list[Any] = []  # the per-module hooks (quiet() removes them)
+        self._module_handles: list[Any] = []  # the per-module hooks (go_quiet() removes them)
         self._quiet = False
         self._saved_hooks: torch.autograd.graph.saved_tensors_hooks | None = None
         self._pack_counts: dict[tuple[int, int], int] = {}
