@@ -441,10 +441,12 @@ class Prefetcher:
         step's wall time: wall / CPU time of the all-resident step when both are given,
         else of this job's first step. Without the all-resident step time, the first step's
         wall time less the prefetcher's own (its hooks, waits for real clones) stands for it,
-        over its compute (CPU time less the hooks, the compute clock). Its whole wall time did
-        before, and with it each policy's own warm-up cost (a daemon's first round trips, the
-        daemon's process starting on the same cores) slowed that policy's link: on generated
-        MoEs (gen-2000, gen-2004) learned's came out 13-28% (up to 5x) slower than none's."""
+        over its compute (CPU time less the hooks, the compute clock), the rate at most 1. Its
+        whole wall time did before, and with it each policy's own warm-up cost (a daemon's
+        first round trips) slowed that policy's link (gen-2000: learned's 13-28% slower than
+        none's); and without the cap a first step that waited for a core (the daemon's process
+        starting beside a learned run) made a link up to 5x slower (gen-2004: 0.07-0.36 GB/s
+        across one architecture's runs)."""
         cfg = self.config
         if cfg.baseline_step_time_s and cfg.baseline_step_cpu_s:
             rate = cfg.baseline_step_time_s / cfg.baseline_step_cpu_s
