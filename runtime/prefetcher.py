@@ -340,25 +340,13 @@ class Prefetcher:
 
     def _wrap_step_end(self) -> None:
         inner = self.store.step_end
-        sim = isinstance(self.device, SimulatedDevice)
-        work = self.device.clock.work_ns if sim else time.process_time_ns
-        compute = self.device.clock.compute_ns if sim else work
-        self._step_cpu: list[float] = []
-        self._step_compute: list[float] = []  # simulated: the compute clock (CPU less our own time)
-        self._step_own: list[float] = []  # wall seconds of our own: hooks, and waits for real clones
-        clock = self.device.clock if sim else None  # the step ends inside a hook: its time so far counts
-        own = (lambda: self.hooks.ns + clock.hot_so_far() + self.device.copy_lag_ns) if sim else (lambda: self.hooks.ns)
-        w_step, c_step, o_step = [work()], [compute()], [own()]
+        first_step = self._meter() if not self._link_fixed else None  # what _fix_link times the link from
 
         def step_end(step: int) -> None:
             now = time.perf_counter()
             self._step_times.append(now - self._t_step)
             self._t_step = now
-            w, c, o = work(), compute(), own()
-            self._step_cpu.append((w - w_step[0]) / 1e9)
-            self._step_compute.append((c - c_step[0]) / 1e9)
-            self._step_own.append((o - o_step[0]) / 1e9)
-            w_step[0], c_step[0], o_step[0] = w, c, o
+            timed = first_step() if first_step is not None and not self._link_fixed else None  # with the wall time
             if self.cuda_monitor is not None:
                 self.cuda_monitor.before_step_end(step)
             inner(step)
@@ -366,12 +354,25 @@ class Prefetcher:
                 self.cuda_monitor.after_step_end(step)
             if step + 1 == self.config.warmup_steps:
                 self._warm_counters = self._counters()
-            if not self._link_fixed:  # the first step is timed: the link follows from it
-                self._fix_link()
+            if timed is not None:  # the first step is timed: the link follows from it
+                self._fix_link(*timed)
                 self._link_fixed = True
             self._quiet_step_end()
 
         self.store.step_end = step_end  # type: ignore[method-assign]
+
+    def _meter(self) -> Callable[[], tuple[float, float]]:
+        """Seconds since now of the simulated device's compute clock (CPU less the hooks) and
+        of the prefetcher's own wall time (hooks, the one the step ends in so far, and waits
+        for real clones): the first step's, from which an unfixed link is timed."""
+        dev, hooks = self.device, self.hooks
+        clock = dev.clock
+
+        def own() -> int:
+            return hooks.ns + clock.hot_so_far() + dev.copy_lag_ns
+
+        c0, o0 = clock.compute_ns(), own()
+        return lambda: ((clock.compute_ns() - c0) / 1e9, (own() - o0) / 1e9)
 
     def _quiet_step_end(self) -> None:
         """Everything resident (runtime.placement) and one whole measured step observed that
@@ -435,7 +436,7 @@ class Prefetcher:
             return self.device.clock.excluding(fn)
         return fn
 
-    def _fix_link(self) -> None:
+    def _fix_link(self, compute_s: float = 0.0, own_s: float = 0.0) -> None:
         """The link from the link ratio: copying every managed byte once takes `link_ratio`
         x the all-resident step time. The clock's rate turns the job's CPU time into that
         step's wall time: wall / CPU time of the all-resident step when both are given,
@@ -451,11 +452,11 @@ class Prefetcher:
         if cfg.baseline_step_time_s and cfg.baseline_step_cpu_s:
             rate = cfg.baseline_step_time_s / cfg.baseline_step_cpu_s
             wall = cfg.baseline_step_time_s
-        else:  # the first step's wall time less our own (hooks, clone waits) over its compute
-            compute = max(self._step_compute[0], 1e-9)
+        else:  # the first step's wall time less our own (`own_s`) over its compute (`compute_s`: _meter)
+            compute = max(compute_s, 1e-9)
             # at most 1: a CPU second of compute never stands for more than a wall second; more
             # is waiting for a core (another process: the daemon starting beside a learned run)
-            rate = min(1.0, max(self._step_times[0] - self._step_own[0], 1e-6) / compute)
+            rate = min(1.0, max(self._step_times[0] - own_s, 1e-6) / compute)
             wall = cfg.baseline_step_time_s or compute * rate
         self.device.set_link(LinkModel.from_ratio(cfg.link_ratio, managed_bytes=self.store.managed_bytes(),
                                                   step_compute_s=wall))
