@@ -99,17 +99,16 @@ def _thread_cpu_clock(thread: threading.Thread) -> Callable[[], int] | None:
     return cpu_ns
 
 
-def _work_clock(engine_cpu_ns: Callable[[], int] | None) -> Callable[[], int]:
-    """CPU time of this process less the copy-engine thread's: the job's work (ComputeClock).
-    Process CPU time alone where the engine's CPU clock cannot be read."""
-    if engine_cpu_ns is None:
-        return time.process_time_ns
-    process = time.process_time_ns
-
-    def work() -> int:
-        return process() - engine_cpu_ns()
-
-    return work
+work_clock_ns: Callable[[], int] = time.thread_time_ns
+"""The job's work, the simulated device's compute clock (runtime.link.ComputeClock): CPU
+time of the calling thread, which is the training thread (the clock is read on it only).
+Not the process's CPU time less the copy engine's, as before: that counted every other
+thread as compute (a learned run's ZeroMQ I/O threads, a data loader's threads), so the
+same job's clock ran faster beside a daemon; and it took two CPU-clock syscalls per read
+where this takes one (right after a torch op each cost ~10 us on this 2-core VM, reading
+another core's thread). CPU backward runs on the thread that calls it; torch's intra-op
+threads are not counted, which the clock's rate (wall / this clock over an all-resident
+step) absorbs. `prefetch run` times its all-resident step on the same clock."""
 
 
 SIMULATED = {"simulated": "clone", "simulated:alias": "alias"}
@@ -171,7 +170,7 @@ class SimulatedDevice:
         self._thread = threading.Thread(target=self._engine, name="prefetch-copy-engine", daemon=True)
         self._thread.start()
         self._engine_cpu = _thread_cpu_clock(self._thread)
-        self.clock = clock or ComputeClock(_work_clock(self._engine_cpu))
+        self.clock = clock or ComputeClock(work_clock_ns)
         self.clock_read_ns = clock_read_cost_ns(self.clock._work)
         """What one read of the clock's work counter costs here (emulation overhead, runtime.overhead)."""
         self._closed = False
@@ -294,7 +293,7 @@ class SimulatedDevice:
     def describe_link(self) -> dict:
         """The link and the clock its copies run on (the report's `link`)."""
         return {**self.link.describe(), "copies": self.copies,
-                "clock": "compute: CPU time less the prefetcher's bookkeeping, plus stalls (runtime.link.ComputeClock)",
+                "clock": "compute: the training thread's CPU time less the prefetcher's bookkeeping, plus stalls (runtime.link.ComputeClock)",
                 "clock_rate": self.clock.rate, "off_clock_cpu_s": self.clock.off_clock_ns / 1e9,
                 "copy_lag_s": self.copy_lag_ns / 1e9}
 

@@ -72,7 +72,7 @@ class ComputeClock:
 
         now = rate x (work spent computing) + wall time spent stalled
 
-    `work_ns` is CPU time (SimulatedDevice: the process's, less the copy-engine thread's),
+    `work_ns` is CPU time (SimulatedDevice: the training thread's, runtime.device.work_clock_ns),
     so time the job spends descheduled is no compute. Off the clock entirely: the
     prefetcher's hooks (`hot_enter`/`hot_leave`, timed in wall time: the tracker, the
     store and the policy inside them; on a GPU that host work overlaps device compute),

@@ -260,3 +260,28 @@ def test_default_clock_counts_neither_idle_time_nor_the_copy_engine():
         assert time.monotonic_ns() - t0 >= 50e6 and dev.clock.now_ns() - c0 < 10e6
     finally:
         dev.close()
+
+
+def test_default_clock_counts_only_the_training_threads_work():
+    """Another thread's CPU (a learned run's ZeroMQ I/O threads, a data loader's threads) is
+    not the job's compute: the clock stands while one burns a core and this thread waits."""
+    import threading
+
+    dev = SimulatedDevice(LinkModel(bandwidth_bytes_per_s=1e13, latency_s=0.0))
+    stop = threading.Event()
+
+    def burn() -> None:
+        a = torch.ones(256, 256)
+        while not stop.is_set():
+            a @ a  # torch releases the GIL: this thread computes while the other one waits
+    other = threading.Thread(target=burn, daemon=True)
+    try:
+        c0 = dev.clock.now_ns()
+        other.start()
+        stop.wait(0.2)
+        stop.set()
+        other.join()
+        assert dev.clock.now_ns() - c0 < 20e6  # ~200 ms of the other thread's CPU before
+    finally:
+        stop.set()
+        dev.close()
