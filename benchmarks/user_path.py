@@ -20,9 +20,16 @@ on (0-99) nor reported by the generalisation suite (1000-1019)):
 Printed per architecture: hit rate, stall and slowdown of every policy; learned minus the
 best simple policy (points), and learned's stall over the least simple stall. Slowdown is the
 median measured step over the all-resident run's median step, run one after the other (not
-interleaved as `prefetch run` does): read it with the load average printed. Each run times
-its own simulated link from its first step (runtime.prefetcher._fix_link), so the links of
-one architecture's runs differ a little: the last column gives their spread.
+interleaved as `prefetch run` does): read it with the load average printed.
+
+The simulated link is the architecture's, the same for all its runs: every run is given the
+all-resident run's step time, wall and work clock (`baseline_step_time_s`,
+`baseline_step_cpu_s`, as `prefetch run` gives its runs), and fixes its link from it before
+its first step. Left to time the link from its own first step (runtime.prefetcher._fix_link,
+`--own-links`), each run got its own: one architecture's links differed up to 5x on
+2026-12-02 (first calls in a fresh job, a daemon starting beside a learned run), which
+decided more of the comparison than the policies did. A real GPU's link is the same
+whatever the policy. The last column shows the links' spread.
 """
 
 from __future__ import annotations
@@ -53,15 +60,23 @@ SIMPLE = ("none", "replay", "markov", "mirror")
 
 
 def _run_steps(job: Any, steps: int) -> list[float]:
-    times = []
+    return _timed_steps(job, steps)[0]
+
+
+def _timed_steps(job: Any, steps: int) -> tuple[list[float], list[float]]:
+    """Wall and work-clock seconds of each step (runtime.device.work_clock_ns)."""
+    from runtime.device import work_clock_ns
+
+    times, cpu = [], []
     for i in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), work_clock_ns()
         job.step(i)
         times.append(time.perf_counter() - t0)
-    return times
+        cpu.append((work_clock_ns() - c0) / 1e9)
+    return times, cpu
 
 
-def evaluate(gen_seed: int, *, steps: int, budget: float, out: Path) -> dict[str, Any]:
+def evaluate(gen_seed: int, *, steps: int, budget: float, out: Path, same_link: bool = True) -> dict[str, Any]:
     """Record, train (the CLI) and run one architecture as a user would; one result dict."""
     import runtime
     from prefetch.workloads.generated import generate, workload_for
@@ -80,12 +95,17 @@ def evaluate(gen_seed: int, *, steps: int, budget: float, out: Path) -> dict[str
     if train.returncode != 0:
         raise RuntimeError(f"prefetch train failed for {arch.name}:\n{train.stderr[-2000:]}")
     t_train = time.monotonic() - t0
-    plain = statistics.median(_run_steps(workload.build(EVAL_SEED), steps)[1:])
+    wall, cpu = _timed_steps(workload.build(EVAL_SEED), steps)
+    plain, plain_cpu = statistics.median(wall[1:]), statistics.median(cpu[1:])
+    # one link for every policy, from this all-resident run (a GPU's link does not depend on
+    # the policy); timed by each run from its own first step, links of one architecture
+    # differed up to 5x (first calls in a fresh job, a daemon starting beside it)
+    link = {"baseline_step_time_s": plain, "baseline_step_cpu_s": plain_cpu} if same_link else {}
     runs: dict[str, dict[str, Any]] = {}
     for policy in (*SIMPLE, f"learned:{base / 'models'}"):
         job = workload.build(EVAL_SEED)
         with runtime.prefetching(job.model, job.optimizer, policy=policy, budget=budget, seed=EVAL_SEED,
-                                 workload=arch.name, device="simulated") as pf:
+                                 workload=arch.name, device="simulated", **link) as pf:
             _run_steps(job, steps)
         r = pf.report()
         runs[policy.partition(":")[0]] = {
@@ -142,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=0.4)
     ap.add_argument("--out", default="out/benchmarks/user_path")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--own-links", action="store_true",
+                    help="each run times its simulated link from its own first step, as runtime.prefetching "
+                         "does without a baseline (default: one link per architecture, from its all-resident run)")
     args = ap.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
@@ -156,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rows = []
     for seed in seeds:
-        rows.append(evaluate(seed, steps=args.steps, budget=args.budget, out=Path(args.out)))
+        rows.append(evaluate(seed, steps=args.steps, budget=args.budget, out=Path(args.out),
+                             same_link=not args.own_links))
         r = rows[-1]
         print(f"  {r['name']} ({r['arch']}): learned {100 * r['runs']['learned']['hit_rate']:.1f}% vs best "
               f"{r['best_simple']} {r['learned_minus_best_pt']:+.1f} pt; stall x{r['learned_stall_over_least']:.2f} "
@@ -165,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"User path: {len(rows)} generated architectures (generator seeds {args.seeds}); recorded with "
           f"runtime.record on run seeds {', '.join(map(str, TRAIN_SEEDS))}, trained with `prefetch train`, run with "
           f"runtime.prefetching on run seed {EVAL_SEED} (never trained on), {args.steps} steps (1 warm-up), budget "
-          f"{args.budget}, simulated device (link ratio default), torch threads 1; load average before {load_before}, "
+          f"{args.budget}, simulated device (link ratio default, "
+          f"{'each run timing its own link' if args.own_links else 'one link per architecture, from its all-resident run'}"
+          f"), torch threads 1; load average before {load_before}, "
           f"after {load_average()}; {time.monotonic() - t0:.0f} s.\n")
     print_tables(rows, s)
     write_json(args.json, {"rows": rows, "summary": s, "args": vars(args), "machine": machine_info()})

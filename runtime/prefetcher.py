@@ -85,10 +85,12 @@ class PrefetchConfig:
     daemon_batch_events: int = DAEMON_BATCH_EVENTS
     """Events per message to the daemon: fewer means fresher commands, more CPU per event."""
     baseline_step_time_s: float | None = None
-    """Step time of the same job with everything resident, for `slowdown`."""
+    """Step time of the same job with everything resident, for `slowdown`; with
+    baseline_step_cpu_s, the simulated link too, the same for every run given them."""
     baseline_step_cpu_s: float | None = None
-    """CPU time (all threads) of that step: with baseline_step_time_s it fixes how much
-    wall time a CPU second of compute stands for on the simulated device's clock."""
+    """Work-clock time of that step (runtime.device.work_clock_ns: the training thread's
+    CPU): with baseline_step_time_s it fixes how much wall time a CPU second of compute
+    stands for on the simulated device's clock."""
     reference_tensors: list[dict[str, Any]] | None = None
     """A tensor table (from a trace) fixing tensor ids and the managed bytes up front."""
     timeline: bool = False

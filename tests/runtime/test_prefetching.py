@@ -226,6 +226,30 @@ def test_the_link_is_fixed_from_the_warm_up_compute_not_the_policys_own_time():
     assert links[1] > 0.5 * links[0], links  # its whole wall time: ~4x slower (~80 ms of work on ~20 ms)
 
 
+def test_runs_given_the_all_resident_step_share_one_link():
+    """Given the all-resident step's wall and work-clock time, runs of one job get the same
+    link whatever their first step cost (a 50 ms wait, a policy slow to warm up): what
+    benchmarks/user_path.py relies on to compare policies run through runtime.prefetching."""
+    import time as _time
+
+    links = []
+    for policy, wait in (("replay", 0.0), ("none", 0.05), ("markov", 0.0)):
+        torch.manual_seed(0)
+        model = Net()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        with prefetching(model, opt, policy=policy, budget=0.5, device="simulated",
+                         baseline_step_time_s=0.02, baseline_step_cpu_s=0.01) as pf:
+            for i in range(2):
+                if i == 0:
+                    _time.sleep(wait)
+                opt.zero_grad()
+                model(torch.randn(64, 128)).pow(2).mean().backward()
+                opt.step()
+        r = pf.report()
+        links.append((r["link"]["bandwidth_GBps"], pf.device.clock.rate))
+    assert links[0] == links[1] == links[2] and links[0][1] == 2.0, links
+
+
 def test_waiting_in_the_first_step_does_not_slow_the_link():
     """Wall time in the first step that is not compute (a data loader waiting on a disk, another
     process holding the core) does not stand for compute: a CPU second of the job's step counts
