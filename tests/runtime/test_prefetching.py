@@ -196,7 +196,7 @@ def test_a_policy_learns_tensors_first_seen_after_it_started():
 
 def test_the_link_is_fixed_from_the_warm_up_compute_not_the_policys_own_time():
     """Without the all-resident step time, the first step's compute sets the link. A policy
-    slow in its warm-up (a daemon's first round trips, 2 ms an access here) must not get a
+    slow in its warm-up (a daemon's first round trips, 4 ms an access here) must not get a
     slower link for it: the link is the job's, the same for every policy it is compared with
     (the hooks' time is left out of the step, the hook the step ends in included)."""
     import time as _time
@@ -205,8 +205,8 @@ def test_the_link_is_fixed_from_the_warm_up_compute_not_the_policys_own_time():
 
     class SlowStart(Replay):
         def observe(self, step, micro_step, phase, access, tensor_id):
-            if step == 0:  # 2 ms of work an access (a policy's own CPU: bookkeeping)
-                end = _time.perf_counter() + 0.002
+            if step == 0:  # 4 ms of work an access (a policy's own CPU: bookkeeping)
+                end = _time.perf_counter() + 0.004
                 while _time.perf_counter() < end:
                     pass
             return super().observe(step, micro_step, phase, access, tensor_id)
@@ -223,7 +223,9 @@ def test_the_link_is_fixed_from_the_warm_up_compute_not_the_policys_own_time():
                 model(torch.randn(64, 128)).pow(2).mean().backward()
                 opt.step()
         links.append(pf.report()["link"]["bandwidth_GBps"])
-    assert links[1] > 0.5 * links[0], links  # its whole wall time: ~4x slower (~80 ms of work on ~20 ms)
+    # counted, its ~160 ms of work on a ~15 ms step made the link ~10x slower; a first step's
+    # compute alone varies up to ~2.5x on this VM (cold caches after the policy's spin)
+    assert links[1] > links[0] / 3, links
 
 
 def test_runs_given_the_all_resident_step_share_one_link():
@@ -253,12 +255,12 @@ def test_runs_given_the_all_resident_step_share_one_link():
 def test_waiting_in_the_first_step_does_not_slow_the_link():
     """Wall time in the first step that is not compute (a data loader waiting on a disk, another
     process holding the core) does not stand for compute: a CPU second of the job's step counts
-    as at most a wall second, so the link is the same with or without a 50 ms wait."""
+    as at most a wall second, so the link is the same with or without a 200 ms wait."""
     import time as _time
 
     links = []
     _train(None, steps=2)  # the process's first calls paid before either run
-    for wait in (0.0, 0.05):
+    for wait in (0.0, 0.2):
         torch.manual_seed(0)
         model = Net()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -270,4 +272,6 @@ def test_waiting_in_the_first_step_does_not_slow_the_link():
                 model(torch.randn(64, 128)).pow(2).mean().backward()
                 opt.step()
         links.append(pf.report()["link"]["bandwidth_GBps"])
-    assert links[1] > 0.5 * links[0], links  # counted as compute: ~4x slower (50 ms on ~15 ms)
+    # counted as compute: ~14x slower (200 ms on ~15 ms); the step after a sleep alone
+    # took up to 2.5x the CPU time on this VM (cold caches), so the bound is 3x
+    assert links[1] > links[0] / 3, links
