@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -199,15 +201,13 @@ def test_the_link_is_fixed_from_the_warm_up_compute_not_the_policys_own_time():
     slow in its warm-up (a daemon's first round trips, 4 ms an access here) must not get a
     slower link for it: the link is the job's, the same for every policy it is compared with
     (the hooks' time is left out of the step, the hook the step ends in included)."""
-    import time as _time
-
     from predictor.baselines import Replay
 
     class SlowStart(Replay):
         def observe(self, step, micro_step, phase, access, tensor_id):
             if step == 0:  # 4 ms of work an access (a policy's own CPU: bookkeeping)
-                end = _time.perf_counter() + 0.004
-                while _time.perf_counter() < end:
+                end = time.perf_counter() + 0.004
+                while time.perf_counter() < end:
                     pass
             return super().observe(step, micro_step, phase, access, tensor_id)
 
@@ -230,48 +230,36 @@ def test_the_link_is_fixed_from_the_warm_up_compute_not_the_policys_own_time():
 
 def test_runs_given_the_all_resident_step_share_one_link():
     """Given the all-resident step's wall and work-clock time, runs of one job get the same
-    link whatever their first step cost (a 50 ms wait, a policy slow to warm up): what
+    link whatever their first step cost (a 50 ms wait): what
     benchmarks/user_path.py relies on to compare policies run through runtime.prefetching."""
-    import time as _time
-
     links = []
     for policy, wait in (("replay", 0.0), ("none", 0.05), ("markov", 0.0)):
-        torch.manual_seed(0)
-        model = Net()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        with prefetching(model, opt, policy=policy, budget=0.5, device="simulated",
-                         baseline_step_time_s=0.02, baseline_step_cpu_s=0.01) as pf:
-            for i in range(2):
-                if i == 0:
-                    _time.sleep(wait)
-                opt.zero_grad()
-                model(torch.randn(64, 128)).pow(2).mean().backward()
-                opt.step()
-        r = pf.report()
-        links.append((r["link"]["bandwidth_GBps"], pf.device.clock.rate))
+        pf = _two_steps_after_a_wait(policy, wait, baseline_step_time_s=0.02, baseline_step_cpu_s=0.01)
+        links.append((pf.report()["link"]["bandwidth_GBps"], pf.device.clock.rate))
     assert links[0] == links[1] == links[2] and links[0][1] == 2.0, links
+
+
+def _two_steps_after_a_wait(policy: str, wait: float, **kwargs) -> Prefetcher:
+    """Two steps of Net prefetched on the simulated device, `wait` seconds asleep before the first."""
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with prefetching(model, opt, policy=policy, budget=0.5, device="simulated", **kwargs) as pf:
+        for i in range(2):
+            if i == 0:
+                time.sleep(wait)
+            opt.zero_grad()
+            model(torch.randn(64, 128)).pow(2).mean().backward()
+            opt.step()
+    return pf
 
 
 def test_waiting_in_the_first_step_does_not_slow_the_link():
     """Wall time in the first step that is not compute (a data loader waiting on a disk, another
     process holding the core) does not stand for compute: a CPU second of the job's step counts
     as at most a wall second, so the link is the same with or without a 200 ms wait."""
-    import time as _time
-
-    links = []
     _train(None, steps=2)  # the process's first calls paid before either run
-    for wait in (0.0, 0.2):
-        torch.manual_seed(0)
-        model = Net()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        with prefetching(model, opt, policy="replay", budget=0.5, device="simulated") as pf:
-            for i in range(2):
-                if i == 0:
-                    _time.sleep(wait)
-                opt.zero_grad()
-                model(torch.randn(64, 128)).pow(2).mean().backward()
-                opt.step()
-        links.append(pf.report()["link"]["bandwidth_GBps"])
+    links = [_two_steps_after_a_wait("replay", wait).report()["link"]["bandwidth_GBps"] for wait in (0.0, 0.2)]
     # counted as compute: ~14x slower (200 ms on ~15 ms); the step after a sleep alone
     # took up to 2.5x the CPU time on this VM (cold caches), so the bound is 3x
     assert links[1] > links[0] / 3, links
