@@ -105,8 +105,8 @@ time of the calling thread, which is the training thread (the clock is read on i
 Not the process's CPU time less the copy engine's, as before: that counted every other
 thread as compute (a learned run's ZeroMQ I/O threads, a data loader's threads), so the
 same job's clock ran faster beside a daemon; and it took two CPU-clock syscalls per read
-where this takes one (right after a torch op each cost ~10 us on this 2-core VM, reading
-another core's thread). CPU backward runs on the thread that calls it; torch's intra-op
+where this takes one (right after a torch op one cost 2-10 us on this 2-core VM, against
+~1 us in a tight loop). CPU backward runs on the thread that calls it; torch's intra-op
 threads are not counted, which the clock's rate (wall / this clock over an all-resident
 step) absorbs. `prefetch run` times its all-resident step on the same clock."""
 
