@@ -60,20 +60,9 @@ SIMPLE = ("none", "replay", "markov", "mirror")
 
 
 def _run_steps(job: Any, steps: int) -> list[float]:
-    return _timed_steps(job, steps)[0]
+    from prefetch.run import timed_steps
 
-
-def _timed_steps(job: Any, steps: int) -> tuple[list[float], list[float]]:
-    """Wall and work-clock seconds of each step (runtime.device.work_clock_ns)."""
-    from runtime.device import work_clock_ns
-
-    times, cpu = [], []
-    for i in range(steps):
-        t0, c0 = time.perf_counter(), work_clock_ns()
-        job.step(i)
-        times.append(time.perf_counter() - t0)
-        cpu.append((work_clock_ns() - c0) / 1e9)
-    return times, cpu
+    return timed_steps(job, steps)[1]
 
 
 def evaluate(gen_seed: int, *, steps: int, budget: float, out: Path, same_link: bool = True) -> dict[str, Any]:
@@ -95,7 +84,9 @@ def evaluate(gen_seed: int, *, steps: int, budget: float, out: Path, same_link: 
     if train.returncode != 0:
         raise RuntimeError(f"prefetch train failed for {arch.name}:\n{train.stderr[-2000:]}")
     t_train = time.monotonic() - t0
-    wall, cpu = _timed_steps(workload.build(EVAL_SEED), steps)
+    from prefetch.run import timed_steps
+
+    _, wall, cpu = timed_steps(workload.build(EVAL_SEED), steps)
     plain, plain_cpu = statistics.median(wall[1:]), statistics.median(cpu[1:])
     # one link for every policy, from this all-resident run (a GPU's link does not depend on
     # the policy); timed by each run from its own first step, links of one architecture

@@ -27,19 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.device import work_clock_ns
 from runtime.link import DEFAULT_LINK_RATIO
 
 
 def _baseline(workload, seed: int, steps: int, warmup: int) -> tuple[float, float]:
     """Median wall and CPU seconds of a measured all-resident step."""
-    job = workload.build(seed)
-    wall, cpu = [], []
-    for i in range(steps):
-        t0, c0 = time.perf_counter(), work_clock_ns()
-        job.step(i)
-        wall.append(time.perf_counter() - t0)
-        cpu.append((work_clock_ns() - c0) / 1e9)
+    from prefetch.run import timed_steps
+
+    _, wall, cpu = timed_steps(workload.build(seed), steps)
     return statistics.median(wall[warmup:]), statistics.median(cpu[warmup:])
 
 

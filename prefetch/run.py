@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
@@ -57,32 +57,32 @@ def _resident(workload, seed: int, dev: torch.device, placement: str = "host"):
     return job
 
 
+def timed_steps(job: Any, steps: int, after: Callable[[], Any] | None = None) -> tuple[list[Any], list[float], list[float]]:
+    """Step `job` `steps` times: what each step returned, its wall seconds and its seconds on
+    the work clock (runtime.device.work_clock_ns, the clock the simulated link is timed on).
+    `after` runs after each step, outside its times (a progress bar)."""
+    out, wall, work = [], [], []
+    for i in range(steps):
+        t0, c0 = time.perf_counter(), work_clock_ns()
+        out.append(job.step(i))
+        wall.append(time.perf_counter() - t0)
+        work.append((work_clock_ns() - c0) / 1e9)
+        if after is not None:
+            after()
+    return out, wall, work
+
+
 def _device_optimizer_times(workload, seed: int, steps: int, dev: torch.device, bar) -> list[float]:
     """CUDA only: step times of the job all resident with its optimizer on the GPU too,
-    the job a user whose model fits would run (for `slowdown_vs_device_optimizer`)."""
-    job = workload.build(seed, device=dev)
-    times = []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        job.step(i)  # returns the loss as a float: a sync, so the time is the GPU's too
-        times.append(time.perf_counter() - t0)
-        bar.update(1)
-    return times
+    the job a user whose model fits would run (for `slowdown_vs_device_optimizer`). Each
+    step returns the loss as a float: a sync, so the time is the GPU's too."""
+    return timed_steps(workload.build(seed, device=dev), steps, lambda: bar.update(1))[1]
 
 
 def _plain(workload, seed: int, steps: int, bar,
            dev: torch.device = torch.device("cpu")) -> tuple[list[float], list[float], list[float]]:
-    """Losses, wall step times and CPU step times, on the simulated device's work clock
-    (runtime.device.work_clock_ns: the training thread's CPU time)."""
-    job = _resident(workload, seed, dev)
-    losses, times, cpu = [], [], []
-    for i in range(steps):
-        t0, c0 = time.perf_counter(), work_clock_ns()
-        losses.append(job.step(i))
-        times.append(time.perf_counter() - t0)
-        cpu.append((work_clock_ns() - c0) / 1e9)
-        bar.update(1)
-    return losses, times, cpu
+    """Losses, wall step times and work-clock step times of the job all resident."""
+    return timed_steps(_resident(workload, seed, dev), steps, lambda: bar.update(1))
 
 
 def run_workload(name: str, *, policy: str = "replay", **kwargs: Any) -> dict[str, Any]:
