@@ -15,9 +15,11 @@ and the same optimizer steps and gradients (`DeviceTier.followers`). So every st
 for the same accesses, the learned policy's real stall and the stall each simple policy
 (`DEFAULT_ALTERNATES`: mirror at three lookaheads, scan, markov, none) would have had.
 
-- The learned candidate serves the warm-up; from the first scored step, the one the
-  artifact's prior picks (predictor.guard_prior: the same rule on the training runs'
-  held-out steps, in the cell nearest this run), the learned one without a prior. After
+- The learned candidate serves the warm-up's forward; from the warm-up's backward, the one
+  the artifact's prior picks (predictor.guard_prior: the same rule on the training runs'
+  held-out steps, in the cell nearest this run), the learned one without a prior. Not from
+  the next step: the backward's end and the optimizer already ask for that step's first
+  reads, and a copy asked for later queues behind them (gpt2: 15 ms late at step 1). After
   `min_steps` scored steps, of the candidates whose stall summed over the scored steps is
   within `margin` of the least, the one with the most hits serves from the next step (the
   learned one on a tie); the one it replaces takes its shadow. The first step is not
@@ -47,9 +49,10 @@ from predictor.guard_prior import LEARNED, pick_best
 from predictor.interface import NO_PREDICTION, BasePolicy, Policy, TensorInfo, TierView, overrides
 from runtime.link import LinkModel
 from runtime.tier import DeviceTier
-from runtime.trace_format import Access, Kind
+from runtime.trace_format import Access, Kind, Phase
 
 _READ, _ACT = int(Access.READ), int(Kind.ACTIVATION)
+_BACKWARD = int(Phase.BACKWARD)
 
 if TYPE_CHECKING:
     from predictor.guard_prior import GuardPrior
@@ -169,11 +172,14 @@ class GuardedPolicy(BasePolicy):
 
     def __init__(self, primary: Policy, alternates: Sequence[Policy], config: GuardConfig | None = None,
                  link: Callable[[], LinkModel | None] | None = None, compute_ns: Callable[[], int] | None = None,
-                 prior: GuardPrior | None = None, names: Sequence[str] | None = None):
+                 prior: GuardPrior | None = None, names: Sequence[str] | None = None,
+                 budget_share: float | None = None):
         """`link`: the executor's link model, when known (None: no shadows, the learned
         policy runs alone). `compute_ns`: the executor's compute time; default, the clock
         given to `bind_clock` less the waits its tier counted (the simulator's). `prior`:
-        the artifact's (predictor.guard_prior): which candidate serves from the first scored step.
+        the artifact's (predictor.guard_prior): which candidate serves from the warm-up's backward.
+        `budget_share`: the budget as a share of the managed bytes when the executor fixes it
+        only after the warm-up (a live run's fraction), so the prior can pick before then.
         `names`: the alternates' specs (the note's and the prior's names; default, each policy's name)."""
         # Without a link there can be no shadows: the rivals would observe for nothing.
         self.candidates: list[Policy] = [primary, *alternates] if link is not None else [primary]
@@ -185,6 +191,7 @@ class GuardedPolicy(BasePolicy):
         self._compute = compute_ns
         self._names = [primary.name, *(names or [c.name for c in alternates])][: len(self.candidates)]
         self.prior = prior
+        self.budget_share = budget_share
 
     @property
     def primary(self) -> Policy:
@@ -213,7 +220,7 @@ class GuardedPolicy(BasePolicy):
         self.hits: dict[int, int] = {}  # candidate -> hits over the scored steps
         self.scored = 0
         self.compute_scored = 0  # compute ns of the scored steps
-        self.history: list[tuple[int, int]] = []  # (first step, candidate) of each stretch
+        self.history: list[tuple[int, int]] = []  # (first step, candidate) of each stretch (the prior's: from that step's backward)
         self.shadows: list[ShadowTier] = []  # one per candidate not active, once budget, link and clock are known
         self._slot: dict[int, int] = {}  # candidate -> its shadow
         self._started = False  # shadows started: from then on a candidate observes only through its shadow
@@ -225,6 +232,8 @@ class GuardedPolicy(BasePolicy):
         self._steps_seen = 0
         self._scored_from: int | None = None  # steps seen when the first scored step has ended
         self._prior_applied = False
+        self._prior_tried = False  # tried in the first backward
+        self._prior_hopeless: list[int] = []  # rivals the prior found hopeless before the shadows began
         self._mark: list[tuple[int, int]] = []  # (waited, hits) at the step's start: the executor's, then each shadow's
         self._mark_compute = 0
         self._resume = False  # the active candidate just changed: re-request its window once
@@ -236,6 +245,15 @@ class GuardedPolicy(BasePolicy):
     def observe(self, step: int, micro_step: int, phase: int, access: int, tensor_id: int) -> Sequence[int]:
         if step != self._step:
             self._new_step(step)
+        if phase == _BACKWARD and not self._prior_tried and self.prior is not None:
+            # The warm-up's backward: the prior's pick serves from here, not from the next step.
+            # The backward's end and the optimizer step already ask for the next step's first
+            # reads, and copies asked for then are queued ahead of any the pick would ask for later.
+            # Tried once (it sums the managed bytes); too early, it is tried again as step 1 begins.
+            self._prior_tried = True
+            self._prior_applied = self._apply_prior()
+            if self.history and self.history[-1][1] != self.active:
+                self.history.append((step, self.active))
         if self._skip:
             self._skip.discard(tensor_id)
         active = self.active
@@ -378,7 +396,9 @@ class GuardedPolicy(BasePolicy):
         compute = self._compute
         if link is None or budget is None or compute is None:
             return
-        others = [i for i in range(len(self.candidates)) if i != self.active]
+        hopeless = self._prior_hopeless
+        others = [i for i in range(len(self.candidates)) if i != self.active and i not in hopeless]
+        self.dropped.extend(i for i in hopeless if i not in self.dropped)
         tier = self._tier
         busy = getattr(tier, "_busy", None)  # parameters whose module runs: spared as the executor spares them
         self.shadows = [ShadowTier(self.candidates[i], budget, link, compute, busy) for i in others]
@@ -388,23 +408,29 @@ class GuardedPolicy(BasePolicy):
         self._slot = {i: k for k, i in enumerate(others)}
         self._started = True
 
-    def _apply_prior(self) -> None:
-        """As the first scored step begins: the candidate the prior's nearest cell picks (by
-        `pick_best`, the rule of `_best`) serves from here. The run's budget share is of the
-        managed bytes the warm-up declared; its link ratio the link's own, else the warm-up
-        step's (copying those bytes once over the warm-up's compute time)."""
+    def _apply_prior(self) -> bool:
+        """In the warm-up's backward (else as the first step after it begins): the candidate
+        the prior's nearest cell picks (by `pick_best`, the rule of `_best`) serves from here.
+        The run's budget share is the budget over the managed bytes declared so far, or, while
+        the budget is not fixed yet (a live run fixes it as the warm-up ends), `budget_share`,
+        the fraction it will be fixed at; its link ratio the link's own, else the warm-up step's
+        (copying those bytes once over the warm-up's compute time). False: too early to tell
+        (no tier, budget or link ratio yet)."""
         tier, link = self._tier, self._link() if self._link is not None else None
+        if tier is None:
+            return False
         managed = sum(tier.nb[t] for t in range(len(tier.nb)) if tier.managed[t])
         budget = tier.budget_bytes
+        share = budget / managed if budget and managed > 0 else self.budget_share
         step0 = self._compute_now() - self._mark_compute
         ratio = (link.ratio or (link.copy_ns(managed) / step0 if step0 > 0 else 0)) if link is not None else 0
-        if managed <= 0 or not budget or not ratio or ratio <= 0:
-            return
-        cell = self.prior.nearest(budget / managed, ratio)  # type: ignore[union-attr]
+        if managed <= 0 or not share or not ratio or ratio <= 0:
+            return False
+        cell = self.prior.nearest(share, ratio)  # type: ignore[union-attr]
         names = [LEARNED, *self._names[1:]]
         known = {i: n for i, n in enumerate(names) if n in cell.stall_ns}
         if 0 not in known:
-            return
+            return True
         stall = {i: cell.stall_ns[n] for i, n in known.items()}
         pick = pick_best(stall, {i: cell.hits[n] for i, n in known.items()},
                          lambda least: self._slack(least, cell.compute_ns), prefer=0)
@@ -412,7 +438,12 @@ class GuardedPolicy(BasePolicy):
         if pick != self.active:
             self._switch(pick)
         least = min(stall.values())  # rivals hopeless there are not shadowed
-        self._drop([i for i in stall if i in self._slot and i != 0 and self._hopeless(stall[i], least, cell.compute_ns)])
+        hopeless = [i for i in stall if i != 0 and i != self.active and self._hopeless(stall[i], least, cell.compute_ns)]
+        if self._started:
+            self._drop([i for i in hopeless if i in self._slot])
+        else:
+            self._prior_hopeless = hopeless
+        return True
 
     def _score(self, step: list[tuple[int, int]]) -> None:
         """One scored step: (waited, hits) per tier, the executor's first."""
@@ -497,7 +528,8 @@ class GuardedPolicy(BasePolicy):
         """Which candidate ran from which step: the guard's account of the run."""
         if not hasattr(self, "history"):
             return "guard: not started"
-        runs = ", ".join(f"{self._names[i]} from step {s}" for s, i in self.history)
+        runs = ", ".join(f"{self._names[i]} from step {s}" + ("'s backward" if k and self.history[k - 1][0] == s else "")
+                         for k, (s, i) in enumerate(self.history))
         scored = ", ".join(f"{self._names[i]} {ns / 1e6:.0f} ms" for i, ns in sorted(self.stall.items()))
         dropped = ", ".join(self._names[i] for i in self.dropped)
         return (f"guard: {runs}" + (f" ({self.prior_note})" if self.prior_note else "")
@@ -508,11 +540,12 @@ class GuardedPolicy(BasePolicy):
 
 def guarded(primary: Policy, *, lookahead: int, alternates: Sequence[str] = DEFAULT_ALTERNATES,
             config: GuardConfig | None = None, link: Callable[[], LinkModel | None] | None = None,
-            compute_ns: Callable[[], int] | None = None, prior: GuardPrior | None = None) -> GuardedPolicy:
+            compute_ns: Callable[[], int] | None = None, prior: GuardPrior | None = None,
+            budget_share: float | None = None) -> GuardedPolicy:
     """`primary` (the learned policy, in process, through the daemon or its simulation)
     under a guard with the simple policies named in `alternates` beside it, and the
     artifact's prior (predictor.guard_prior.load_prior) when it has one."""
     from predictor.policies import make_policy
 
     return GuardedPolicy(primary, [make_policy(a, lookahead=lookahead) for a in alternates], config, link, compute_ns,
-                         prior, names=list(alternates))
+                         prior, names=list(alternates), budget_share=budget_share)

@@ -277,7 +277,8 @@ class Prefetcher:
                     dev = self.device
                     prior = load_prior(spec.partition(":")[2], self.tracker.architecture)  # a local model folder's
                     return guarded(pol, lookahead=self.config.lookahead, link=lambda: dev.link,
-                                   compute_ns=dev.clock.compute_ns, prior=prior)
+                                   compute_ns=dev.clock.compute_ns, prior=prior,
+                                   budget_share=self.store.config.budget_fraction)
                 return guarded(pol, lookahead=self.config.lookahead)  # CUDA: no link model, no shadows yet
             return pol
         return make_policy(spec, lookahead=self.config.lookahead)

@@ -57,14 +57,16 @@ def test_the_rule_is_the_guards_keep_while_near_else_most_hits_of_the_near():
     assert pick_best({0: 110, 1: 97}, hits, lambda least: 20, keep=0) == 0  # a larger slack (noise): near
 
 
-def test_a_prior_for_a_rival_serves_it_from_the_first_scored_step(trace):
-    """The prior's cell says none stalls least: none serves from the step after the warm-up,
-    where without a prior the model serves until the guard has scored `min_steps` steps."""
+def test_a_prior_for_a_rival_serves_it_from_the_warm_ups_backward(trace):
+    """The prior's cell says none stalls least: none serves from the warm-up's backward (whose
+    end asks for the next step's first reads), where without a prior the model serves until
+    the guard has scored `min_steps` steps."""
     prior = GuardPrior((cell(learned=(900, 10), replay=(150, 20), none=(100, 5)),), "test")
     g = guard(Thrash(), [Replay(lookahead=64), NoPrefetch()], prior)
     r = simulate(trace, g, budget=BUDGET, link=LINK)
     first = g.history[0][0]
-    assert g.history[:2] == [(first, 0), (first + 1, 2)], g.describe()
+    assert g.history[:2] == [(first, 0), (first, 2)], g.describe()
+    assert f"none from step {first}'s backward" in g.note, g.note
     assert "prior none (budget 0.4, link ratio 0.5)" in g.note
     plain = guard(Thrash(), [Replay(lookahead=64), NoPrefetch()], None)
     r0 = simulate(trace, plain, budget=BUDGET, link=LINK)
@@ -134,7 +136,7 @@ def test_rivals_are_named_by_their_spec_and_the_prior_drops_the_hopeless(trace):
                 prior=prior)
     simulate(trace, g, budget=BUDGET, link=LINK)
     first = g.history[0][0]
-    assert g.history[1] == (first + 1, 2), g.describe()
+    assert g.history[1] == (first, 2), g.describe()
     assert "mirror:lookahead=4 from step" in g.note and "no longer shadowed: none" in g.note, g.note
     assert g.candidates[2].lookahead == 4
     assert 3 in g.dropped and 3 not in g.stall  # dropped before any step was scored

@@ -33,7 +33,7 @@ def _steps(model, optimizer, n: int, seed: int) -> None:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     """A learned artifact for the job, recorded on seeds 0 and 1, whose prior (written here)
-    says `none` stalls least at budget 0.4: the guard must hand it the first scored step."""
+    says `none` stalls least at budget 0.4: the guard must hand it the run from the warm-up's backward."""
     root = tmp_path_factory.mktemp("guard-live")
     for seed in (0, 1):
         model, opt = _job(seed)
@@ -49,12 +49,14 @@ def models(tmp_path_factory) -> Path:
 
 def test_the_prior_picks_who_serves_when_the_warm_up_fixes_the_budget(models):
     """Budget and link are known once the warm-up ends, so the shadows start a step late;
-    the prior still picks the candidate serving the step after the warm-up, and that step,
-    the shadows' own warm-up, is not scored."""
+    the prior still picks the candidate serving from the warm-up's backward (from the budget
+    fraction the warm-up will fix), and the step after the warm-up, the shadows' own warm-up,
+    is not scored."""
     model, opt = _job(2)
     with prefetching(model, opt, policy=f"learned:{models}", budget=0.4, device="simulated", seed=2) as pf:
         _steps(model, opt, 5, 2)
     g = pf.store.policy
     assert g.prior_note is not None and g.prior_note.startswith("prior none"), g.describe()
-    assert [(s, g._names[i]) for s, i in g.history[:2]] == [(0, "learned"), (1, "none")], g.describe()
+    assert [(s, g._names[i]) for s, i in g.history[:2]] == [(0, "learned"), (0, "none")], g.describe()
+    assert "none from step 0's backward" in g.describe()
     assert g.scored == 2, g.describe()  # steps 2 and 3 (scored as the next begins); step 1 was the shadows' warm-up
