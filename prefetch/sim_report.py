@@ -52,7 +52,7 @@ def _combine(runs: list[SimReport]) -> SimReport:
         bytes_h2d=_sum_counts([r.bytes_h2d for r in runs]), bytes_d2h=_sum_counts([r.bytes_d2h for r in runs]),
         grad_wait_ns=sum(r.grad_wait_ns for r in runs), grad_moves=sum(r.grad_moves for r in runs),
         grad_holds=sum(r.grad_holds for r in runs), router_hints=sum(r.router_hints for r in runs),
-        hint_cancelled=sum(r.hint_cancelled for r in runs),
+        hint_cancelled=sum(r.hint_cancelled for r in runs), early_stepped=sum(r.early_stepped for r in runs),
         variant=runs[0].variant if all(r.variant == runs[0].variant for r in runs) else "per trace",
     )
 

@@ -29,7 +29,7 @@ from runtime.tier import HIT, LATE, MISS, WRITE, DeviceTier
 from runtime.trace_format import MIN_MANAGED_BYTES, Access, Kind, Phase, Trace
 
 _READ, _WRITE = int(Access.READ), int(Access.WRITE)
-_ACT, _GRAD = int(Kind.ACTIVATION), int(Kind.GRADIENT)
+_ACT, _GRAD, _PARAM = int(Kind.ACTIVATION), int(Kind.GRADIENT), int(Kind.PARAMETER)
 _NOTHING: frozenset[int] = frozenset()
 _CHUNK = 256  # measured events a run goes on by in a portfolio race
 
@@ -67,6 +67,7 @@ class _TraceTier(DeviceTier):
         self.running = -1  # the module whose forward is under way at this event (-1: none)
         self.modules: ModulesRunning | None = None
         self.trace: Trace | None = None
+        self.param_bytes = 0  # managed parameter bytes: an early step's share of the optimizer's compute (_act)
 
     def now(self) -> int:
         return self.comp + self.lag
@@ -241,6 +242,7 @@ def _run_trace(
     chunk: int = _CHUNK,
     resident_extra: int | None = None,
     ahead_share: float = AHEAD_SHARE,
+    early_step: bool = True,
 ) -> Generator[int, None, SimReport]:
     """Replay one trace through the device tier with `policy`, a chunk of events at a time:
     yields the measured reads missed (late or miss) so far after each chunk, returns the report.
@@ -259,8 +261,10 @@ def _run_trace(
     tier = _TraceTier(policy, budget_bytes, cpy)
     tier.resident_extra = resident_extra
     tier.ahead_share = ahead_share
+    tier.early_step = early_step
     tier.trace, tier.modules = trace, stream.modules
     tier.declare_all(stream.kinds, stream.nb, stream.managed)
+    tier.param_bytes = sum(b for k, b, m in zip(stream.kinds, stream.nb, stream.managed) if k == _PARAM and m)
     if overrides(policy, "bind_clock"):
         policy.bind_clock(tier.now)
     policy.start(TensorInfo.from_table(trace.tensors))
@@ -368,6 +372,10 @@ def _act(tier: _TraceTier, acts: list[tuple[int, ...]]) -> None:
         else:
             tier.comp = a[1]
             tier.optimizer_begin()
+            early = tier.early_params()  # stepped first: their copies start once their share of the step's compute is done
+            nb = tier.nb
+            tier.comp = a[1] + (a[2] - a[1]) * sum(nb[p] for p in early) // max(1, tier.param_bytes)
+            tier.release_early(early)
             tier.comp = a[2]
             tier.optimizer_end()
             if tier.resident_extra is not None and not tier.resident_mode:  # the live store's step end

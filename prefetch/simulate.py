@@ -57,6 +57,7 @@ def simulate(
     gpu_model: GpuModel | None = None,
     optimizer_placement: str = "auto",
     ahead_share: float = AHEAD_SHARE,
+    early_step: bool = True,
 ) -> SimReport:
     """Replay `traces` through the device/copy-engine model with `policy`; see the module docstring.
 
@@ -79,6 +80,9 @@ def simulate(
     does (DeviceTier.go_resident). Device stepping with the state streamed is not simulated.
     ahead_share: the tier's prefetch window (runtime.defaults.AHEAD_SHARE: unread prefetches hold
     at most this share of the budget; 0: no window), as a live run's PrefetchConfig.ahead_share.
+    early_step: host stepping steps first the parameters the next step reads first, their copies
+    starting in the rest of the optimizer step (a live run's PrefetchConfig.early_step): the trace's
+    optimizer compute is shared out by parameter bytes (DeviceTier.early_params, prefetch.sim_trace).
     """
     loaded = _load(traces)
     if gpu_model is not None and not isinstance(gpu_model, GpuModel):
@@ -119,7 +123,7 @@ def simulate(
         best = simulate_portfolio(
             trace, pols, policy_name=name, budget=parsed, budget_bytes=budget_bytes, managed_bytes=managed,
             link=trace_link, warmup_steps=warmup_steps, resident_extra=extra if fits else None,
-            ahead_share=ahead_share,
+            ahead_share=ahead_share, early_step=early_step,
         )
         best.lookahead = lookahead if isinstance(policy, str) and policy != "oracle" else None
         if figures is not None:  # the baseline steps on the device: its own time (slowdown derived again)

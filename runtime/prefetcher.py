@@ -69,6 +69,12 @@ class PrefetchConfig:
     ahead_share: float = AHEAD_SHARE
     """The prefetch window: prefetches issued and not yet read hold at most this share of the
     budget (runtime.defaults.AHEAD_SHARE; 0: no window)."""
+    early_step: bool = True
+    """Host stepping: the parameters the next step reads first are stepped first and their
+    copies start during the rest of the optimizer step (DeviceTier.early_params). Like device
+    stepping, it relies on the optimizer updating each parameter from its own gradient and
+    state (every torch.optim optimizer; LBFGS is refused): False for one whose step couples
+    parameters (a gradient norm over all of them computed inside `step`)."""
     link_ratio: float = DEFAULT_LINK_RATIO
     """Simulated device: copy-all-managed-bytes time over step compute time."""
     link: LinkModel | None = None
@@ -180,7 +186,7 @@ class Prefetcher:
         self._link_fixed = config.link is not None or self.device.name != "simulated"
         self.store = TensorStore(self.device, check_policy(policy) if policy is not None else _NullPolicy(), StoreConfig(
             budget_bytes=budget_bytes, budget_fraction=fraction, warmup_steps=config.warmup_steps,
-            ahead_share=config.ahead_share))
+            ahead_share=config.ahead_share, early_step=config.early_step))
         self.live_trace = LiveTrace(self.store, config.trace_out) if config.trace_out is not None else None
         self.trace_stem: Path | None = None
         """The stem of this run's own trace once closed (with `trace_out`)."""

@@ -130,6 +130,9 @@ class RunReport:
     """Router hints the policy took (measured steps; runtime.routers, DeviceTier.hint)."""
     hint_cancelled: int = 0
     """Queued prefetches those hints dropped: experts the router said would not run."""
+    early_stepped: int = 0
+    """Host stepping: parameters the optimizer stepped first, so that their copies for the next
+    step ran during the rest of the step (measured steps; DeviceTier.early_params)."""
     ahead_share: float | None = None
     """The tier's prefetch window as a share of the budget (runtime.defaults.AHEAD_SHARE); None: not reported."""
     # -- context a caller knows (prefetch run, the demo, simulate) --------------------------------
@@ -255,7 +258,8 @@ class RunReport:
         if self.bytes_h2d is not None:
             d.update(bytes_h2d=dict(self.bytes_h2d), bytes_d2h=dict(self.bytes_d2h or {}),
                      grad_wait_s=self.grad_wait_ns / 1e9, grad_moves=self.grad_moves, grad_holds=self.grad_holds,
-                     router_hints=self.router_hints, hint_cancelled=self.hint_cancelled)
+                     router_hints=self.router_hints, hint_cancelled=self.hint_cancelled,
+                     early_stepped=self.early_stepped)
         d.update(step_time_s=self.step_time_s, baseline_step_time_s=self.baseline_step_time_s, slowdown=self.slowdown,
                  warmup=self.warmup.as_dict() if self.warmup is not None else None)
         if live is not None:
@@ -422,7 +426,8 @@ class _Reader:
             kw.update(bytes_h2d=self.counts("bytes_h2d"), bytes_d2h=self.counts("bytes_d2h"),
                       grad_wait_ns=round(self.need("grad_wait_s", _NUM) * 1e9),
                       grad_moves=self.may("grad_moves", _INT, 0), grad_holds=self.may("grad_holds", _INT, 0),
-                      router_hints=self.may("router_hints", _INT, 0), hint_cancelled=self.may("hint_cancelled", _INT, 0))
+                      router_hints=self.may("router_hints", _INT, 0), hint_cancelled=self.may("hint_cancelled", _INT, 0),
+                      early_stepped=self.may("early_stepped", _INT, 0))
         overflows = self.may("budget_overflows", _INT, 0)
         kw["overcommits"] = self.may("overcommits", _INT, overflows)
         for key, kind in (("workload", _STR), ("seed", _INT), ("architecture", _STR), ("trace", _STR),

@@ -68,6 +68,8 @@ class StoreConfig:
     """Steps run before statistics count (reported apart)."""
     ahead_share: float = AHEAD_SHARE
     """The prefetch window: unread prefetches hold at most this share of the budget (runtime.tier)."""
+    early_step: bool = True
+    """Host stepping: step first the parameters the next step reads first (DeviceTier.early_params)."""
 
     def __post_init__(self) -> None:
         if self.budget_bytes is not None and self.budget_bytes <= 0:
@@ -85,6 +87,7 @@ class TensorStore(DeviceTier):
     def __init__(self, device: Device, policy: Policy, config: StoreConfig):
         super().__init__(policy, config.budget_bytes)
         self.ahead_share = config.ahead_share
+        self.early_step = config.early_step
         self.device = device
         self.config = config
         self.tracker: Any = None  # set by attach(); the store rebinds parameters through it
@@ -116,6 +119,7 @@ class TensorStore(DeviceTier):
         """Called at each step's end once the budget is known (OptimizerPlacement.step_end)."""
         self.stepper: Any = None
         """runtime.device_stepping.DeviceStepper when the optimizer steps on the device (step_on_device)."""
+        self._early_grads: list[tuple[torch.nn.Parameter, torch.Tensor]] = []  # set aside by _step_early until the post-hook
         self.on_new_tensor: Any = None
         """Called with each tensor row seen after the policy started (Prefetcher: policy.extend)."""
 
@@ -418,7 +422,8 @@ class TensorStore(DeviceTier):
 
     def device_step(self, optimizer: torch.optim.Optimizer) -> None:
         """After before_optimizer_step, with device stepping on: the managed parameters step
-        on the device, chunk by chunk (runtime.device_stepping). A pre-hook of its own, not
+        on the device, chunk by chunk (runtime.device_stepping); with host stepping, the ones
+        the next step reads first step first (_step_early). A pre-hook of its own, not
         timed as bookkeeping: the optimizer's compute in it is the step's compute. A step
         given a closure comes here after its closure ran (runtime.closure_step)."""
         if self.resident_mode:  # a parameter evicted meanwhile (a peak over the estimate) is bound again
@@ -427,6 +432,34 @@ class TensorStore(DeviceTier):
                     self._hold(tid)
         elif self.stepper is not None:
             self.stepper.step(optimizer)
+        else:
+            self._step_early(optimizer, self.early_params())
+
+    def _step_early(self, optimizer: torch.optim.Optimizer, ids: list[int]) -> None:
+        """Host stepping: the parameters the next step reads first (the tier's early_params)
+        are stepped now, on their own, and their copies start (release_early) while the
+        optimizer's own call steps the rest: their gradients are set aside until the post-hook
+        (`_early_grads`), so that call skips them. As device stepping's chunks, this computes
+        what one step over all parameters computes (each parameter from its own gradient and
+        state: tests/runtime/test_early_step.py checks it bit for bit)."""
+        from runtime.device_stepping import raw_step
+
+        params = [self._param[t] for t in ids]
+        mine = {id(p) for p in params if p.grad is not None}
+        if mine:
+            saved = [g["params"] for g in optimizer.param_groups]
+            try:
+                for g, ps in zip(optimizer.param_groups, saved):
+                    g["params"] = [p for p in ps if id(p) in mine]
+                raw_step(optimizer)
+            finally:
+                for g, ps in zip(optimizer.param_groups, saved):
+                    g["params"] = ps
+            for p in params:
+                if id(p) in mine:
+                    self._early_grads.append((p, p.grad))
+                    p.grad = None
+        self.release_early(ids)
 
     def after_optimizer_step(self) -> None:
         if self.resident_mode:  # the optimizer wrote the bound device copies: dirty, whatever their version
@@ -435,6 +468,9 @@ class TensorStore(DeviceTier):
                     self._ver[tid] = -1
         if self.stepper is not None:
             self.stepper.restore()
+        for p, g in self._early_grads:  # stepped early (_step_early): the gradient back, as the step left it
+            p.grad = g
+        self._early_grads.clear()
         self.optimizer_end()
         if self.grads is not None:
             self.grads.step_done()

@@ -51,10 +51,10 @@ def _quiet(step: int, micro_step: int, phase: int, access: int, t: int) -> tuple
     return ()
 
 _EXTRA = ("overcommits", "write_stall_ns", "prefetch_requested", "prefetch_refused", "optimizer_wait_ns",
-          "grad_wait_ns", "grad_moves", "grad_holds", "prefetch_held", "router_hints", "hint_cancelled")
+          "grad_wait_ns", "grad_moves", "grad_holds", "prefetch_held", "router_hints", "hint_cancelled", "early_stepped")
 """The tier's own counters beyond AccessStats (measured_extra), by attribute name below."""
 _EXTRA_ATTR = ("overcommits", "write_stall_ns", "requested", "refused", "optimizer_wait_ns",
-               "grad_wait_ns", "grad_moves", "grad_holds", "held_ahead", "hints_taken", "hint_cancelled")
+               "grad_wait_ns", "grad_moves", "grad_holds", "held_ahead", "hints_taken", "hint_cancelled", "early_stepped")
 
 GRAD_HOLD_SHARE = 0.25
 """Most of the budget gradients held on the device across micro-steps may take. Holding a
@@ -125,6 +125,9 @@ class DeviceTier:
         self.prefetch_issued = self.prefetch_used = self.carried = self.evictions = 0
         self.overcommits = self.write_stall_ns = self.requested = self.refused = self.optimizer_wait_ns = 0
         self.steps = 0
+        self.early_step = True
+        """Host stepping: the parameters the next step reads first step first (early_params)."""
+        self.early_stepped = 0  # parameters stepped before the others, their copies started in the step (early_params)
         # gradients: keys are the engine's (the live store: the parameter's id; the simulator: the gradient's)
         self.grad_held: dict[int, int] = {}  # key -> bytes of a gradient held on the device
         self.grad_held_bytes = 0
@@ -398,7 +401,7 @@ class DeviceTier:
         (step time, not stall), every parameter's device copy is dropped (not an eviction),
         and those still expected are queued again, fetched (updated) once the step is done."""
         for f in self.followers:
-            f.params_stay = self.params_stay
+            f.params_stay, f.early_step = self.params_stay, self.early_step
             f.optimizer_begin()
         self.grads_finish()
         if self.grad_micro:
@@ -488,6 +491,61 @@ class DeviceTier:
             d = pnu(p)
             if d != _INF:
                 self.want(p, self.reads + d)
+
+    def early_params(self) -> list[int]:
+        """Host stepping, once the optimizer step has begun (after optimizer_begin): the
+        parameters the next step is expected to read first, soonest due first, as many as the
+        prefetch window has room for (what optimizer_end would issue first). The executor
+        steps them before the others and calls `release_early`, so their copies run during the
+        rest of the optimizer step instead of after it, when the forward already waits for
+        them. None in the first optimizer step (nothing is known of the next one yet), with
+        device stepping or everything resident (no copies are dropped), or with no budget."""
+        if (not self.early_step or self.params_stay or self.resident_mode or not self.in_optimizer
+                or not self.step_prev or self.budget_bytes is None):
+            return []
+        kind, nb, resident = self.kind, self.nb, self.resident
+        due = dict(self.deferred)  # parameters only (want defers nothing else)
+        for p, d in self.queued.items():
+            if kind[p] == _PARAM and d < due.get(p, _INF):
+                due[p] = d
+        limit = self._limit
+        room = min(self.ahead_share * limit - self.ahead if self.ahead_share and not self._paced else _INF,
+                   limit - self.used)
+        out: list[int] = []
+        for d, p in sorted((d, p) for p, d in due.items() if p not in resident):
+            n = nb[p]
+            if n > room:
+                break
+            room -= n
+            out.append(p)
+        return out
+
+    def release_early(self, ids: Sequence[int]) -> None:
+        """`ids` (early_params) are stepped, their host masters final for this step: their
+        copies start now, soonest due first, as drain would issue them after the step. The
+        followers (the guard's shadows) do the same with theirs: had their policy served, its
+        early parameters would have been stepped first."""
+        for f in self.followers:
+            f.release_early(f.early_params())
+        if not ids:
+            return
+        rest, queued, deferred = self.pending, self.queued, self.deferred
+        mine: list[tuple[float, int]] = []
+        for p in ids:
+            d, q = deferred.pop(p, _INF), queued.get(p)
+            if q is None:
+                self.requested += 1
+            elif q < d:
+                d = q
+            queued[p] = d
+            mine.append((d, p))
+        heapify(mine)
+        self.pending = mine
+        self.drain()
+        left, self.pending = self.pending, rest
+        for e in left:
+            heappush(rest, e)
+        self.early_stepped += len(ids)
 
     def optimizer_end(self) -> None:
         """The optimizer's post-hook: requests from here on belong to the next step."""
@@ -870,7 +928,8 @@ class DeviceTier:
         h2d, d2h = self.measured_traffic()
         x = self.measured_extra()
         return dict(bytes_h2d=h2d, bytes_d2h=d2h, grad_wait_ns=x["grad_wait_ns"], grad_moves=x["grad_moves"],
-                    grad_holds=x["grad_holds"], router_hints=x["router_hints"], hint_cancelled=x["hint_cancelled"])
+                    grad_holds=x["grad_holds"], router_hints=x["router_hints"], hint_cancelled=x["hint_cancelled"],
+                    early_stepped=x["early_stepped"])
 
     def describe(self, tid: int) -> str:
         """How errors name a tensor id (subclasses know keys)."""
