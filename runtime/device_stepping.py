@@ -70,6 +70,21 @@ def raw_step(optimizer: torch.optim.Optimizer) -> None:
     getattr(step, "__wrapped__", step)(optimizer)
 
 
+def raw_step_of(optimizer: torch.optim.Optimizer, mine: set[int]) -> None:
+    """`raw_step` over the parameters whose id() is in `mine` only: each group keeps just
+    those for the call and gets all of its own back after it (try/finally: the groups are
+    the user's). Torch's optimizers update each parameter from its own gradient and state,
+    so this computes for them what one step over every parameter computes."""
+    saved = [g["params"] for g in optimizer.param_groups]
+    try:
+        for g, params in zip(optimizer.param_groups, saved):
+            g["params"] = [p for p in params if id(p) in mine]
+        raw_step(optimizer)
+    finally:
+        for g, params in zip(optimizer.param_groups, saved):
+            g["params"] = params
+
+
 @dataclass(slots=True)
 class DeviceStepCounters:
     steps: int = 0
@@ -194,16 +209,7 @@ class DeviceStepper:
                 optimizer.state[p][k], w = dev.wait(c)
                 wait += w
             stepped.append((tid, p, d, resident))
-        # The step, over this chunk's parameters only (try/finally: the groups are the user's).
-        saved = [g["params"] for g in optimizer.param_groups]
-        mine = {id(p) for _, p in chunk}
-        try:
-            for g, params in zip(optimizer.param_groups, saved):
-                g["params"] = [p for p in params if id(p) in mine]
-            raw_step(optimizer)
-        finally:
-            for g, params in zip(optimizer.param_groups, saved):
-                g["params"] = params
+        raw_step_of(optimizer, {id(p) for _, p in chunk})  # the step, over this chunk's parameters only
         # Out: the updated parameter and its state to the host.
         outs = []
         for tid, p, d, resident in stepped:

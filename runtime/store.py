@@ -442,19 +442,12 @@ class TensorStore(DeviceTier):
         (`_early_grads`), so that call skips them. As device stepping's chunks, this computes
         what one step over all parameters computes (each parameter from its own gradient and
         state: tests/runtime/test_early_step.py checks it bit for bit)."""
-        from runtime.device_stepping import raw_step
+        from runtime.device_stepping import raw_step_of
 
         params = [self._param[t] for t in ids]
         mine = {id(p) for p in params if p.grad is not None}
         if mine:
-            saved = [g["params"] for g in optimizer.param_groups]
-            try:
-                for g, ps in zip(optimizer.param_groups, saved):
-                    g["params"] = [p for p in ps if id(p) in mine]
-                raw_step(optimizer)
-            finally:
-                for g, ps in zip(optimizer.param_groups, saved):
-                    g["params"] = ps
+            raw_step_of(optimizer, mine)
             for p in params:
                 if id(p) in mine:
                     self._early_grads.append((p, p.grad))

@@ -59,7 +59,8 @@ def _train(model, optimizer, steps: int, *, clamp: bool = False, accumulate: int
     return losses
 
 
-def _run(placement: str | None, opt: str = "adamw", *, budget="3MiB", steps: int = 5, wide: bool = False, **kw):
+def _run(placement: str | None, opt: str = "adamw", *, budget="3MiB", steps: int = 5, wide: bool = False,
+         early_step: bool = True, **kw):
     """(losses, snapshot, report): all resident when `placement` is None."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -68,7 +69,7 @@ def _run(placement: str | None, opt: str = "adamw", *, budget="3MiB", steps: int
         pf = None
         if placement is not None:
             pf = Prefetcher(model, optimizer, PrefetchConfig(policy="replay", budget=budget,
-                                                             optimizer_placement=placement))
+                                                             optimizer_placement=placement, early_step=early_step))
         try:
             losses = _train(model, optimizer, steps, **kw)
         finally:

@@ -6,36 +6,21 @@ for copies issued after the whole step. It must compute exactly what one step co
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-import torch
 
 from prefetch.simulate import simulate
-from runtime.prefetcher import PrefetchConfig, Prefetcher
-from runtime.state_compare import compare, snapshot
+from runtime.state_compare import compare
 from runtime.trace_format import load_trace
-from tests.runtime.test_device_stepping import _job, _train
-
-from pathlib import Path
+from tests.runtime.test_device_stepping import _run as run_job
 
 SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "samples" / "gpt2" / "heldout"
 
 
 def _run(early: bool | None, opt: str = "adamw", **kw):
-    """(losses, snapshot, report); all resident when `early` is None."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model, optimizer = _job(opt)
-        pf = None if early is None else Prefetcher(model, optimizer, PrefetchConfig(
-            policy="replay", budget="600KiB", optimizer_placement="host", early_step=early))
-        try:
-            losses = _train(model, optimizer, 6, **kw)
-        finally:
-            if pf is not None:
-                pf.close()
-        return losses, snapshot(model, optimizer), pf.report() if pf is not None else None
-    finally:
-        torch.set_num_threads(threads)
+    """(losses, snapshot, report) of six steps on a 600 KiB budget, host stepping; all resident when `early` is None."""
+    return run_job(None if early is None else "host", opt, budget="600KiB", steps=6, early_step=bool(early), **kw)
 
 
 @pytest.mark.parametrize("kw", [{}, {"clamp": True}, {"pre_step_write": True}, {"accumulate": 2}],
