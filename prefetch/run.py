@@ -95,7 +95,8 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                  device: str = "auto", daemon: str | None = None, trace_out: str | Path | None = None,
                  timeline_dir: str | Path | None = None, progress: bool = True,
                  guard: bool = True, optimizer_placement: str = "auto",
-                 ahead_share: float = AHEAD_SHARE, routers: str | None = "auto") -> list[dict[str, Any]]:
+                 ahead_share: float = AHEAD_SHARE, routers: str | None = "auto",
+                 early_step: bool = True) -> list[dict[str, Any]]:
     """One report per policy; the all-resident and recorded passes are shared."""
     from prefetch.workloads import get_workload
 
@@ -147,7 +148,8 @@ def run_policies(name: str, policies: list[str], *, steps: int = 12, budget: flo
                                  baseline_step_time_s=baseline_step, reference_tensors=reference,
                                  baseline_step_cpu_s=statistics.median(base_cpu[warmup_steps:]),
                                  timeline=timeline_dir is not None, seed=seed, workload=name, guard=guard,
-                                 optimizer_placement=optimizer_placement, ahead_share=ahead_share, routers=routers)
+                                 optimizer_placement=optimizer_placement, ahead_share=ahead_share, routers=routers,
+                                 early_step=early_step)
             pf = Prefetcher(job.model, job.optimizer, cfg)
             # The slowdown is measured against a twin all-resident job stepped alternately
             # (resident i, prefetched i, resident i+1, ...): both do identical work at step i,

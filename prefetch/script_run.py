@@ -154,7 +154,8 @@ def run_script(command: list[str], *, policy: str, budget: str, lookahead: int, 
                device: str, daemon: str | None, json_out: Path | None, timeline: Path | None, compare: bool,
                threads: int, seed: int | None = None, name: str | None = None,
                guard: bool = True, optimizer_placement: str = "auto",
-               ahead_share: float = AHEAD_SHARE, routers: str = "auto") -> tuple[int, list[dict[str, Any]]]:
+               ahead_share: float = AHEAD_SHARE, routers: str = "auto",
+               early_step: bool = True) -> tuple[int, list[dict[str, Any]]]:
     """Run `command` prefetched (and all resident first with `compare`); (exit code, per-rank reports)."""
     cmd = parse_command(command, "run")
     env = dict(os.environ)
@@ -175,6 +176,8 @@ def run_script(command: list[str], *, policy: str, budget: str, lookahead: int, 
         opts += ["--seed", str(seed)]
     if not guard:
         opts += ["--no-guard"]
+    if not early_step:
+        opts += ["--no-early-step"]
     if name:
         opts += ["--name", name]
     if timeline is not None:

@@ -39,7 +39,7 @@ def _combine(runs: list[SimReport]) -> SimReport:
         policy=runs[0].policy, link=link,
         managed_bytes=max(r.managed_bytes for r in runs),
         budget_bytes=max(r.budget_bytes for r in runs),
-        budget=runs[0].budget, ahead_share=runs[0].ahead_share,
+        budget=runs[0].budget, ahead_share=runs[0].ahead_share, early_step=runs[0].early_step,
         peak_device_bytes=max(r.peak_device_bytes for r in runs),
         steps=sum(r.steps for r in runs), warmup_steps=runs[0].warmup_steps,
         events=sum(r.events or 0 for r in runs), stats=stats, warmup=warm,

@@ -320,7 +320,7 @@ def _run_trace(
     extra = tier.measured_extra()
     return SimReport(
         policy=policy_name, link=link.describe(), managed_bytes=managed_bytes, budget_bytes=budget_bytes,
-        budget=str(budget), ahead_share=ahead_share, peak_device_bytes=tier.peak, steps=measured_steps, warmup_steps=warmup_steps,
+        budget=str(budget), ahead_share=ahead_share, early_step=early_step, peak_device_bytes=tier.peak, steps=measured_steps, warmup_steps=warmup_steps,
         events=n, stats=tier.measured(), warmup=tier.warmup,
         measured_ns=tier.now() - t_measure,
         baseline_ns=stream.baseline_ns,

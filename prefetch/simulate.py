@@ -156,7 +156,7 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
     """Simulate a `prefetch run` / `runtime.prefetching` run's own trace the way it ran.
 
     run_report: the run's JSON report (`policy`, `budget_bytes`, `link`, `warmup_steps`,
-    and `lookahead` and `ahead_share` when present, else the defaults). trace: the trace it recorded (a stem, a file
+    and `lookahead`, `ahead_share` and `early_step` when present, else the defaults). trace: the trace it recorded (a stem, a file
     or a Trace; default: the report's `trace`). A report without a link (a CUDA run) is
     simulated with the default link ratio. `overrides` go to simulate() (e.g. policy=...).
     A learned policy is simulated through the daemon path, as a live run serves it (live
@@ -179,6 +179,8 @@ def simulate_like_run(run_report: dict[str, Any], trace: Trace | str | os.PathLi
     )
     if run_report.get("ahead_share") is not None:  # reports before the window have none: the default
         kwargs["ahead_share"] = float(run_report["ahead_share"])
+    if run_report.get("early_step") is not None:  # reports before early stepping have none
+        kwargs["early_step"] = bool(run_report["early_step"])
     lk = run_report.get("link")
     if lk and lk.get("bandwidth_GBps"):
         kwargs["link"] = LinkModel(bandwidth_bytes_per_s=float(lk["bandwidth_GBps"]) * 1e9,

@@ -511,6 +511,7 @@ class Prefetcher:
             managed_bytes=self.store.managed_bytes(),
             budget_bytes=self.store.budget_bytes,
             ahead_share=self.config.ahead_share,
+            early_step=self.config.early_step,
             peak_device_bytes=self.store.peak,
             steps=st.steps,
             warmup_steps=warm,

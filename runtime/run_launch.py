@@ -326,7 +326,8 @@ def build_config(args: argparse.Namespace) -> Any:
                           link_ratio=args.link_ratio, warmup_steps=args.warmup, device=args.device,
                           daemon=args.daemon or os.environ.get(DAEMON_ENV) or None,
                           timeline=args.timeline is not None, seed=args.seed, guard=not args.no_guard,
-                          optimizer_placement=args.optimizer, ahead_share=args.ahead_share, routers=args.routers)
+                          optimizer_placement=args.optimizer, ahead_share=args.ahead_share, routers=args.routers,
+                          early_step=not args.no_early_step)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon", default=None)
     parser.add_argument("--seed", type=int, default=None, help="the script's seed, when known (provenance)")
     parser.add_argument("--no-guard", action="store_true", help="a learned policy alone (predictor.guard)")
+    parser.add_argument("--no-early-step", action="store_true",
+                        help="host stepping without stepping first what the next step reads first")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--timeline", type=Path, default=None)
     parser.add_argument("--state-out", type=Path, default=None)

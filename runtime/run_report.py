@@ -135,6 +135,8 @@ class RunReport:
     step ran during the rest of the step (measured steps; DeviceTier.early_params)."""
     ahead_share: float | None = None
     """The tier's prefetch window as a share of the budget (runtime.defaults.AHEAD_SHARE); None: not reported."""
+    early_step: bool | None = None
+    """Host stepping stepped first what the next step reads first (PrefetchConfig.early_step); None: not reported."""
     # -- context a caller knows (prefetch run, the demo, simulate) --------------------------------
     workload: str | None = None
     seed: int | None = None
@@ -236,6 +238,8 @@ class RunReport:
             d["budget_fraction"] = self.budget_fraction
         if self.ahead_share is not None:
             d["ahead_share"] = self.ahead_share
+        if self.early_step is not None:
+            d["early_step"] = self.early_step
         d.update(peak_device_bytes=self.peak_device_bytes, steps=self.steps, warmup_steps=self.warmup_steps)
         if sim:
             d["events"] = self.events
@@ -452,6 +456,7 @@ class _Reader:
             kw["cuda"] = {k: self.rest.pop(k) for k in CUDA_KEYS if k in self.rest}
         kw["optimizer"] = self.may("optimizer", _DICT)
         kw["ahead_share"] = self.may("ahead_share", _NUM)
+        kw["early_step"] = self.may("early_step", _BOOL)
         if "events" not in self.rest and "optimizer_wait_s" in self.rest:  # a live report's
             kw["optimizer_wait_ns"] = round(self.need("optimizer_wait_s", _NUM) * 1e9)
         if "events" in self.rest:  # the simulator's report

@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "default), none (off), or the router modules named; the guarded learned policy takes "
                         "their hints, the simple policies ignore them")
     p.add_argument("--warmup", type=int, default=1, help="warm-up steps excluded from the figures")
+    p.add_argument("--no-early-step", action="store_true",
+                   help="host stepping without stepping first what the next step reads first (for an optimizer "
+                        "whose step couples parameters; runtime.tier early_params)")
     p.add_argument("--no-guard", action="store_true",
                    help="learned:MODEL_DIR alone, without the guard that leans on mirror, scan, markov or none "
                         "where they stall less (predictor.guard)")
@@ -107,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                           link_ratio=args.link_ratio, lookahead=args.lookahead, warmup_steps=args.warmup,
                           device=args.device, daemon=args.daemon, trace_out=args.trace_out,
                           timeline_dir=args.timeline, progress=not args.no_progress, guard=not args.no_guard,
-                          optimizer_placement=args.optimizer, ahead_share=args.ahead_share, routers=args.routers)
+                          optimizer_placement=args.optimizer, ahead_share=args.ahead_share, routers=args.routers,
+                          early_step=not args.no_early_step)
     text = json.dumps(report, indent=2)
     print(text)
     print(summary_line(report))
@@ -141,7 +145,7 @@ def _run_script(command: list[str], args: argparse.Namespace) -> int:
                                daemon=args.daemon, json_out=args.json, timeline=args.timeline,
                                compare=args.compare, threads=args.threads, seed=args.seed, name=args.name,
                                guard=not args.no_guard, optimizer_placement=args.optimizer,
-                               ahead_share=args.ahead_share, routers=args.routers)
+                               ahead_share=args.ahead_share, routers=args.routers, early_step=not args.no_early_step)
     if reports:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, default=str))
     for r in reports:

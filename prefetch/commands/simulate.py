@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "first step, as a live run does (default auto)")
     p.add_argument("--no-guard", action="store_true",
                    help="learned:MODEL_DIR alone, without the guard live runs have (predictor.guard)")
+    p.add_argument("--no-early-step", action="store_true",
+                   help="host stepping without stepping first what the next step reads first (as `prefetch run "
+                        "--no-early-step`)")
     daemon = p.add_argument_group(
         "daemon path", "a live run serves learned:MODEL_DIR through the prefetch daemon; without --via-daemon "
                        "the simulator calls the policy in process, with no latency")
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--lookahead must be >= 1, got {args.lookahead}")
     common = dict(link=link, link_ratio=ratio, latency_s=latency_s, warmup_steps=args.warmup,
                   lookahead=args.lookahead, daemon=_daemon(args), guard=not args.no_guard, gpu_model=_gpu_model(args),
-                  optimizer_placement=args.optimizer, ahead_share=args.ahead_share)
+                  optimizer_placement=args.optimizer, ahead_share=args.ahead_share, early_step=not args.no_early_step)
 
     if not args.sweep:
         report = simulate(traces, args.policy, budget=args.budget, **common)

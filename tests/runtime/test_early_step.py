@@ -52,3 +52,28 @@ def test_in_the_simulator_the_step_boundary_waits_less():
     assert on.early_stepped > 0 and off.early_stepped == 0
     assert on.stats.stall_ns < off.stats.stall_ns, (on.stats.stall_ns, off.stats.stall_ns)
     assert on.stats.hits >= off.stats.hits
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["on", "off"])
+def test_a_run_is_simulated_with_its_own_setting(tmp_path, early):
+    """The report says whether the run stepped early, and the simulation of its own trace
+    (simulate_like_run) does as it did: the same parameters stepped early, the same hits."""
+    import torch
+
+    from prefetch.simulate import simulate_like_run
+    from runtime.prefetcher import PrefetchConfig, Prefetcher
+    from tests.runtime.test_device_stepping import _job, _train
+
+    torch.set_num_threads(1)
+    model, optimizer = _job("adamw")
+    pf = Prefetcher(model, optimizer, PrefetchConfig(policy="replay", budget="600KiB", optimizer_placement="host",
+                                                     device="simulated", early_step=early, trace_out=tmp_path / "t"))
+    try:
+        _train(model, optimizer, 6)
+    finally:
+        pf.close()
+    r = pf.report()
+    sim = simulate_like_run(r, pf.trace_stem)
+    assert r["early_step"] is early and sim.early_step is early
+    assert sim.early_stepped == r["early_stepped"] and (r["early_stepped"] > 0) is early
+    assert sim.stats.hits == r["hits"] and sim.stats.late == r["late"], (sim.stats, r["hits"], r["late"])

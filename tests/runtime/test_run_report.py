@@ -32,7 +32,7 @@ LIVE_KEYS = DESIGN_MD_KEYS | {  # what Prefetcher.report() has written since bef
     "optimizer", "optimizer_wait_s",  # issue 15: where the optimizer ran and why, its copies' waits
     "ahead_share", "prefetch_held",  # the tier's prefetch window
     "router_hints", "hint_cancelled",  # router hints (runtime.routers)
-    "early_stepped",  # host stepping: parameters stepped first, copied during the step (DeviceTier.early_params)
+    "early_step", "early_stepped",  # host stepping: what the next step reads first steps first (DeviceTier.early_params)
 }
 SIM_KEYS = DESIGN_MD_KEYS | {  # what SimReport.as_dict() has written since before RunReport
     "lookahead", "budget", "budget_fraction", "events", "coverage", "stall_ns", "bytes_written_back", "evictions",
@@ -41,7 +41,7 @@ SIM_KEYS = DESIGN_MD_KEYS | {  # what SimReport.as_dict() has written since befo
     "bytes_h2d", "bytes_d2h", "grad_wait_s", "grad_moves", "grad_holds",  # issue 15: traffic by direction and kind
     "ahead_share", "prefetch_held",  # the tier's prefetch window
     "router_hints", "hint_cancelled",  # router hints (runtime.routers)
-    "early_stepped",  # host stepping: parameters stepped first, copied during the step (DeviceTier.early_params)
+    "early_step", "early_stepped",  # host stepping: what the next step reads first steps first (DeviceTier.early_params)
 }
 
 
