@@ -59,15 +59,10 @@ SIMPLE = ("none", "replay", "markov", "mirror")
 """The simple policies learned is compared with (the issue's three, and mirror)."""
 
 
-def _run_steps(job: Any, steps: int) -> list[float]:
-    from prefetch.run import timed_steps
-
-    return timed_steps(job, steps)[1]
-
-
 def evaluate(gen_seed: int, *, steps: int, budget: float, out: Path, same_link: bool = True) -> dict[str, Any]:
     """Record, train (the CLI) and run one architecture as a user would; one result dict."""
     import runtime
+    from prefetch.run import timed_steps
     from prefetch.workloads.generated import generate, workload_for
 
     arch = generate(gen_seed)
@@ -77,15 +72,13 @@ def evaluate(gen_seed: int, *, steps: int, budget: float, out: Path, same_link: 
     for seed in TRAIN_SEEDS:
         job = workload.build(seed)
         with runtime.record(job.model, job.optimizer, out=base / "traces" / f"seed{seed}", seed=seed):
-            _run_steps(job, steps)
+            timed_steps(job, steps)
     train = subprocess.run([sys.executable, "-m", "prefetch", "train", str(base / "traces"), "--out",
                             str(base / "models"), "--no-progress", "--threads", "1"],
                            cwd=ROOT, capture_output=True, text=True)
     if train.returncode != 0:
         raise RuntimeError(f"prefetch train failed for {arch.name}:\n{train.stderr[-2000:]}")
     t_train = time.monotonic() - t0
-    from prefetch.run import timed_steps
-
     _, wall, cpu = timed_steps(workload.build(EVAL_SEED), steps)
     plain, plain_cpu = statistics.median(wall[1:]), statistics.median(cpu[1:])
     # one link for every policy, from this all-resident run (a GPU's link does not depend on
@@ -97,7 +90,7 @@ def evaluate(gen_seed: int, *, steps: int, budget: float, out: Path, same_link: 
         job = workload.build(EVAL_SEED)
         with runtime.prefetching(job.model, job.optimizer, policy=policy, budget=budget, seed=EVAL_SEED,
                                  workload=arch.name, device="simulated", **link) as pf:
-            _run_steps(job, steps)
+            timed_steps(job, steps)
         r = pf.report()
         runs[policy.partition(":")[0]] = {
             "hit_rate": r["hit_rate"], "stall_s": r["stall_s"], "slowdown": r["step_time_s"] / plain,

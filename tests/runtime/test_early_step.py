@@ -9,10 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from prefetch.simulate import simulate
+from prefetch.simulate import simulate, simulate_like_run
+from runtime.prefetcher import PrefetchConfig, Prefetcher
 from runtime.state_compare import compare
 from runtime.trace_format import load_trace
+from tests.runtime.test_device_stepping import _job, _train
 from tests.runtime.test_device_stepping import _run as run_job
 
 SAMPLE = Path(__file__).resolve().parents[2] / "datasets" / "samples" / "gpt2" / "heldout"
@@ -58,12 +61,7 @@ def test_in_the_simulator_the_step_boundary_waits_less():
 def test_a_run_is_simulated_with_its_own_setting(tmp_path, early):
     """The report says whether the run stepped early, and the simulation of its own trace
     (simulate_like_run) does as it did: the same parameters stepped early, the same hits."""
-    import torch
-
-    from prefetch.simulate import simulate_like_run
-    from runtime.prefetcher import PrefetchConfig, Prefetcher
-    from tests.runtime.test_device_stepping import _job, _train
-
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model, optimizer = _job("adamw")
     pf = Prefetcher(model, optimizer, PrefetchConfig(policy="replay", budget="600KiB", optimizer_placement="host",
@@ -72,8 +70,12 @@ def test_a_run_is_simulated_with_its_own_setting(tmp_path, early):
         _train(model, optimizer, 6)
     finally:
         pf.close()
+        torch.set_num_threads(threads)
     r = pf.report()
     sim = simulate_like_run(r, pf.trace_stem)
     assert r["early_step"] is early and sim.early_step is early
     assert sim.early_stepped == r["early_stepped"] and (r["early_stepped"] > 0) is early
-    assert sim.stats.hits == r["hits"] and sim.stats.late == r["late"], (sim.stats, r["hits"], r["late"])
+    # a live copy landing just before or just after its read moves one access between hit and
+    # late (seen once in a loaded full run: 9/25 simulated against 8/26 live, of 55)
+    assert abs(sim.stats.hits - r["hits"]) <= 1 and abs(sim.stats.late - r["late"]) <= 1, (sim.stats, r["hits"], r["late"])
+    assert sim.stats.misses == r["misses"], (sim.stats, r["misses"])
